@@ -1,0 +1,69 @@
+# duogate: `make run` (demo on the simulated radio with a private broker) and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+APT_PACKAGES := mosquitto mosquitto-clients prosody
+PYTEST_ARGS ?=
+
+.PHONY: run test lint format bench soak fuzz install system-deps clean help
+
+help:
+	@echo "make run    - simulated radio world + gateway + private mosquitto, reports shown live"
+	@echo "make test   - install what the tests need, then ruff and pytest (tests/, hil_tests/)"
+	@echo "make bench  - benchmarks -> docs/PERFORMANCE.md"
+	@echo "make soak   - long fault scenarios;  make fuzz - long parser fuzzing"
+	@echo "make install - install the systemd service on a Raspberry Pi OS machine (root)"
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,ble]'
+	@touch $(STAMP)
+
+system-deps:
+	@missing=""; \
+	for bin in mosquitto prosody mosquitto_sub; do \
+	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing via apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	    for svc in mosquitto prosody; do \
+	      (service $$svc stop || true) >/dev/null 2>&1; \
+	    done; \
+	  else \
+	    echo "missing:$$missing. Install them with: sudo apt-get install $(APT_PACKAGES)" >&2; exit 1; \
+	  fi; \
+	fi
+
+run: $(STAMP) system-deps
+	$(PY) -m gateway.demo examples/demo.toml
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+test: $(STAMP) system-deps lint
+	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+bench: $(STAMP) system-deps
+	$(PY) -m bench.run
+
+soak: $(STAMP) system-deps
+	DUOGATE_SOAK=1 $(VENV)/bin/pytest -q hil_tests -m "slow or not slow"
+
+fuzz: $(STAMP)
+	DUOGATE_FUZZ_EXAMPLES=1000000 $(VENV)/bin/pytest -q tests -k fuzz
+
+install: $(STAMP)
+	$(VENV)/bin/duogate install-service
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info

@@ -1,0 +1,1 @@
+"""Radio and bus drivers, each with a simulated twin beside it."""

@@ -1,0 +1,1 @@
+"""LoRa radio drivers behind one small interface (see ``drivers.radio.base``)."""

@@ -1,0 +1,223 @@
+"""The ``duogate`` command line: run, sim, check-config, airtime, console, install-service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from fractions import Fraction
+from pathlib import Path
+
+from gateway import __version__
+from gateway.config import Config, ConfigError, load_config, secret_file_warnings
+from gateway.logsetup import setup_logging
+
+log = logging.getLogger("duogate")
+
+DEFAULT_CONFIG = Path("/etc/duogate/duogate.toml")
+
+
+class UsageError(Exception):
+    """A user mistake on the command line or in the environment: one line, no traceback."""
+
+
+def _coding_rate(text: str) -> int:
+    """Accept ``4/5``..``4/8`` (or ``5``..``8``) and return the denominator."""
+    try:
+        value = Fraction(text) if "/" in text else Fraction(4, int(text))
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"coding rate must be 4/5..4/8, got {text!r}") from None
+    if value.numerator != 4 or value.denominator not in (5, 6, 7, 8):
+        raise argparse.ArgumentTypeError(f"coding rate must be 4/5..4/8, got {text!r}")
+    return value.denominator
+
+
+def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{what} must be a whole number, got {text!r}"
+            ) from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{what} must be {low}..{high}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="duogate",
+        description="Gateway for LoRa SX127x, BLE and Modbus devices, relaying to MQTT and XMPP "
+        "with end-to-end command expiry.",
+    )
+    parser.add_argument("--version", action="version", version=f"duogate {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon", description="Run the gateway.")
+    run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
+    run.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+
+    sim = sub.add_parser(
+        "sim",
+        help="run the simulated radio world",
+        description="Run a simulated RF medium with nodes and the gateway's SX127x chip, served "
+        "on a local socket for a gateway configured with radio.spi = 'sim://HOST:PORT'.",
+    )
+    sim.add_argument("--config", type=Path, required=True, help="TOML config file ([sim])")
+    sim.add_argument("--listen", help="HOST:PORT to serve the chip on (overrides sim.listen)")
+    sim.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a config file",
+        description="Validate a config file: exit 0 when valid; otherwise one line per problem "
+        "and exit 2.",
+    )
+    check.add_argument("path", type=Path, help="TOML config file")
+
+    air = sub.add_parser(
+        "airtime",
+        help="time on air of a LoRa packet",
+        description="Print the time on air in milliseconds (Semtech formula, SX1276 4.1.1.7).",
+    )
+    air.add_argument("--sf", type=_int_in(6, 12, "spreading factor"), required=True)
+    air.add_argument(
+        "--bw", type=_int_in(7800, 500_000, "bandwidth"), required=True, help="bandwidth in Hz"
+    )
+    air.add_argument("--cr", type=_coding_rate, default=5, help="coding rate 4/5..4/8")
+    air.add_argument(
+        "--payload", type=_int_in(0, 255, "payload"), required=True, help="payload bytes"
+    )
+    air.add_argument("--preamble", type=_int_in(6, 65535, "preamble"), default=8)
+    air.add_argument("--implicit-header", action="store_true")
+    air.add_argument("--no-crc", action="store_true")
+    air.add_argument(
+        "--ldro",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="low data rate optimisation (auto: on when a symbol lasts > 16 ms)",
+    )
+
+    console = sub.add_parser(
+        "console",
+        help="connect to the running gateway's console",
+        description="Connect to the bench console of a running gateway over its Unix socket.",
+    )
+    console.add_argument("--config", type=Path, default=None, help="TOML config file")
+    console.add_argument("--socket", type=Path, default=None, help="console socket path")
+    console.add_argument("-c", "--command", help="run one console command and exit")
+
+    install = sub.add_parser(
+        "install-service",
+        help="install the systemd service",
+        description="Create the duogate system user, install the systemd unit and a sample "
+        "config in /etc/duogate.",
+    )
+    install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    return parser
+
+
+def _load(path: Path) -> Config:
+    config = load_config(path)
+    for warning in secret_file_warnings(config):
+        log.warning("%s", warning)
+    return config
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    for warning in secret_file_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"{args.path}: ok (gateway {config.gateway.id}, radio {config.radio.driver})")
+    return 0
+
+
+def cmd_airtime(args: argparse.Namespace) -> int:
+    from gateway.protocol.airtime import time_on_air_s
+
+    ldro = {"auto": None, "on": True, "off": False}[args.ldro]
+    seconds = time_on_air_s(
+        args.payload,
+        sf=args.sf,
+        bw_hz=args.bw,
+        cr=args.cr,
+        preamble=args.preamble,
+        explicit_header=not args.implicit_header,
+        crc=not args.no_crc,
+        low_data_rate=ldro,
+    )
+    print(f"{seconds * 1000:.3f}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging(config.gateway.log_level, args.verbose)
+    from gateway.daemon import run_daemon
+
+    return asyncio.run(run_daemon(config))
+
+
+def cmd_sim(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    setup_logging(config.gateway.log_level, args.verbose)
+    from drivers.sim.world import run_world
+
+    return asyncio.run(run_world(config, listen=args.listen))
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    from gateway.console import console_main
+
+    return console_main(args)
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from gateway.install import install_service
+
+    return install_service(args)
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": cmd_run,
+    "sim": cmd_sim,
+    "check-config": cmd_check_config,
+    "airtime": cmd_airtime,
+    "console": cmd_console,
+    "install-service": cmd_install_service,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command not in ("run", "sim"):
+        setup_logging("warning", args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except UsageError as exc:
+        print(f"duogate: error: {exc}", file=sys.stderr)
+        return 2
+    except _user_errors() as exc:
+        print(f"duogate: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that describe the world, not a bug: shown in one line, never as a traceback."""
+    from drivers.radio.base import RadioError
+    from gateway.store.db import StoreError
+    from gateway.upstreams.base import UpstreamError
+
+    return (RadioError, StoreError, UpstreamError, OSError)

@@ -1,0 +1,472 @@
+"""Configuration: one TOML file, parsed by tomllib and validated by pydantic.
+
+Every problem in a file becomes one line naming the key path and the reason
+(``mqtt.port: must be 1..65535, got 70000``). Secrets (passwords, keys) are never only
+inline: each secret field has a ``*_file`` and a ``*_env`` form, resolved at load time.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+# Each section forbids unknown keys so a typo is a clear error rather than a silent default.
+_STRICT = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConfigError(Exception):
+    """A configuration file that cannot be used; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems
+
+
+class Section(BaseModel):
+    model_config = _STRICT
+
+
+class Secret(Section):
+    """A secret read from a file or an environment variable (never only inline)."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Secret:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+    def read(self) -> str:
+        if self.file is not None:
+            return self.file.read_text().strip()
+        assert self.env is not None
+        return os.environ[self.env]
+
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class GatewaySection(Section):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "gw1"
+    data_dir: Path = Path("var/duogate")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class SpiPins(Section):
+    dio0: Annotated[int, Field(ge=0, le=40)] = 25
+    reset: Annotated[int, Field(ge=0, le=40)] = 17
+
+
+class RadioSection(Section):
+    driver: Literal["sx127x", "serial", "sim"] = "sim"
+    frequency_hz: Annotated[int, Field(ge=137_000_000, le=1_020_000_000)] = 868_100_000
+    spreading_factor: Annotated[int, Field(ge=6, le=12)] = 7
+    bandwidth_hz: Literal[
+        7800, 10400, 15600, 20800, 31250, 41700, 62500, 125000, 250000, 500000
+    ] = 125_000
+    coding_rate: Annotated[int, Field(ge=5, le=8)] = 5
+    tx_power_dbm: Annotated[int, Field(ge=2, le=20)] = 14
+    sync_word: Annotated[int, Field(ge=0, le=0xFF)] = 0x12
+    preamble_length: Annotated[int, Field(ge=6, le=65535)] = 8
+    crc: bool = True
+    # "spidev://0.0" for /dev/spidev0.0, or "sim://127.0.0.1:7000" for a `duogate sim` world.
+    spi: Annotated[str, Field(pattern=r"^(spidev://\d+\.\d+|sim://[^:]+:\d+)$")] = "spidev://0.0"
+    pins: SpiPins = SpiPins()
+    serial_port: str | None = None
+    serial_baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
+    region: Literal["EU868", "US915", "none"] = "EU868"
+    rx_delay_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
+
+    @model_validator(mode="after")
+    def _serial_needs_port(self) -> RadioSection:
+        if self.driver == "serial" and not self.serial_port:
+            raise ValueError("driver 'serial' needs radio.serial_port")
+        return self
+
+
+class JoinSection(Section):
+    registry: Path | None = None  # TOML file of [[device]] eui + root key
+    open_join: bool = False
+    address_pool_start: Annotated[int, Field(ge=1, le=0xFFFE)] = 0x0001
+    address_pool_end: Annotated[int, Field(ge=1, le=0xFFFE)] = 0xFFFE
+    lease_inactive_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+
+    @model_validator(mode="after")
+    def _pool_order(self) -> JoinSection:
+        if self.address_pool_end < self.address_pool_start:
+            raise ValueError("address_pool_end must not be below address_pool_start")
+        return self
+
+
+class TlsSection(Section):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    insecure_skip_verify: bool = False
+
+
+class MqttSection(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    protocol: Literal["5", "3.1.1"] = "5"
+    client_id: str | None = None
+    username: str | None = None
+    password: Secret | None = None
+    tls: TlsSection | None = None
+    topic_prefix: str | None = None  # default duogate/<gateway.id>
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    qos_reports: Literal[0, 1, 2] = 1
+    qos_events: Literal[0, 1, 2] = 1
+    qos_results: Literal[0, 1, 2] = 1
+    inflight: Annotated[int, Field(ge=1, le=65535)] = 64
+    reconnect_min_s: Annotated[float, Field(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
+    discovery: bool = True
+    discovery_prefix: str = "homeassistant"
+
+
+class XmppSection(Section):
+    enabled: bool = False
+    jid: str = "gateway@localhost/duogate"
+    password: Secret | None = None
+    host: str | None = None
+    port: Port | None = None
+    tls: Literal["starttls", "direct", "plaintext_lab_only"] = "starttls"
+    ca_file: Path | None = None
+    subscribers: list[str] = []
+    allowed_jids: list[str] = []
+    keepalive_s: Annotated[int, Field(ge=10, le=3600)] = 60
+    reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _password_when_enabled(self) -> XmppSection:
+        if self.enabled and self.password is None:
+            raise ValueError("password is required when xmpp is enabled")
+        return self
+
+
+class CommandsSection(Section):
+    default_ttl_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    max_ttl_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
+    node_answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
+    queue_per_device: Annotated[int, Field(ge=1, le=1000)] = 16
+
+
+class OutboxSection(Section):
+    max_entries: Annotated[int, Field(ge=100)] = 200_000
+    commit_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.05
+
+
+class ModbusRegister(Section):
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    table: Literal["holding", "input", "coil", "discrete"]
+    address: Annotated[int, Field(ge=0, le=65535)]
+    type: Literal["int16", "uint16", "int32", "uint32", "float32", "bool"] = "uint16"
+    word_order: Literal["big", "little"] = "big"
+    byte_order: Literal["big", "little"] = "big"
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str | None = None
+    writable: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+class ModbusDevice(Section):
+    unit: Annotated[int, Field(ge=0, le=247)]
+    poll_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    publish: Literal["on_change", "every_poll"] = "on_change"
+    deadband: Annotated[float, Field(ge=0)] = 0.0
+    offline_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    registers: list[ModbusRegister] = []
+
+
+class ModbusBus(Section):
+    name: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+    transport: Literal["rtu", "tcp"] = "rtu"
+    port: str | None = None  # serial device for rtu
+    host: str | None = None  # for tcp
+    tcp_port: Port = 502
+    baudrate: Annotated[int, Field(ge=300, le=4_000_000)] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    devices: list[ModbusDevice] = []
+
+    @model_validator(mode="after")
+    def _endpoint(self) -> ModbusBus:
+        if self.transport == "rtu" and not self.port:
+            raise ValueError("rtu bus needs 'port'")
+        if self.transport == "tcp" and not self.host:
+            raise ValueError("tcp bus needs 'host'")
+        return self
+
+
+class ModbusSection(Section):
+    enabled: bool = False
+    buses: list[ModbusBus] = []
+
+
+class BleSection(Section):
+    enabled: bool = False
+    backend: Literal["bleak", "sim"] = "bleak"
+    adapter: str | None = None
+    allow: list[str] = []
+    deny: list[str] = []
+    min_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+
+
+class SimSection(Section):
+    nodes: Annotated[int, Field(ge=0, le=10_000)] = 5
+    report_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    loss: Annotated[float, Field(ge=0, le=1)] = 0.0
+    seed: int = 1
+    listen: str = "127.0.0.1:0"
+    state_dir: Path | None = None
+
+
+class ConsoleSection(Section):
+    enabled: bool = True
+    socket: Path | None = None  # default <data_dir>/console.sock
+    serial_port: str | None = None
+    serial_baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
+
+
+class MetricsSection(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+
+
+class WebSection(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    password: Secret | None = None
+
+
+class Config(Section):
+    gateway: GatewaySection = GatewaySection()
+    radio: RadioSection = RadioSection()
+    join: JoinSection = JoinSection()
+    mqtt: MqttSection = MqttSection()
+    xmpp: XmppSection = XmppSection()
+    commands: CommandsSection = CommandsSection()
+    outbox: OutboxSection = OutboxSection()
+    modbus: ModbusSection = ModbusSection()
+    ble: BleSection = BleSection()
+    sim: SimSection = SimSection()
+    console: ConsoleSection = ConsoleSection()
+    metrics: MetricsSection = MetricsSection()
+    web: WebSection = WebSection()
+
+    @property
+    def topic_prefix(self) -> str:
+        return self.mqtt.topic_prefix or f"duogate/{self.gateway.id}"
+
+
+def _key_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts[-1 if parts else 0 :] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+        else:
+            parts.append(str(item))
+    return ".".join(parts)
+
+
+def _reason(error: dict[str, Any]) -> str:
+    kind = error["type"]
+    ctx = error.get("ctx", {})
+    got = error.get("input")
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        return _range_reason(error, got)
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return f"must be one of {ctx.get('expected')}, got {got!r}"
+    if kind == "string_pattern_mismatch":
+        return f"does not match {ctx.get('pattern')}, got {got!r}"
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        if error["loc"] and error["loc"][-1] == "password":
+            return "must be a table {file = PATH} or {env = NAME}; secrets are never inline"
+        return f"must be a table, got {type(got).__name__} {got!r}"
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        expected = kind.split("_")[0]
+        return f"must be {_article(expected)} {expected}, got {type(got).__name__} {got!r}"
+    if kind == "value_error":
+        return str(ctx.get("error", error["msg"]))
+    return f"{error['msg']}, got {got!r}"
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+def _range_reason(error: dict[str, Any], got: Any) -> str:
+    loc = error["loc"]
+    model_field = _field_for(loc)
+    low = high = None
+    if model_field is not None:
+        for meta in model_field.metadata:
+            low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
+            high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
+            if getattr(meta, "gt", None) is not None:
+                return f"must be greater than {meta.gt}, got {got!r}"
+    if low is not None and high is not None:
+        return f"must be {low}..{high}, got {got!r}"
+    return f"{error['msg'].lower()}, got {got!r}"
+
+
+def _field_for(loc: tuple[Any, ...]) -> Any:
+    model: Any = Config
+    found = None
+    for item in loc:
+        if isinstance(item, int):
+            continue
+        fields = getattr(model, "model_fields", None)
+        if not fields or item not in fields:
+            return found
+        found = fields[item]
+        annotation = found.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        model = next(
+            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
+        )
+    return found
+
+
+def parse_config(data: dict[str, Any], *, check_files: bool = True) -> Config:
+    """Validate a decoded TOML document; raise ConfigError with one line per problem."""
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            path = _key_path(error["loc"]) or "(top level)"
+            problems.append(f"{path}: {_reason(error)}")
+        raise ConfigError(problems) from None
+    if check_files:
+        problems = list(_secret_problems(config))
+        if problems:
+            raise ConfigError(problems)
+    return config
+
+
+def _secrets(config: Config) -> list[tuple[str, Secret | None]]:
+    return [
+        ("mqtt.password", config.mqtt.password),
+        ("xmpp.password", config.xmpp.password),
+        ("web.password", config.web.password),
+    ]
+
+
+def _secret_problems(config: Config) -> list[str]:
+    problems = []
+    for name, secret in _secrets(config):
+        if secret is None:
+            continue
+        if secret.file is not None and not secret.file.is_file():
+            problems.append(f"{name}.file: secret file not found: {secret.file}")
+        if secret.env is not None and secret.env not in os.environ:
+            problems.append(f"{name}.env: environment variable {secret.env} is not set")
+    registry = config.join.registry
+    if registry is not None and not registry.is_file():
+        problems.append(f"join.registry: device registry not found: {registry}")
+    for tls_name, path in _tls_files(config):
+        if path is not None and not path.is_file():
+            problems.append(f"{tls_name}: file not found: {path}")
+    return problems
+
+
+def _tls_files(config: Config) -> list[tuple[str, Path | None]]:
+    tls = config.mqtt.tls
+    files: list[tuple[str, Path | None]] = [("xmpp.ca_file", config.xmpp.ca_file)]
+    if tls is not None:
+        files += [
+            ("mqtt.tls.ca_file", tls.ca_file),
+            ("mqtt.tls.cert_file", tls.cert_file),
+            ("mqtt.tls.key_file", tls.key_file),
+        ]
+    return files
+
+
+def secret_file_warnings(config: Config) -> list[str]:
+    """Secret files that others can read: worth a warning, not a refusal."""
+    warnings = []
+    candidates = [(n, s.file) for n, s in _secrets(config) if s is not None and s.file is not None]
+    if config.join.registry is not None:
+        candidates.append(("join.registry", config.join.registry))
+    for name, path in candidates:
+        try:
+            mode = path.stat().st_mode
+        except OSError:
+            continue
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            warnings.append(f"{name}: {path} is readable by other users (chmod 600 it)")
+    return warnings
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+    """Read and validate a TOML config file; relative paths in it resolve against its folder."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    _resolve_relative_paths(data, path.parent)
+    return parse_config(data, check_files=check_files)
+
+
+_PATH_KEYS = {
+    ("gateway", "data_dir"),
+    ("join", "registry"),
+    ("sim", "state_dir"),
+    ("console", "socket"),
+    ("xmpp", "ca_file"),
+}
+
+
+def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
+    """Make relative file paths relative to the config file, not the working directory."""
+
+    def fix(value: Any) -> Any:
+        if isinstance(value, str) and value and not os.path.isabs(value):
+            return str(base / value)
+        return value
+
+    for section, key in _PATH_KEYS:
+        block = data.get(section)
+        if isinstance(block, dict) and key in block:
+            block[key] = fix(block[key])
+    for section in ("mqtt", "xmpp", "web"):
+        block = data.get(section)
+        secret = block.get("password") if isinstance(block, dict) else None
+        if isinstance(secret, dict) and "file" in secret:
+            secret["file"] = fix(secret["file"])
+    tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None
+    if isinstance(tls, dict):
+        for key in ("ca_file", "cert_file", "key_file"):
+            if key in tls:
+                tls[key] = fix(tls[key])

@@ -1,0 +1,1 @@
+"""Upstream connections (MQTT, XMPP) behind one interface (see ``gateway.upstreams.base``)."""

@@ -1,0 +1,67 @@
+"""The interface between the bridge and an upstream (MQTT broker, XMPP server).
+
+The bridge owns the durable outbox. It calls ``publish_report``/``publish_event`` and removes
+the entry only when the call returns, which an upstream does only once the server acknowledged
+the message (MQTT PUBACK/PUBCOMP, XEP-0198 ack). A raised ``UpstreamUnavailable`` leaves the
+entry in the outbox for a later retry. Commands arriving from upstream are handed to the
+bridge as raw envelopes; their results go back through ``publish_result`` to the upstream
+they came from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.model import CommandResult, DeviceEvent, Report
+
+
+class UpstreamError(Exception):
+    """Root of upstream errors."""
+
+
+class UpstreamUnavailable(UpstreamError):
+    """Not connected, or the server did not acknowledge in time: keep the entry, retry later."""
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingCommand:
+    """A command as it arrived, before validation.
+
+    ``body`` is the decoded envelope (``id``, ``action``, ``params``, ``expires_at``,
+    ``ttl_s``) or the raw text if it was not a JSON object. ``expiry_s`` is a transport-level
+    expiry (MQTT 5 Message Expiry Interval, XEP-0079) when one was given. ``reply_to`` is
+    what the upstream needs to route the result back (response topic, correlation data, IQ).
+    """
+
+    origin: str
+    device: str
+    body: dict[str, Any] | str | bytes
+    received_mono: float
+    expiry_s: float | None = None
+    reply_to: dict[str, Any] = field(default_factory=dict)
+
+
+CommandHandler = Callable[[IncomingCommand], Awaitable[None]]
+
+
+class Upstream(Protocol):
+    name: str
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def start(self, on_command: CommandHandler) -> None:
+        """Connect in the background (reconnecting with backoff) and start taking commands."""
+
+    async def stop(self) -> None: ...
+
+    async def publish_report(self, report: Report) -> None:
+        """Deliver and wait for the server's acknowledgement, or raise UpstreamUnavailable."""
+
+    async def publish_event(self, event: DeviceEvent) -> None:
+        """As publish_report, for device events."""
+
+    async def publish_result(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
+        """Send a command result back; ``reply_to`` is the IncomingCommand's."""

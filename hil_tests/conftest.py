@@ -1,0 +1,1 @@
+from tests.conftest import mosquitto, prosody  # noqa: F401  (shared fixtures)
