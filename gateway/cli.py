@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the gateway daemon", description="Run the gateway.")
     run.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="TOML config file")
     run.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set mqtt.port=1884 (repeatable)",
+    )
 
     sim = sub.add_parser(
         "sim",
@@ -72,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", type=Path, required=True, help="TOML config file ([sim])")
     sim.add_argument("--listen", help="HOST:PORT to serve the chip on (overrides sim.listen)")
     sim.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
+    sim.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
 
     check = sub.add_parser(
         "check-config",
@@ -80,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
         "and exit 2.",
     )
     check.add_argument("path", type=Path, help="TOML config file")
+    check.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value (repeatable)",
+    )
 
     air = sub.add_parser(
         "airtime",
@@ -111,7 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     console.add_argument("--config", type=Path, default=None, help="TOML config file")
     console.add_argument("--socket", type=Path, default=None, help="console socket path")
-    console.add_argument("-c", "--command", help="run one console command and exit")
+    console.add_argument(
+        "-c", "--command", dest="console_command", help="run one console command and exit"
+    )
 
     install = sub.add_parser(
         "install-service",
@@ -120,18 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
         "config in /etc/duogate.",
     )
     install.add_argument("--dry-run", action="store_true", help="print what would be done")
+    install.add_argument("--unit", type=Path, default=None, help="unit file to install")
     return parser
 
 
-def _load(path: Path) -> Config:
-    config = load_config(path)
+def _load(path: Path, overrides: list[str]) -> Config:
+    config = load_config(path, overrides=overrides)
     for warning in secret_file_warnings(config):
         log.warning("%s", warning)
     return config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path)
+    config = load_config(args.path, overrides=args.set)
     for warning in secret_file_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.path}: ok (gateway {config.gateway.id}, radio {config.radio.driver})")
@@ -157,7 +181,7 @@ def cmd_airtime(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, args.set)
     setup_logging(config.gateway.log_level, args.verbose)
     from gateway.daemon import run_daemon
 
@@ -165,7 +189,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    config = _load(args.config)
+    config = _load(args.config, args.set)
     setup_logging(config.gateway.log_level, args.verbose)
     from drivers.sim.world import run_world
 

@@ -97,6 +97,10 @@ class JoinSection(Section):
     address_pool_start: Annotated[int, Field(ge=1, le=0xFFFE)] = 0x0001
     address_pool_end: Annotated[int, Field(ge=1, le=0xFFFE)] = 0xFFFE
     lease_inactive_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+    # Open join (lab only): an unknown EUI's root key is derived from this key (32 hex digits)
+    # and the EUI; without it the public lab key of docs/protocol.md is used.
+    open_join_key: Secret | None = None
+    join_rx_delay_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
 
     @model_validator(mode="after")
     def _pool_order(self) -> JoinSection:
@@ -129,6 +133,9 @@ class MqttSection(Section):
     inflight: Annotated[int, Field(ge=1, le=65535)] = 64
     reconnect_min_s: Annotated[float, Field(gt=0)] = 0.5
     reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
+    publish_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # wait for PUBACK
+    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # TCP + TLS + CONNACK
+    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400  # MQTT 5 only
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
 
@@ -178,15 +185,40 @@ class ModbusRegister(Section):
     writable: bool = False
     min: float | None = None
     max: float | None = None
+    deadband: Annotated[float, Field(ge=0)] | None = None  # overrides the device's deadband
+    device_class: Annotated[str, Field(pattern=r"^[a-z_0-9]{1,40}$")] | None = None
+    state_class: Literal["measurement", "total", "total_increasing"] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModbusRegister:
+        # Coils and discrete inputs are bits; the default type (uint16) is taken to mean bool.
+        if self.table in ("coil", "discrete") and self.type not in ("bool", "uint16"):
+            raise ValueError(f"{self.table} registers are bool, got type {self.type!r}")
+        if self.writable and self.table in ("input", "discrete"):
+            raise ValueError(f"{self.table} registers cannot be writable")
+        if self.scale == 0:
+            raise ValueError("scale must not be 0")
+        if self.min is not None and self.max is not None and self.max < self.min:
+            raise ValueError("max must not be below min")
+        return self
 
 
 class ModbusDevice(Section):
     unit: Annotated[int, Field(ge=0, le=247)]
+    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     poll_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
     publish: Literal["on_change", "every_poll"] = "on_change"
     deadband: Annotated[float, Field(ge=0)] = 0.0
     offline_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
     registers: list[ModbusRegister] = []
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ModbusDevice:
+        names = [register.name for register in self.registers]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"register names must be unique, repeated: {', '.join(duplicates)}")
+        return self
 
 
 class ModbusBus(Section):
@@ -201,6 +233,7 @@ class ModbusBus(Section):
     bytesize: Literal[7, 8] = 8
     timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
     retries: Annotated[int, Field(ge=0, le=10)] = 2
+    retry_backoff_s: Annotated[float, Field(ge=0, le=10)] = 0.1  # doubles per retry
     devices: list[ModbusDevice] = []
 
     @model_validator(mode="after")
@@ -209,6 +242,10 @@ class ModbusBus(Section):
             raise ValueError("rtu bus needs 'port'")
         if self.transport == "tcp" and not self.host:
             raise ValueError("tcp bus needs 'host'")
+        units = [device.unit for device in self.devices]
+        duplicates = sorted({unit for unit in units if units.count(unit) > 1})
+        if duplicates:
+            raise ValueError(f"device units must be unique on a bus, repeated: {duplicates}")
         return self
 
 
@@ -216,14 +253,27 @@ class ModbusSection(Section):
     enabled: bool = False
     buses: list[ModbusBus] = []
 
+    @model_validator(mode="after")
+    def _unique_buses(self) -> ModbusSection:
+        names = [bus.name for bus in self.buses]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"bus names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+
+_BLE_MAC = r"^(([0-9A-Fa-f]{2}:){5}|([0-9A-Fa-f]{2}-){5}|([0-9A-Fa-f]{2}){5})[0-9A-Fa-f]{2}$"
+
 
 class BleSection(Section):
     enabled: bool = False
     backend: Literal["bleak", "sim"] = "bleak"
     adapter: str | None = None
-    allow: list[str] = []
-    deny: list[str] = []
+    allow: list[Annotated[str, Field(pattern=_BLE_MAC)]] = []  # MACs, ':' or '-' or none
+    deny: list[Annotated[str, Field(pattern=_BLE_MAC)]] = []
     min_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    scanning_mode: Literal["passive", "active"] = "passive"
+    offline_after_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0  # 0: never offline
 
 
 class SimSection(Section):
@@ -420,7 +470,35 @@ def secret_file_warnings(config: Config) -> list[str]:
     return warnings
 
 
-def load_config(path: str | Path, *, check_files: bool = True) -> Config:
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
+    """Apply ``key.path=value`` settings (value in TOML syntax, bare words taken as strings)."""
+    problems = []
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        path = [part.strip() for part in key.split(".")]
+        if not sep or not all(path):
+            problems.append(f"--set {item!r}: expected KEY.PATH=VALUE")
+            continue
+        try:
+            value = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = text
+        block = data
+        for part in path[:-1]:
+            child = block.setdefault(part, {})
+            if not isinstance(child, dict):
+                problems.append(f"--set {item!r}: {part} is not a table")
+                break
+            block = child
+        else:
+            block[path[-1]] = value
+    if problems:
+        raise ConfigError(problems)
+
+
+def load_config(
+    path: str | Path, *, check_files: bool = True, overrides: list[str] | None = None
+) -> Config:
     """Read and validate a TOML config file; relative paths in it resolve against its folder."""
     path = Path(path)
     try:
@@ -435,6 +513,7 @@ def load_config(path: str | Path, *, check_files: bool = True) -> Config:
         raise ConfigError([f"{path}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+    apply_overrides(data, overrides or [])
     _resolve_relative_paths(data, path.parent)
     return parse_config(data, check_files=check_files)
 
