@@ -19,7 +19,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from drivers.radio.base import RadioSettings
+from drivers.radio.serial_link import settings_from_config
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer
 from drivers.sim.medium import RfMedium
@@ -71,20 +71,6 @@ def plan_nodes(config: Config, count: int | None = None) -> list[NodePlan]:
     ]
 
 
-def radio_settings(config: Config) -> RadioSettings:
-    radio = config.radio
-    return RadioSettings(
-        frequency_hz=radio.frequency_hz,
-        spreading_factor=radio.spreading_factor,
-        bandwidth_hz=radio.bandwidth_hz,
-        coding_rate=radio.coding_rate,
-        tx_power_dbm=radio.tx_power_dbm,
-        sync_word=radio.sync_word,
-        preamble_length=radio.preamble_length,
-        crc=radio.crc,
-    )
-
-
 class SimWorld:
     """Medium + gateway chip + nodes on the running event loop."""
 
@@ -106,7 +92,7 @@ class SimWorld:
             report_interval_s=config.sim.report_interval_s,
             join_rx_delay_s=config.join.join_rx_delay_s,
         )
-        settings = radio_settings(config)
+        settings = settings_from_config(config.radio)
         self.nodes: list[SimNode] = []
         self.links: list[MediumNodeLink] = []
         for index, plan in enumerate(plan_nodes(config, nodes)):

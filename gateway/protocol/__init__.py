@@ -1,0 +1,1 @@
+"""Pure protocol core: no sockets, no files, no clock reads."""

@@ -1,0 +1,546 @@
+"""The bridge: device drivers -> durable outbox -> upstreams, and commands back down.
+
+Reports and events enter through ``Bridge`` as a ``DeviceSink``: each is committed to the
+outbox before the call returns (so the LoRa side acks on air only after that). One drain task
+per upstream streams the outbox in order through a window of publishes in flight and marks an
+entry delivered when the server acknowledged it. An upstream that is down holds back nothing
+but itself.
+
+Commands arrive from an upstream (or the console and web page), are validated against the
+envelope and expiry rules, recorded as ``accepted``, routed to the driver that owns the
+device and end in exactly one final result, which goes back over the way the command came.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from drivers.radio.base import Radio, RadioSettings
+from gateway.config import Config
+from gateway.devices import DeviceDriver
+from gateway.discovery import DiscoveryPublisher, availability_for_event, availability_topic
+from gateway.logsetup import set_level
+from gateway.model import (
+    Command,
+    CommandResult,
+    CommandStatus,
+    DeviceEvent,
+    EventKind,
+    Report,
+)
+from gateway.protocol import envelope, expiry
+from gateway.state import GatewayState, OutboxStats, radio_settings_with
+from gateway.store.commands import CommandStore
+from gateway.store.outbox import Outbox, OutboxEntry, droppable_kinds_for_mqtt
+from gateway.upstreams.base import IncomingCommand, Upstream, UpstreamError, UpstreamUnavailable
+
+log = logging.getLogger("duogate.bridge")
+
+LOCAL_ORIGINS = ("console", "web")
+RESULT_RETRY_S = 2.0
+STATS_INTERVAL_S = 1.0
+
+
+class Bridge:
+    """Wire drivers, the outbox, the command store and upstreams together (one event loop)."""
+
+    def __init__(
+        self,
+        config: Config,
+        state: GatewayState,
+        upstreams: Sequence[Upstream],
+        drivers: Sequence[DeviceDriver],
+        *,
+        radio: Radio | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.state = state
+        self.upstreams = {upstream.name: upstream for upstream in upstreams}
+        self.drivers = list(drivers)
+        self.radio = radio
+        self._mono = monotonic
+        self._wall = wall
+        self.policy = expiry.ExpiryPolicy.from_config(config.commands)
+        self.counters: Counter[str] = Counter()
+        self.outbox: Outbox | None = None
+        self.commands: CommandStore | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._command_tasks: set[asyncio.Task[Any]] = set()
+        self._local_waiters: dict[tuple[str, str], asyncio.Future[CommandResult]] = {}
+        self._local_ids = itertools.count(1)
+        self._report_ids = itertools.count(1)
+        self._oldest_ts: float | None = None
+        self._discovery: DiscoveryPublisher | None = None
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        config = self.config
+        droppable = (
+            droppable_kinds_for_mqtt(config.mqtt.qos_reports, config.mqtt.qos_events)
+            if "mqtt" in self.upstreams
+            else frozenset()
+        )
+        self.outbox = await Outbox.open(
+            config.gateway.data_dir,
+            list(self.upstreams),
+            max_entries=config.outbox.max_entries,
+            commit_interval_s=config.outbox.commit_interval_s,
+            droppable_kinds=droppable,
+        )
+        self.commands = await CommandStore.open(config.gateway.data_dir)
+        await self._recover_commands()
+        self.state.outbox_stats = self._outbox_stats
+        self.state.duty_cycle = self._duty_cycle
+        self.state.leases = self._lease_rows
+        if self.radio is not None:
+            self.state.radio = self.radio.settings
+        for driver in self.drivers:
+            await driver.start(self)
+        mqtt = self.upstreams.get("mqtt")
+        if mqtt is not None and config.mqtt.discovery:
+            self._setup_discovery(mqtt)
+        for upstream in self.upstreams.values():
+            self.state.set_upstream(upstream.name, False)
+            await upstream.start(self.on_command)
+            self._tasks.append(
+                asyncio.create_task(self._drain(upstream), name=f"drain-{upstream.name}")
+            )
+        self._tasks.append(asyncio.create_task(self._result_retry_loop(), name="result-retry"))
+        self._tasks.append(asyncio.create_task(self._stats_loop(), name="bridge-stats"))
+
+    async def stop(self) -> None:
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for driver in self.drivers:
+            with contextlib.suppress(Exception):
+                await driver.stop()
+        for task in list(self._command_tasks):
+            task.cancel()
+        for task in list(self._command_tasks):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for upstream in self.upstreams.values():
+            with contextlib.suppress(Exception):
+                await upstream.stop()
+        if self.outbox is not None:
+            await self.outbox.close()
+        if self.commands is not None:
+            await self.commands.close()
+
+    # ------------------------------------------------------------------ DeviceSink
+
+    async def report(
+        self,
+        device: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        rssi: float | None = None,
+        snr: float | None = None,
+        seq: int | None = None,
+        report_id: str | None = None,
+    ) -> None:
+        assert self.outbox is not None
+        now = self._wall()
+        number = next(self._report_ids)
+        if report_id is None:
+            report_id = f"{device}:{int(now * 1000)}:{number}"
+        report = Report(
+            report_id, device, kind, now, number if seq is None else seq, data, rssi, snr
+        )
+        if not device.startswith("lora-"):
+            self.state.note_uplink(device, kind, rssi=rssi, snr=snr, data=data)
+        await self.outbox.add_durable(report)
+
+    async def event(
+        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
+    ) -> None:
+        assert self.outbox is not None
+        item = DeviceEvent(device, event, self._wall(), detail or {})
+        await self.outbox.add_durable(item)
+        if event in (EventKind.JOINED, EventKind.REJOINED) and self._discovery is not None:
+            self._spawn(self._publish_discovery(changed_only=True))
+        mqtt = self.upstreams.get("mqtt")
+        availability = availability_for_event(item)
+        if mqtt is not None and availability is not None and hasattr(mqtt, "publish_raw"):
+            topic = availability_topic(self.config.topic_prefix, device)
+            self._spawn(self._publish_quietly(mqtt, topic, availability))
+
+    # ------------------------------------------------------------------ outbox drain
+
+    async def _drain(self, upstream: Upstream) -> None:
+        """Deliver the outbox to one upstream, in order, with a window of publishes in flight."""
+        assert self.outbox is not None
+        name = upstream.name
+        window = self.config.mqtt.inflight if name == "mqtt" else 32
+        while True:
+            await self._until_connected(upstream)
+            failed = asyncio.Event()
+            slots = asyncio.Semaphore(window)
+            in_flight: set[asyncio.Task[None]] = set()
+            after = 0
+            while not failed.is_set():
+                mark = self.outbox.last_id
+                page = await self.outbox.pending(name, after, limit=256)
+                if not page:
+                    await _first_of(self.outbox.wait_for_entries_after(mark), failed.wait())
+                    continue
+                for entry in page:
+                    await slots.acquire()
+                    if failed.is_set():
+                        slots.release()
+                        break
+                    task = asyncio.create_task(self._deliver(upstream, entry, slots, failed))
+                    in_flight.add(task)
+                    task.add_done_callback(in_flight.discard)
+                after = page[-1].entry_id
+            if in_flight:
+                await asyncio.gather(*in_flight, return_exceptions=True)
+            await asyncio.sleep(0.2)
+
+    async def _deliver(
+        self,
+        upstream: Upstream,
+        entry: OutboxEntry,
+        slots: asyncio.Semaphore,
+        failed: asyncio.Event,
+    ) -> None:
+        assert self.outbox is not None
+        try:
+            if isinstance(entry.item, Report):
+                await upstream.publish_report(entry.item)
+            else:
+                await upstream.publish_event(entry.item)
+        except UpstreamUnavailable as exc:
+            if not failed.is_set():
+                log.info("%s: delivery paused: %s", upstream.name, exc)
+                self.state.set_upstream(upstream.name, upstream.connected, str(exc))
+            failed.set()
+            return
+        except (UpstreamError, ValueError) as exc:
+            # The server will never take this entry (e.g. data it cannot carry): drop it loudly.
+            self.counters[f"undeliverable_{upstream.name}"] += 1
+            log.error(
+                "%s: entry %d dropped, cannot be delivered: %s", upstream.name, entry.entry_id, exc
+            )
+        finally:
+            slots.release()
+        self.outbox.mark_delivered(upstream.name, (entry.entry_id,))
+
+    async def _until_connected(self, upstream: Upstream) -> None:
+        while not upstream.connected:
+            self.state.set_upstream(upstream.name, False)
+            await asyncio.sleep(0.1)
+        self.state.set_upstream(upstream.name, True)
+
+    # ------------------------------------------------------------------ commands
+
+    def known_device(self, device: str) -> bool:
+        return any(driver.owns(device) for driver in self.drivers)
+
+    def _driver_for(self, device: str) -> DeviceDriver | None:
+        return next((driver for driver in self.drivers if driver.owns(device)), None)
+
+    async def on_command(self, incoming: IncomingCommand) -> None:
+        """Take a command from an upstream; never raises for bad input."""
+        now_mono, now_wall = self._mono(), self._wall()
+        outcome = envelope.validate(
+            incoming, self.known_device, self.policy, now_mono=now_mono, now_wall=now_wall
+        )
+        if isinstance(outcome, envelope.Rejection):
+            self.counters["commands_rejected"] += 1
+            self.state.count_command(CommandStatus.REJECTED)
+            log.info(
+                "command %r for %s from %s rejected: %s",
+                outcome.command_id,
+                incoming.device,
+                incoming.origin,
+                outcome.reason,
+            )
+            await self._send_result(incoming.origin, incoming.reply_to, outcome.result(now_wall))
+            return
+        command = outcome
+        assert self.commands is not None
+        if not await self.commands.accept(command, now_mono=now_mono, now_wall=now_wall):
+            existing = await self.commands.get(command.origin, command.device, command.id)
+            log.info("command %r for %s repeated; not executed again", command.id, command.device)
+            if existing is not None:
+                await self._send_result(command.origin, command.reply_to, existing.result())
+            return
+        self._spawn(self._run_command(command), commands=True)
+
+    async def _run_command(self, command: Command) -> None:
+        reason = expiry.check(command, self._mono(), stage=expiry.Stage.ARRIVAL)
+        if reason is not None:
+            await self._finish(command, CommandStatus.EXPIRED, reason)
+            return
+        await self._progress(command, CommandStatus.ACCEPTED, None)
+        driver = self._driver_for(command.device)
+        if driver is None:
+            await self._finish(command, CommandStatus.REJECTED, "unknown_device")
+            return
+        try:
+            result = await driver.execute(command)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("command %r for %s failed in its driver", command.id, command.device)
+            await self._finish(command, CommandStatus.FAILED, f"driver_error: {exc}")
+            return
+        await self._finish(command, result.status, result.detail)
+
+    def on_driver_progress(
+        self, command: Command, status: CommandStatus, detail: str | None
+    ) -> None:
+        """Intermediate status from a driver (``sent``)."""
+        self._spawn(self._progress(command, status, detail))
+
+    async def _progress(self, command: Command, status: CommandStatus, detail: str | None) -> None:
+        assert self.commands is not None
+        now_mono, now_wall = self._mono(), self._wall()
+        if status is not CommandStatus.ACCEPTED:
+            await self.commands.transition(
+                command, status, now_mono=now_mono, now_wall=now_wall, detail=detail
+            )
+        result = CommandResult(command.id, command.device, status, now_wall, detail)
+        await self._send_result(command.origin, command.reply_to, result, final=False)
+
+    async def _finish(self, command: Command, status: CommandStatus, detail: str | None) -> None:
+        assert self.commands is not None
+        now_mono, now_wall = self._mono(), self._wall()
+        await self.commands.transition(
+            command, status, now_mono=now_mono, now_wall=now_wall, detail=detail
+        )
+        self.state.count_command(status)
+        log.info(
+            "command %r for %s: %s%s",
+            command.id,
+            command.device,
+            status,
+            f" ({detail})" if detail else "",
+        )
+        result = CommandResult(command.id, command.device, status, now_wall, detail)
+        if await self._send_result(command.origin, command.reply_to, result):
+            await self.commands.mark_result_published(
+                command.origin, command.device, command.id, status
+            )
+
+    async def _send_result(
+        self, origin: str, reply_to: dict[str, Any], result: CommandResult, *, final: bool = True
+    ) -> bool:
+        """Send a result back the way its command came; False if that is not possible now."""
+        if origin in LOCAL_ORIGINS:
+            waiter = self._local_waiters.get((origin, result.id))
+            if final and waiter is not None and not waiter.done():
+                waiter.set_result(result)
+            return True
+        upstream = self.upstreams.get(origin)
+        if upstream is None:
+            return True
+        try:
+            await upstream.publish_result(result, reply_to)
+        except (UpstreamError, ValueError) as exc:
+            log.info("%s result of %r not sent yet: %s", origin, result.id, exc)
+            return False
+        return True
+
+    async def _result_retry_loop(self) -> None:
+        """Final results that could not be published are retried until they are."""
+        assert self.commands is not None
+        while True:
+            await asyncio.sleep(RESULT_RETRY_S)
+            for state in await self.commands.unpublished_results():
+                upstream = self.upstreams.get(state.origin)
+                if upstream is None or not upstream.connected:
+                    continue
+                if await self._send_result(state.origin, state.reply_to, state.result()):
+                    await self.commands.mark_result_published(
+                        state.origin, state.device, state.id, state.status
+                    )
+
+    async def _recover_commands(self) -> None:
+        assert self.commands is not None
+        recovered = await self.commands.recover(now_wall=self._wall())
+        for state in recovered:
+            log.info("command %r for %s ended by restart: %s", state.id, state.device, state.status)
+            self.state.count_command(state.status)
+
+    # ------------------------------------------------------------------ Controls
+
+    async def send_command(
+        self, device: str, action: str, params: dict[str, Any], ttl_s: float | None
+    ) -> CommandResult:
+        """A command from the console or web page; returns its final result."""
+        return await self.local_command("console", device, action, params, ttl_s)
+
+    async def local_command(
+        self,
+        origin: str,
+        device: str,
+        action: str,
+        params: dict[str, Any],
+        ttl_s: float | None,
+    ) -> CommandResult:
+        command_id = f"{origin}-{int(self._wall())}-{next(self._local_ids)}"
+        body: dict[str, Any] = {"id": command_id, "action": action, "params": params}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        waiter: asyncio.Future[CommandResult] = asyncio.get_running_loop().create_future()
+        self._local_waiters[(origin, command_id)] = waiter
+        try:
+            await self.on_command(IncomingCommand(origin, device, body, self._mono()))
+            if not waiter.done():
+                # Rejections are answered before a waiter could see them: look them up.
+                assert self.commands is not None
+                state = await self.commands.get(origin, device, command_id)
+                if state is None:
+                    return CommandResult(
+                        command_id, device, CommandStatus.REJECTED, self._wall(), "invalid command"
+                    )
+            return await waiter
+        finally:
+            self._local_waiters.pop((origin, command_id), None)
+
+    async def reconfigure_radio(self, changes: dict[str, Any]) -> RadioSettings:
+        if self.radio is None:
+            raise ValueError("no radio configured")
+        settings = radio_settings_with(self.radio.settings, changes)
+        await self.radio.reconfigure(settings)
+        self.state.radio = settings
+        return settings
+
+    def set_log_level(self, level: str) -> None:
+        set_level(level)
+
+    # ------------------------------------------------------------------ state feeds
+
+    def _outbox_stats(self) -> OutboxStats:
+        if self.outbox is None:
+            return OutboxStats(0, None)
+        oldest = None if self._oldest_ts is None else max(0.0, self._wall() - self._oldest_ts)
+        return OutboxStats(self.outbox.size, oldest)
+
+    def _duty_cycle(self) -> dict[str, float]:
+        for driver in self.drivers:
+            used = getattr(driver, "duty_cycle_used", None)
+            if used is not None:
+                return used()
+        return {}
+
+    def _lease_rows(self) -> list[Any]:
+        from gateway.state import LeaseRow
+
+        rows: list[LeaseRow] = []
+        for driver in self.drivers:
+            core = getattr(driver, "core", None) if driver.kind == "lora" else None
+            if core is None:
+                continue
+            with contextlib.suppress(RuntimeError):
+                rows = [
+                    LeaseRow(i.address, i.device_id, i.last_seen or None) for i in core.leases()
+                ]
+        return sorted(rows, key=lambda row: row.address)
+
+    async def _stats_loop(self) -> None:
+        assert self.outbox is not None
+        while True:
+            oldest: float | None = None
+            for name in self.upstreams:
+                page = await self.outbox.pending(name, 0, limit=1)
+                if page:
+                    ts = page[0].item.ts
+                    oldest = ts if oldest is None else min(oldest, ts)
+            self._oldest_ts = oldest
+            for upstream in self.upstreams.values():
+                self.state.set_upstream(upstream.name, upstream.connected)
+            await asyncio.sleep(STATS_INTERVAL_S)
+
+    # ------------------------------------------------------------------ discovery
+
+    def _setup_discovery(self, mqtt: Any) -> None:
+        self._discovery = DiscoveryPublisher(
+            topic_prefix=self.config.topic_prefix,
+            gateway_id=self.config.gateway.id,
+            discovery_prefix=self.config.mqtt.discovery_prefix,
+            command_ttl_s=self.config.commands.default_ttl_s,
+        )
+        mqtt.add_ready_listener(lambda: self._publish_discovery(changed_only=False))
+
+        async def on_ha_status(_topic: str, payload: bytes) -> None:
+            assert self._discovery is not None
+            messages = self._discovery.on_ha_status(
+                payload.decode(errors="replace"), self._all_devices()
+            )
+            await self._publish_messages(mqtt, messages)
+
+        mqtt.subscribe_extra(self._discovery.status_topic, on_ha_status)
+
+    def _all_devices(self) -> list[Any]:
+        return [info for driver in self.drivers for info in driver.devices()]
+
+    async def _publish_discovery(self, *, changed_only: bool) -> None:
+        mqtt = self.upstreams.get("mqtt")
+        if mqtt is None or self._discovery is None:
+            return
+        devices = self._all_devices()
+        messages = (
+            self._discovery.changed(devices) if changed_only else self._discovery.messages(devices)
+        )
+        await self._publish_messages(mqtt, messages)
+
+    async def _publish_messages(self, mqtt: Any, messages: list[Any]) -> None:
+        for message in messages:
+            payload = (
+                message.payload
+                if isinstance(message.payload, str | bytes)
+                else json.dumps(message.payload)
+            )
+            await self._publish_quietly(mqtt, message.topic, payload, retain=message.retain)
+
+    async def _publish_quietly(
+        self, mqtt: Any, topic: str, payload: str | bytes, *, retain: bool = True
+    ) -> None:
+        try:
+            await mqtt.publish_raw(topic, payload, qos=1, retain=retain)
+        except (UpstreamError, ValueError) as exc:
+            log.debug("not published to %s: %s", topic, exc)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(self, coroutine: Any, *, commands: bool = False) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        self._command_tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._command_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("bridge task failed: %r", task.exception())
+
+
+async def _first_of(*awaitables: Any) -> None:
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,173 @@
+"""`duogate run`: build every part from the config and run it on one event loop.
+
+Start order: store and radio first (readiness means they are up), then upstreams, console,
+metrics and web page. systemd is told READY only after that, and the watchdog is pinged only
+while the loop is responsive and the radio answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.radio.base import Radio
+from gateway import __version__
+from gateway.bridge import Bridge
+from gateway.config import Config
+from gateway.devices import DeviceDriver
+from gateway.lora import LoraNetwork
+from gateway.sdnotify import Notifier, Watchdog
+from gateway.state import GatewayState
+from gateway.upstreams.base import Upstream
+
+log = logging.getLogger("duogate")
+
+# radio.driver -> "module:factory"; the module is imported only when chosen.
+RADIO_DRIVERS = {
+    "sx127x": "drivers.radio.sx127x:Sx127xRadio.from_config",
+    "serial": "drivers.radio.serial_link:SerialRadio.from_config",
+    "sim": "drivers.sim.inprocess:InProcessSimRadio.from_config",
+}
+
+
+def build_radio(config: Config) -> Radio:
+    module_name, _, attribute = RADIO_DRIVERS[config.radio.driver].partition(":")
+    target: Any = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return target(config.radio) if config.radio.driver != "sim" else target(config)
+
+
+def build_upstreams(config: Config, list_devices: Any) -> list[Upstream]:
+    upstreams: list[Upstream] = []
+    if config.mqtt.enabled:
+        from gateway.upstreams.mqtt import MqttUpstream
+
+        upstreams.append(MqttUpstream(config))
+    if config.xmpp.enabled:
+        from gateway.upstreams.xmpp import XmppUpstream
+
+        upstreams.append(XmppUpstream(config.xmpp, list_devices))
+    return upstreams
+
+
+def build_bus_drivers(config: Config) -> list[DeviceDriver]:
+    drivers: list[DeviceDriver] = []
+    if config.modbus.enabled:
+        from drivers.modbus.driver import ModbusDriver
+
+        drivers.append(ModbusDriver(config.modbus))
+    if config.ble.enabled:
+        from drivers.ble.driver import BleDriver
+
+        drivers.append(BleDriver(config.ble))
+    return drivers
+
+
+@dataclass
+class Gateway:
+    """Everything a running gateway is made of; ``start``/``stop`` in the right order."""
+
+    config: Config
+    state: GatewayState = field(default_factory=GatewayState)
+    radio: Radio | None = None
+    bridge: Bridge | None = None
+    services: list[Any] = field(default_factory=list)
+    lora: LoraNetwork | None = None
+
+    @classmethod
+    def build(cls, config: Config, *, radio: Radio | None = None) -> Gateway:
+        gateway = cls(config)
+        gateway.radio = radio if radio is not None else build_radio(config)
+        holder: dict[str, Bridge] = {}
+
+        def list_devices() -> list[dict[str, Any]]:
+            bridge = holder.get("bridge")
+            if bridge is None:
+                return []
+            return [
+                {"device": info.device, "kind": info.kind, "name": info.name}
+                for driver in bridge.drivers
+                for info in driver.devices()
+            ]
+
+        upstreams = build_upstreams(config, list_devices)
+        gateway.lora = LoraNetwork(config, gateway.radio, gateway.state)
+        drivers: list[DeviceDriver] = [gateway.lora, *build_bus_drivers(config)]
+        gateway.bridge = Bridge(config, gateway.state, upstreams, drivers, radio=gateway.radio)
+        gateway.lora.progress = gateway.bridge.on_driver_progress
+        holder["bridge"] = gateway.bridge
+        return gateway
+
+    async def start(self) -> None:
+        assert self.bridge is not None
+        await self.bridge.start()
+        config = self.config
+        if config.console.enabled:
+            from gateway.console import ConsoleServer
+
+            console = ConsoleServer.from_config(config, self.state, self.bridge)
+            await console.start()
+            self.services.append(console)
+        if config.metrics.enabled:
+            from gateway.metrics import MetricsServer
+
+            metrics = MetricsServer.from_config(config.metrics, self.state)
+            port = await metrics.start()
+            log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
+            self.services.append(metrics)
+        if config.web.enabled:
+            from gateway.web import WebServer
+
+            web = WebServer.from_config(config, self.state, self.bridge)
+            port = await web.start()
+            log.info("status page on http://%s:%d/", config.web.host, port)
+            self.services.append(web)
+
+    async def stop(self) -> None:
+        for service in reversed(self.services):
+            with contextlib.suppress(Exception):
+                await service.stop()
+        self.services.clear()
+        if self.bridge is not None:
+            await self.bridge.stop()
+
+    def healthy(self) -> bool:
+        return self.radio is not None and self.radio.healthy()
+
+
+async def run_daemon(config: Config) -> int:
+    notifier = Notifier()
+    gateway = Gateway.build(config)
+    watchdog = Watchdog.from_environment(notifier, gateway.healthy)
+    if watchdog is not None:
+        watchdog.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await gateway.start()
+        upstreams = ", ".join(gateway.bridge.upstreams) if gateway.bridge else ""
+        log.info(
+            "duogate %s up: gateway %s, radio %s, upstreams: %s",
+            __version__,
+            config.gateway.id,
+            config.radio.driver,
+            upstreams or "none",
+        )
+        notifier.ready(f"relaying to {upstreams or 'no upstream'}")
+        await stop.wait()
+        log.info("stopping")
+        notifier.stopping()
+    finally:
+        if watchdog is not None:
+            await watchdog.stop()
+        await gateway.stop()
+        notifier.close()
+    return 0
