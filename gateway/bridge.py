@@ -324,9 +324,10 @@ class Bridge:
     async def _finish(self, command: Command, status: CommandStatus, detail: str | None) -> None:
         assert self.commands is not None
         now_mono, now_wall = self._mono(), self._wall()
-        await self.commands.transition(
+        if not await self.commands.transition(
             command, status, now_mono=now_mono, now_wall=now_wall, detail=detail
-        )
+        ):
+            return  # already final: exactly one final result is ever published
         self.state.count_command(status)
         log.info(
             "command %r for %s: %s%s",

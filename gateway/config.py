@@ -283,6 +283,21 @@ class SimSection(Section):
     seed: int = 1
     listen: str = "127.0.0.1:0"
     state_dir: Path | None = None
+    # Node firmware timing (real-time defaults; tests and demos scale them down).
+    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # nodes start staggered
+    join_backoff_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
+    join_backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
+    retry_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0  # first retransmission
+    retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+    next_uplink_gap_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # after an ack
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SimSection:
+        if self.join_backoff_max_s < self.join_backoff_min_s:
+            raise ValueError("join_backoff_max_s must not be below join_backoff_min_s")
+        if self.retry_max_s < self.retry_min_s:
+            raise ValueError("retry_max_s must not be below retry_min_s")
+        return self
 
 
 class ConsoleSection(Section):

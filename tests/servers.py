@@ -134,6 +134,9 @@ class Mosquitto(_Daemon):
             "max_inflight_messages 0",
             "max_queued_messages 0",
         ]
+        if os.geteuid() == 0:
+            # As root mosquitto drops to its own user, which cannot read a private temp dir.
+            lines.append("user root")
         if self.users:
             passwd = self.workdir / "passwd"
             passwd.write_text("")

@@ -14,6 +14,7 @@ import pytest
 from gateway.model import DeviceEvent, EventKind, Report
 from gateway.store.db import DATABASE_NAME
 from gateway.store.outbox import (
+    CommitFailed,
     Outbox,
     OutboxClosed,
     OutboxEntry,
@@ -24,6 +25,7 @@ from gateway.store.outbox import (
 DEV_A = "lora-00000000000000aa"
 DEV_B = "lora-00000000000000bb"
 REPO = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 30.0
 
 
 def report(n: int, device: str = DEV_A) -> Report:
@@ -151,6 +153,19 @@ async def test_queued_marks_hide_entries_before_the_commit(tmp_path: Path) -> No
         await outbox.close()
 
 
+async def test_a_page_of_delivered_entries_does_not_hide_the_rest(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt"], commit_interval_s=5.0)
+    try:
+        for n in range(12):
+            outbox.add(report(n))
+        await outbox.flush()
+        ids = [e.entry_id for e in await outbox.pending("mqtt", limit=100)]
+        outbox.mark_delivered("mqtt", ids[:10])  # not committed yet
+        assert [e.entry_id for e in await outbox.pending("mqtt", limit=4)] == ids[10:]
+    finally:
+        await outbox.close()
+
+
 async def test_unknown_upstream_is_an_error(tmp_path: Path) -> None:
     outbox = await Outbox.open(tmp_path, ["mqtt"])
     try:
@@ -268,6 +283,26 @@ async def test_corrupt_row_is_counted_and_removed(tmp_path: Path) -> None:
         assert reopened.size == 2
     finally:
         await reopened.close()
+
+
+async def test_failed_commit_refuses_durable_rows_and_keeps_the_rest(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt"])
+    await outbox.add_durable(report(0))
+    # Another writer holds the database longer than the busy timeout: the commit fails.
+    blocker = sqlite3.connect(tmp_path / DATABASE_NAME, timeout=0, isolation_level=None)
+    blocker.execute("BEGIN IMMEDIATE")
+    try:
+        outbox.add(report(1))
+        with pytest.raises(CommitFailed):
+            await outbox.add_durable(report(2))
+    finally:
+        blocker.execute("ROLLBACK")
+        blocker.close()
+    try:
+        await asyncio.wait_for(outbox.flush(), TIMEOUT_S)
+        assert [e.item for e in await outbox.pending("mqtt")] == [report(0), report(1)]
+    finally:
+        await outbox.close()
 
 
 async def test_wait_for_entries_after(tmp_path: Path) -> None:

@@ -4,11 +4,10 @@ import asyncio
 import datetime as dt
 import ipaddress
 import json
-import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ from gateway.config import Config, parse_config
 from gateway.model import CommandResult, CommandStatus, DeviceEvent, EventKind, Report
 from gateway.store.outbox import Outbox
 from gateway.upstreams.base import IncomingCommand, UpstreamUnavailable
-from gateway.upstreams.mqtt import MqttUpstream, _backoff
+from gateway.upstreams.mqtt import MqttSetupError, MqttUpstream, _backoff
 from tests.servers import Mosquitto
 
 DEVICE = "lora-0011223344556677"
@@ -168,20 +167,6 @@ class TcpProxy:
         self.sever()
         self.server.close()
         await self.server.wait_closed()
-
-
-class PrivateMosquitto(Mosquitto):
-    """mosquitto that keeps the test's user, so it can read the private files it is given.
-
-    Started as root, mosquitto otherwise switches to the ``mosquitto`` user, which cannot
-    read a password file or key under pytest's private temporary directory.
-    """
-
-    def _write_config(self) -> None:
-        super()._write_config()
-        if os.geteuid() == 0:
-            with self.config_path.open("a") as config:
-                config.write("user root\n")
 
 
 async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
@@ -432,6 +417,33 @@ async def test_command_with_response_topic_correlation_and_expiry(mosquitto: Mos
         app.close()
 
 
+async def test_commands_sent_while_the_gateway_is_away_are_not_replayed(
+    mosquitto: Mosquitto,
+) -> None:
+    app = Observer(mosquitto.host, mosquitto.port, [])
+    received: list[Any] = []
+
+    async def handler(incoming: IncomingCommand) -> None:
+        received.append(incoming.body)
+
+    config = make_config(mosquitto.host, mosquitto.port)
+    first = await started(config, handler)
+    await first.stop()
+    # The session (and its subscription) lives on at the broker; a command sent now must not
+    # be executed whenever the gateway comes back.
+    app.publish(f"{PREFIX}/devices/{DEVICE}/command", json.dumps({"id": "stale", "ttl_s": 60}))
+    second = await started(config, handler)
+    try:
+        assert second.session_present is True
+        app.publish(f"{PREFIX}/devices/{DEVICE}/command", json.dumps({"id": "fresh"}))
+        await wait_until(lambda: len(received) >= 1)
+        await asyncio.sleep(0.2)
+        assert received == [{"id": "fresh"}]
+    finally:
+        await second.stop()
+        app.close()
+
+
 async def test_malformed_command_bodies_reach_the_bridge_raw(mosquitto: Mosquitto) -> None:
     app = Observer(mosquitto.host, mosquitto.port, [])
     received: asyncio.Queue[IncomingCommand] = asyncio.Queue()
@@ -532,7 +544,7 @@ async def test_publish_raw_and_subscribe_extra(mosquitto: Mosquitto) -> None:
 
 
 async def test_ready_listener_and_session_across_broker_restart(tmp_path: Path) -> None:
-    broker = PrivateMosquitto(tmp_path / "persist")  # must be able to save its database
+    broker = Mosquitto(tmp_path / "persist")  # must be able to save its database
     broker.start()
     upstream = MqttUpstream(make_config(broker.host, broker.port))
     calls: list[bool] = []
@@ -592,7 +604,7 @@ async def test_silent_server_and_unreachable_broker(mosquitto: Mosquitto) -> Non
 
 
 async def test_password_authentication(tmp_path: Path) -> None:
-    broker = PrivateMosquitto(tmp_path / "auth", users={"gateway": "s3cret"})
+    broker = Mosquitto(tmp_path / "auth", users={"gateway": "s3cret"})
     broker.start()
     try:
         secret = tmp_path / "mqtt.pw"
@@ -661,7 +673,7 @@ def _write_pem(directory: Path, name: str, cert: x509.Certificate, key: Any) -> 
     return cert_path, key_path
 
 
-class TlsMosquitto(PrivateMosquitto):
+class TlsMosquitto(Mosquitto):
     """mosquitto with a TLS listener that requires a client certificate from our CA."""
 
     def __init__(self, workdir: Path, pki: dict[str, Path]) -> None:
@@ -727,6 +739,11 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
         finally:
             await upstream.stop()
             app.close()
+        # insecure_skip_verify: no CA to check the broker against, still a TLS session.
+        insecure = {"cert_file": client_cert, "key_file": client_key_path}
+        insecure["insecure_skip_verify"] = True  # type: ignore[assignment]
+        unchecked = await started(make_config("127.0.0.1", broker.port, tls=insecure))
+        await unchecked.stop()
         # Without a client certificate the broker refuses the handshake.
         no_cert = MqttUpstream(make_config("127.0.0.1", broker.port, tls={"ca_file": ca_path}))
         await no_cert.start(ignore_commands)
@@ -737,6 +754,20 @@ async def test_tls_with_client_certificate(tmp_path: Path) -> None:
             await no_cert.stop()
     finally:
         broker.kill()
+
+
+async def test_unreadable_secret_or_certificate_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pw"
+    upstream = MqttUpstream(
+        make_config("127.0.0.1", 1, username="gateway", password={"file": missing})
+    )
+    with pytest.raises(MqttSetupError, match=r"^mqtt\.password: cannot read the secret"):
+        await upstream.start(ignore_commands)
+    garbage = tmp_path / "ca.pem"
+    garbage.write_text("not a certificate")
+    upstream = MqttUpstream(make_config("127.0.0.1", 1, tls={"ca_file": garbage}))
+    with pytest.raises(MqttSetupError, match=r"^mqtt\.tls: cannot load certificates"):
+        await upstream.start(ignore_commands)
 
 
 # -- pure helpers ---------------------------------------------------------------------------
@@ -751,12 +782,8 @@ def test_backoff_is_jittered_and_capped() -> None:
     assert len({_backoff(3, 0.1, 2.0) for _ in range(20)}) > 1
 
 
-def test_publishing_before_start_is_unavailable() -> None:
+async def test_publishing_before_start_is_unavailable() -> None:
     upstream = MqttUpstream(make_config("127.0.0.1", 1))
-
-    async def attempt() -> Awaitable[None] | None:
-        with pytest.raises(UpstreamUnavailable):
-            await upstream.publish_report(report(1))
-        return None
-
-    asyncio.run(attempt())  # type: ignore[arg-type]
+    assert not upstream.connected
+    with pytest.raises(UpstreamUnavailable):
+        await upstream.publish_report(report(1))

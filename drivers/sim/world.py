@@ -88,10 +88,7 @@ class SimWorld:
         self.chip = SimulatedSX127x(self.loop, self.medium, position=(0.0, 0.0), name="gateway")
         self.state_dir = state_dir or config.sim.state_dir or config.gateway.data_dir / "sim"
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        base = node_config or NodeConfig(
-            report_interval_s=config.sim.report_interval_s,
-            join_rx_delay_s=config.join.join_rx_delay_s,
-        )
+        base = node_config or node_config_from(config)
         settings = settings_from_config(config.radio)
         self.nodes: list[SimNode] = []
         self.links: list[MediumNodeLink] = []
@@ -112,10 +109,20 @@ class SimWorld:
             self.links.append(link)
             self.nodes.append(node)
         self._tasks: list[asyncio.Task[None]] = []
+        self._start_rng = random.Random(config.sim.seed)
 
     def start(self) -> None:
+        """Run every node, each after a random delay within ``sim.start_spread_s``.
+
+        Nodes switched on together would collide on their first join requests and all back
+        off; a real deployment never powers up in lockstep either.
+        """
+        spread = self.config.sim.start_spread_s
         for node in self.nodes:
-            self._tasks.append(self.loop.create_task(node.run(), name=f"sim-{node.device_id}"))
+            delay = self._start_rng.uniform(0, spread) if spread > 0 else 0.0
+            self._tasks.append(
+                self.loop.create_task(_run_after(delay, node), name=f"sim-{node.device_id}")
+            )
 
     async def stop(self) -> None:
         for node in self.nodes:
@@ -145,6 +152,26 @@ class SimWorld:
             f"air: {medium.frames_sent} frames, {medium.delivered} delivered, "
             f"{medium.lost_collision} collided"
         )
+
+
+def node_config_from(config: Config) -> NodeConfig:
+    """Node firmware timing from ``[sim]`` (and the join window from ``[join]``)."""
+    sim = config.sim
+    return NodeConfig(
+        report_interval_s=sim.report_interval_s,
+        join_rx_delay_s=config.join.join_rx_delay_s,
+        join_backoff_min_s=sim.join_backoff_min_s,
+        join_backoff_max_s=sim.join_backoff_max_s,
+        retry_min_s=sim.retry_min_s,
+        retry_max_s=sim.retry_max_s,
+        next_uplink_gap_s=sim.next_uplink_gap_s,
+    )
+
+
+async def _run_after(delay: float, node: SimNode) -> None:
+    if delay > 0:
+        await asyncio.sleep(delay)
+    await node.run()
 
 
 def _parse_listen(text: str) -> tuple[str, int]:

@@ -121,8 +121,11 @@ class CommandStore:
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._worker, open_database, data_dir)
-            await loop.run_in_executor(self._worker, self._conn.executescript, _SCHEMA)
+            await self._run(self._conn.executescript, _SCHEMA)
         except BaseException:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
             self._worker.shutdown(wait=False)
             raise
         return self
@@ -224,7 +227,10 @@ class CommandStore:
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._closed:
             raise CommandStoreError("command store is closed")
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise CommandStoreError(f"command store database: {exc}") from exc
 
     # -- worker thread ----------------------------------------------------------------------
 

@@ -83,6 +83,10 @@ class OutboxClosed(OutboxError):
     pass
 
 
+class StorageFailed(OutboxError):
+    """The database refused an operation (disk full, locked for too long, I/O error)."""
+
+
 @dataclass(frozen=True, slots=True)
 class OutboxEntry:
     entry_id: int
@@ -154,10 +158,11 @@ class Outbox:
         loop = asyncio.get_running_loop()
         try:
             self._conn = await loop.run_in_executor(self._worker, open_database, data_dir)
-            bits, count, last_id = await loop.run_in_executor(
-                self._worker, self._init_schema, list(upstreams)
-            )
+            bits, count, last_id = await self._run(self._init_schema, list(upstreams))
         except BaseException:
+            conn = getattr(self, "_conn", None)
+            if conn is not None:
+                conn.close()
             self._worker.shutdown(wait=False)
             raise
         self._bits = bits
@@ -254,18 +259,17 @@ class Outbox:
     async def pending(
         self, upstream: str, after_id: int = 0, limit: int = 256
     ) -> list[OutboxEntry]:
-        """Up to ``limit`` entries ``upstream`` has not delivered, with id > ``after_id``."""
-        self._check_open()
-        bit = self._bit(upstream)
-        rows = await self._run(self._select_pending, bit, after_id, limit)
-        queued_marks = self._batch.marks.get(bit, set())
+        """Up to ``limit`` entries ``upstream`` has not delivered, with id > ``after_id``.
+
+        Empty only when there is nothing more to deliver (delivered-but-not-yet-committed
+        entries are skipped without shortening the answer to nothing).
+        """
         entries: list[OutboxEntry] = []
-        for entry_id, kind, body in rows:
-            if entry_id in queued_marks:
-                continue
-            item = self._decode(entry_id, kind, body)
-            if item is not None:
-                entries.append(OutboxEntry(entry_id, item))
+        async with contextlib.aclosing(self.iter_pending(upstream, after_id, limit)) as stream:
+            async for entry in stream:
+                entries.append(entry)
+                if len(entries) >= limit:
+                    break
         return entries
 
     async def iter_pending(
@@ -273,18 +277,21 @@ class Outbox:
     ) -> AsyncIterator[OutboxEntry]:
         """Stream every pending entry for ``upstream`` in order, one page at a time."""
         self._check_open()
+        bit = self._bit(upstream)
         while True:
-            page = await self._run(self._select_pending, self._bit(upstream), after_id, page_size)
+            page = await self._run(self._select_pending, bit, after_id, page_size)
             if not page:
                 return
             after_id = page[-1][0]
-            queued_marks = self._batch.marks.get(self._bit(upstream), set())
+            queued_marks = self._batch.marks.get(bit, ())
             for entry_id, kind, body in page:
                 if entry_id in queued_marks:
                     continue
                 item = self._decode(entry_id, kind, body)
                 if item is not None:
                     yield OutboxEntry(entry_id, item)
+            if len(page) < page_size:
+                return
 
     async def wait_for_entries_after(self, entry_id: int) -> None:
         """Return once an entry with an id above ``entry_id`` is committed."""
@@ -345,7 +352,10 @@ class Outbox:
             raise OutboxClosed("outbox is closed")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageFailed(f"outbox database: {exc}") from exc
 
     # -- group commit -----------------------------------------------------------------------
 
@@ -365,7 +375,7 @@ class Outbox:
             self._commit_in_flight = in_flight
             try:
                 outcome = await self._run(self._commit, batch)
-            except (sqlite3.Error, OSError) as exc:
+            except StorageFailed as exc:
                 self._requeue_after_failure(batch, exc)
                 await asyncio.sleep(RETRY_AFTER_FAILED_COMMIT_S)
                 continue
@@ -611,6 +621,7 @@ __all__ = [
     "OutboxClosed",
     "OutboxEntry",
     "OutboxError",
+    "StorageFailed",
     "StoreError",
     "UnstorableItem",
     "droppable_kinds_for_mqtt",

@@ -72,6 +72,10 @@ class UnpublishableItem(UpstreamError, ValueError):
     """A record that cannot be sent (not plain JSON); retrying will not help."""
 
 
+class MqttSetupError(UpstreamError):
+    """The configured secret or certificates cannot be used (raised by ``start``)."""
+
+
 class ConnectRefused(UpstreamError):
     def __init__(self, reason: str) -> None:
         super().__init__(f"broker refused the connection: {reason}")
@@ -142,6 +146,7 @@ class MqttUpstream:
         return self._ready.is_set()
 
     async def start(self, on_command: CommandHandler) -> None:
+        """Connect in the background; MqttSetupError if the secret or certificates are bad."""
         if self._supervisor is not None:
             raise RuntimeError("MqttUpstream already started")
         self._loop = asyncio.get_running_loop()
@@ -263,10 +268,16 @@ class MqttUpstream:
         client.connect_timeout = settings.connect_timeout_s
         client.will_set(self.status_topic, b"offline", qos=1, retain=True)
         if settings.username is not None:
-            password = settings.password.read() if settings.password is not None else None
+            try:
+                password = settings.password.read() if settings.password is not None else None
+            except (OSError, KeyError, UnicodeDecodeError) as exc:
+                raise MqttSetupError(f"mqtt.password: cannot read the secret: {exc}") from None
             client.username_pw_set(settings.username, password)
         if settings.tls is not None:
-            client.tls_set_context(_tls_context(settings))
+            try:
+                client.tls_set_context(_tls_context(settings))
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                raise MqttSetupError(f"mqtt.tls: cannot load certificates: {exc}") from None
             if settings.tls.insecure_skip_verify:
                 client.tls_insecure_set(True)
         client.on_connect = self._on_connect

@@ -1,0 +1,500 @@
+"""The bench the HIL scenarios run on: a simulated RF world by default, real boards when asked.
+
+Simulated bench: an ``RfMedium`` with the gateway's ``SimulatedSX127x`` at the origin and
+``MediumNodeLink`` node radios around it; the gateway runs the real ``Sx127xRadio`` (pyLoRa)
+on that chip through the in-process SPI/GPIO backend.
+
+Hardware bench (``DUOGATE_HIL_HARDWARE=1``): ``DUOGATE_HIL_CONFIG`` is a duogate config whose
+``[radio]`` section (``driver = "sx127x"``) describes the gateway's module;
+``DUOGATE_HIL_NODE_CONFIG`` (optional) is a config whose ``[radio]`` section describes a second
+SX127x module that plays the nodes. Node firmware (``SimNode``) then runs over that real radio.
+See docs/HIL.md.
+
+Run as a module it is a stand-alone gateway-side probe for the split-process scenario:
+``python -m hil_tests.helpers probe CONFIG sim://HOST:PORT`` opens the driver with the
+``[radio]`` settings of CONFIG on that URL, prints ``up``, then one ``rx <hex payload>`` line
+per received packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import random
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.radio.base import Radio, RadioSettings, RxPacket
+from drivers.radio.serial_link import settings_from_config
+from drivers.radio.spi import Pins, open_local_chip
+from drivers.radio.sx127x import Sx127xRadio, settings_airtime_s
+from drivers.sim.chip import SimulatedSX127x
+from drivers.sim.medium import RfMedium
+from drivers.sim.node import NodeAirLink, NodeConfig, SimNode
+from drivers.sim.node_link import MediumNodeLink
+from drivers.sim.world import plan_nodes
+from gateway.config import Config, load_config, parse_config
+from gateway.lora import LoraNetwork
+from gateway.model import EventKind
+from gateway.state import Direction, GatewayState
+
+HARDWARE_ENV = "DUOGATE_HIL_HARDWARE"
+CONFIG_ENV = "DUOGATE_HIL_CONFIG"
+NODE_CONFIG_ENV = "DUOGATE_HIL_NODE_CONFIG"
+NODES_ENV = "DUOGATE_HIL_NODES"
+
+SIM_PINS = Pins(dio0=25, reset=17)
+
+
+def hardware_requested() -> bool:
+    return os.environ.get(HARDWARE_ENV) == "1"
+
+
+def hardware_skip_reason() -> str | None:
+    """Why the hardware variant of a scenario cannot run here, or None when it can."""
+    if not hardware_requested():
+        return f"real board not requested: set {HARDWARE_ENV}=1 and {CONFIG_ENV}=path"
+    if not os.environ.get(CONFIG_ENV):
+        return f"{HARDWARE_ENV}=1 but {CONFIG_ENV} (gateway board config) is not set"
+    return None
+
+
+def node_board_skip_reason() -> str | None:
+    """Why a scenario that needs a node board on the bench cannot run, or None."""
+    if not os.environ.get(NODE_CONFIG_ENV):
+        return f"no node board: set {NODE_CONFIG_ENV} to a config describing the second module"
+    return None
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+def sim_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
+    """A gateway config for the simulated bench: open join, short receive delays, no servers.
+
+    869.525 MHz is the EU868 sub-band with a 10 % duty cycle, so a busy scenario never runs
+    out of downlink budget.
+    """
+    data: dict[str, Any] = {
+        "gateway": {"id": "hil", "data_dir": str(data_dir)},
+        "radio": {
+            "driver": "sim",
+            "frequency_hz": 869_525_000,
+            "spreading_factor": 7,
+            "bandwidth_hz": 125_000,
+            "tx_power_dbm": 14,
+            "rx_delay_s": 0.5,
+        },
+        "join": {"open_join": True, "join_rx_delay_s": 0.5},
+        "mqtt": {"enabled": False},
+        "console": {"enabled": False},
+        "metrics": {"enabled": False},
+    }
+    for name, values in sections.items():
+        data.setdefault(name, {}).update(values)
+    return parse_config(data, check_files=False)
+
+
+def hardware_config(data_dir: Path) -> Config:
+    """The bench's gateway config, with its own data directory and open join for lab nodes."""
+    return load_config(
+        os.environ[CONFIG_ENV],
+        overrides=[f"gateway.data_dir={str(data_dir)!r}", "join.open_join=true"],
+    )
+
+
+def fast_node_config(config: Config, *, report_interval_s: float) -> NodeConfig:
+    """Node firmware timing scaled down from minutes to seconds."""
+    return NodeConfig(
+        report_interval_s=report_interval_s,
+        join_rx_delay_s=config.join.join_rx_delay_s,
+        join_backoff_min_s=1.0,
+        join_backoff_max_s=8.0,
+        retry_min_s=1.0,
+        retry_max_s=8.0,
+        next_uplink_gap_s=0.3,
+    )
+
+
+# ------------------------------------------------------------------------------------ waiting
+
+
+async def wait_until(
+    condition: Callable[[], bool],
+    timeout_s: float,
+    what: str,
+    *,
+    describe: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``condition`` until it holds; AssertionError naming ``what`` after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while not condition():
+        if loop.time() >= deadline:
+            detail = f" ({describe()})" if describe is not None else ""
+            raise AssertionError(f"{what}: not reached within {timeout_s:g} s{detail}")
+        await asyncio.sleep(0.05)
+
+
+# -------------------------------------------------------------------------------- the gateway
+
+
+@dataclass(frozen=True, slots=True)
+class StoredReport:
+    device: str
+    data: dict[str, Any]
+    seq: int | None
+    report_id: str | None
+    rssi: float | None
+    snr: float | None
+
+    @property
+    def session(self) -> str:
+        """``device:session`` part of the report id: counters restart with a new session."""
+        assert self.report_id is not None
+        return self.report_id.rpartition(":")[0]
+
+
+@dataclass(slots=True)
+class RecordingSink:
+    """A ``DeviceSink`` that keeps every report and event it is handed, in order."""
+
+    reports: list[StoredReport] = field(default_factory=list)
+    events: list[tuple[str, EventKind, dict[str, Any] | None]] = field(default_factory=list)
+
+    async def report(
+        self,
+        device: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        rssi: float | None = None,
+        snr: float | None = None,
+        seq: int | None = None,
+        report_id: str | None = None,
+    ) -> None:
+        self.reports.append(StoredReport(device, dict(data), seq, report_id, rssi, snr))
+
+    async def event(
+        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
+    ) -> None:
+        self.events.append((device, event, detail))
+
+    def of(self, device: str) -> list[StoredReport]:
+        return [report for report in self.reports if report.device == device]
+
+
+class GatewayUnderTest:
+    """The real LoRa stack (``LoraNetwork``) on a radio, reporting into a ``RecordingSink``."""
+
+    def __init__(self, config: Config, radio: Radio) -> None:
+        self.config = config
+        self.radio = radio
+        self.state = GatewayState()
+        self.sink = RecordingSink()
+        self.lora = LoraNetwork(config, radio, self.state)
+
+    async def start(self) -> None:
+        await asyncio.wait_for(self.lora.start(self.sink), 10.0)
+
+    async def stop(self) -> None:
+        await self.lora.stop()
+
+    def downlinks(self, device: str, kind: str) -> list[dict[str, Any] | str | None]:
+        """Bodies of the downlinks of ``kind`` ("ack", "join-accept", ...) sent to ``device``."""
+        return [
+            entry.body
+            for entry in self.state.frames
+            if entry.direction is Direction.DOWN and entry.node == device and entry.type == kind
+        ]
+
+
+# ----------------------------------------------------------------------------- node radios
+
+
+class DeafWindows:
+    """A node radio whose receiver is switched off for chosen receive windows.
+
+    While ``deaf_windows`` is above zero and ``armed()`` says so, a receive window is spent
+    with the receiver off (nothing can be heard, on the medium the node is not listening).
+    """
+
+    def __init__(self, inner: NodeAirLink, *, armed: Callable[[], bool] = lambda: True) -> None:
+        self.inner = inner
+        self.armed = armed
+        self.deaf_windows = 0
+        self.windows_missed = 0
+
+    async def transmit(self, payload: bytes) -> float:
+        return await self.inner.transmit(payload)
+
+    async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
+        if self.deaf_windows > 0 and self.armed():
+            self.deaf_windows -= 1
+            self.windows_missed += 1
+            await asyncio.sleep(timeout_s)
+            return None
+        return await self.inner.receive(timeout_s)
+
+
+class SharedRadioNodeLink:
+    """One node's ``NodeAirLink`` on a real radio shared by several simulated nodes.
+
+    The radio receives continuously; a node holds the radio from its transmission to the end of
+    the receive window that follows it, so the nodes take turns instead of colliding. A packet
+    counts for a window when its preamble started inside it (RxDone minus time on air).
+    """
+
+    def __init__(self, radio: Radio, turn: asyncio.Lock, inbox: asyncio.Queue[RxPacket]):
+        self.radio = radio
+        self._turn = turn
+        self._inbox = inbox
+        self._holding = False
+
+    async def transmit(self, payload: bytes) -> float:
+        if not self._holding:
+            await self._turn.acquire()
+            self._holding = True
+        try:
+            return await self.radio.transmit(payload)
+        except BaseException:
+            self._release()
+            raise
+
+    async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
+        try:
+            opens = time.monotonic()
+            while not self._inbox.empty():
+                self._inbox.get_nowait()  # heard before this window opened
+            longest = settings_airtime_s(self.radio.settings, 255)
+            deadline = opens + timeout_s + longest
+            while (left := deadline - time.monotonic()) > 0:
+                try:
+                    packet = await asyncio.wait_for(self._inbox.get(), left)
+                except TimeoutError:
+                    break
+                started = packet.t_mono - settings_airtime_s(self.radio.settings, len(packet.payload))
+                if opens - 0.01 <= started <= opens + timeout_s:
+                    return packet.payload, packet.rssi, packet.snr
+            return None
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        if self._holding:
+            self._holding = False
+            self._turn.release()
+
+
+# -------------------------------------------------------------------------------- the benches
+
+
+class Bench:
+    """What a scenario needs: the gateway's radio and node radios, simulated or real."""
+
+    hardware: bool
+    config: Config
+    medium: RfMedium | None = None
+    chip: SimulatedSX127x | None = None
+
+    @property
+    def settings(self) -> RadioSettings:
+        return settings_from_config(self.config.radio)
+
+    def gateway_radio(self, **options: Any) -> Sx127xRadio:
+        raise NotImplementedError
+
+    async def node_link(self, name: str, *, distance_m: float = 100.0) -> NodeAirLink:
+        raise NotImplementedError
+
+    def gateway(self) -> GatewayUnderTest:
+        return GatewayUnderTest(self.config, self.gateway_radio())
+
+    async def nodes(
+        self, count: int, node_config: NodeConfig, *, wrap: Callable[[NodeAirLink], Any] = None
+    ) -> list[SimNode]:
+        """``count`` lab nodes (open join keys), spread from 50 m to 2 km around the gateway."""
+        nodes = []
+        for plan in plan_nodes(self.config, count):
+            link = await self.node_link(f"node-{plan.eui:016x}", distance_m=plan.distance_m)
+            if wrap is not None:
+                link = wrap(link)
+            nodes.append(
+                SimNode(
+                    plan.eui,
+                    plan.root_key,
+                    link,
+                    config=node_config,
+                    rng=random.Random(plan.eui),
+                )
+            )
+        return nodes
+
+    async def close(self) -> None:
+        pass
+
+
+class SimBench(Bench):
+    hardware = False
+
+    def __init__(self, config: Config, *, seed: int = 1) -> None:
+        self.config = config
+        loop = asyncio.get_running_loop()
+        self.medium = RfMedium(loop, seed=seed)
+        self.chip = SimulatedSX127x(loop, self.medium, position=(0.0, 0.0), name="gateway")
+        self._links: list[MediumNodeLink] = []
+
+    def gateway_radio(self, **options: Any) -> Sx127xRadio:
+        chip = self.chip
+        assert chip is not None
+        options.setdefault("probe_interval_s", 30.0)
+        return Sx127xRadio.from_config(
+            self.config.radio, open_bus=lambda: open_local_chip(chip, SIM_PINS), **options
+        )
+
+    async def node_link(self, name: str, *, distance_m: float = 100.0) -> MediumNodeLink:
+        assert self.medium is not None
+        angle = 2 * math.pi * (len(self._links) * 0.618_034 % 1.0)
+        position = (distance_m * math.cos(angle), distance_m * math.sin(angle))
+        link = MediumNodeLink(self.medium, self.settings, position=position, name=name)
+        self._links.append(link)
+        return link
+
+    async def close(self) -> None:
+        for link in self._links:
+            link.close()
+
+
+class HardwareBench(Bench):
+    """Real modules: the gateway's from ``DUOGATE_HIL_CONFIG``, the node board's (if any) from
+    ``DUOGATE_HIL_NODE_CONFIG`` with the gateway's RF settings so the two hear each other."""
+
+    hardware = True
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._node_radio: Sx127xRadio | None = None
+        self._turn = asyncio.Lock()
+        self._inbox: asyncio.Queue[RxPacket] = asyncio.Queue()
+
+    def gateway_radio(self, **options: Any) -> Sx127xRadio:
+        return Sx127xRadio.from_config(self.config.radio, **options)
+
+    async def node_link(self, name: str, *, distance_m: float = 100.0) -> NodeAirLink:
+        if self._node_radio is None:
+            node_radio_section = load_config(os.environ[NODE_CONFIG_ENV]).radio
+            radio = Sx127xRadio(
+                self.settings,
+                spi_url=node_radio_section.spi,
+                dio0_pin=node_radio_section.pins.dio0,
+                reset_pin=node_radio_section.pins.reset,
+            )
+            await asyncio.wait_for(radio.open(self._inbox.put_nowait), 10.0)
+            self._node_radio = radio
+        return SharedRadioNodeLink(self._node_radio, self._turn, self._inbox)
+
+    async def close(self) -> None:
+        if self._node_radio is not None:
+            await self._node_radio.close()
+
+
+# Parametrise a bench fixture with these: the real-board variant is skipped unless asked for.
+BENCH_KINDS = [
+    "sim",
+    pytest.param(
+        "hardware",
+        marks=[
+            pytest.mark.hardware,
+            pytest.mark.skipif(
+                hardware_skip_reason() is not None, reason=hardware_skip_reason() or ""
+            ),
+        ],
+    ),
+]
+
+
+@contextlib.asynccontextmanager
+async def open_bench(kind: str, tmp_path: Path) -> AsyncIterator[Bench]:
+    bench: Bench
+    if kind == "sim":
+        bench = SimBench(sim_config(tmp_path / "gateway"))
+    else:
+        bench = HardwareBench(hardware_config(tmp_path / "gateway"))
+    try:
+        yield bench
+    finally:
+        await bench.close()
+
+
+class NodeFleet:
+    """Runs simulated nodes, each starting ``stagger_s`` after the previous one."""
+
+    def __init__(self, nodes: list[SimNode]) -> None:
+        self.nodes = nodes
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self, stagger_s: float = 0.0) -> None:
+        for index, node in enumerate(self.nodes):
+            self._tasks.append(
+                asyncio.get_running_loop().create_task(
+                    _after(index * stagger_s, node.run), name=f"hil-{node.device_id}"
+                )
+            )
+
+    async def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+
+    def failed(self) -> list[BaseException]:
+        """Exceptions that ended a node's firmware (a firmware crash fails the scenario)."""
+        return [
+            task.exception()  # type: ignore[misc]
+            for task in self._tasks
+            if task.done() and not task.cancelled() and task.exception() is not None
+        ]
+
+
+async def _after(delay_s: float, run: Callable[[], Awaitable[None]]) -> None:
+    await asyncio.sleep(delay_s)
+    await run()
+
+
+# ------------------------------------------------------------------- split-process gateway probe
+
+
+async def _probe(config_path: str, url: str) -> None:
+    config = load_config(config_path)
+    radio = Sx127xRadio(settings_from_config(config.radio), spi_url=url)
+
+    def show(packet: RxPacket) -> None:
+        print(f"rx {packet.payload.hex()}", flush=True)
+
+    await radio.open(show)
+    print("up", flush=True)
+    await asyncio.Event().wait()
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3 or argv[0] != "probe":
+        print("usage: python -m hil_tests.helpers probe CONFIG sim://HOST:PORT", file=sys.stderr)
+        return 2
+    asyncio.run(_probe(argv[1], argv[2]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
