@@ -276,6 +276,16 @@ class Bridge:
             await self._send_result(incoming.origin, incoming.reply_to, outcome.result(now_wall))
             return
         command = outcome
+        refusal = self._refusal(command)
+        if refusal is not None:
+            self.counters["commands_rejected"] += 1
+            self.state.count_command(CommandStatus.REJECTED)
+            log.info("command %r for %s rejected: %s", command.id, command.device, refusal)
+            rejected = CommandResult(
+                command.id, command.device, CommandStatus.REJECTED, now_wall, refusal
+            )
+            await self._send_result(command.origin, command.reply_to, rejected)
+            return
         assert self.commands is not None
         if not await self.commands.accept(command, now_mono=now_mono, now_wall=now_wall):
             existing = await self.commands.get(command.origin, command.device, command.id)
@@ -284,6 +294,15 @@ class Bridge:
                 await self._send_result(command.origin, command.reply_to, existing.result())
             return
         self._spawn(self._run_command(command), commands=True)
+
+    def _refusal(self, command: Command) -> str | None:
+        """Why the device's driver refuses the command outright (e.g. ``unknown_action``).
+
+        Drivers may offer ``refusal(command) -> str | None``; a refused command is answered
+        ``rejected`` without ever being ``accepted``.
+        """
+        check = getattr(self._driver_for(command.device), "refusal", None)
+        return check(command) if callable(check) else None
 
     async def _run_command(self, command: Command) -> None:
         reason = expiry.check(command, self._mono(), stage=expiry.Stage.ARRIVAL)
@@ -387,8 +406,12 @@ class Bridge:
     async def send_command(
         self, device: str, action: str, params: dict[str, Any], ttl_s: float | None
     ) -> CommandResult:
-        """A command from the console or web page; returns its final result."""
+        """A command from the console; returns its final result."""
         return await self.local_command("console", device, action, params, ttl_s)
+
+    def controls_for(self, origin: str) -> OriginControls:
+        """The ``Controls`` a local front end (``web``) uses, its commands tagged with it."""
+        return OriginControls(self, origin)
 
     async def local_command(
         self,
@@ -533,6 +556,27 @@ class Bridge:
         self._command_tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("bridge task failed: %r", task.exception())
+
+
+class OriginControls:
+    """``Controls`` whose commands carry their own origin (the web page, not the console)."""
+
+    def __init__(self, bridge: Bridge, origin: str) -> None:
+        if origin not in LOCAL_ORIGINS:
+            raise ValueError(f"not a local origin: {origin!r}")
+        self._bridge = bridge
+        self.origin = origin
+
+    async def send_command(
+        self, device: str, action: str, params: dict[str, Any], ttl_s: float | None
+    ) -> CommandResult:
+        return await self._bridge.local_command(self.origin, device, action, params, ttl_s)
+
+    async def reconfigure_radio(self, changes: dict[str, Any]) -> RadioSettings:
+        return await self._bridge.reconfigure_radio(changes)
+
+    def set_log_level(self, level: str) -> None:
+        self._bridge.set_log_level(level)
 
 
 async def _first_of(*awaitables: Any) -> None:

@@ -124,7 +124,7 @@ class Gateway:
         if config.web.enabled:
             from gateway.web import WebServer
 
-            web = WebServer.from_config(config, self.state, self.bridge)
+            web = WebServer.from_config(config, self.state, self.bridge.controls_for("web"))
             port = await web.start()
             log.info("status page on http://%s:%d/", config.web.host, port)
             self.services.append(web)

@@ -387,7 +387,11 @@ class DiscoveryPublisher:
                 written = "{{ 'true' if value == 'ON' else 'false' }}"
             else:
                 written = "{{ value }}"
-            params = f'{{"register": {json.dumps(field)}, "value": {written}}}'
+            param = meta.get("param")  # the action's own parameter name, e.g. relay's "on"
+            if isinstance(param, str):
+                params = f"{{{json.dumps(param)}: {written}}}"
+            else:
+                params = f'{{"register": {json.dumps(field)}, "value": {written}}}'
             config["command_template"] = self._envelope_template(action, params)
         if component == "number":
             config.update(_number_limits(meta))

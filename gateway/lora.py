@@ -46,9 +46,12 @@ from gateway.store.leases import LeaseStore, open_core
 log = logging.getLogger("duogate.lora")
 
 LORA_ACTIONS = ("relay", "set_interval", "ping")
+# Offered as controls (Home Assistant buttons): the actions that take no parameters. The relay
+# is switched through its field; set_interval needs a number and has no reading to show.
+LORA_CONTROL_ACTIONS = ("ping",)
 LORA_FIELDS: dict[str, dict[str, Any]] = {
     "temperature_c": {"unit": "°C", "device_class": "temperature", "type": "float"},
-    "relay": {"type": "bool", "writable": True, "action": "relay"},
+    "relay": {"type": "bool", "writable": True, "action": "relay", "param": "on"},
     "counter": {"type": "int"},
 }
 # Start the downlink this much before the window is due: SPI and scheduling take a moment.
@@ -196,7 +199,7 @@ class LoraNetwork:
     def devices(self) -> list[DeviceInfo]:
         ids = {info.device_id for info in self._core.leases()} if self._core else set()
         return [
-            DeviceInfo(device, "lora", device, dict(LORA_FIELDS), LORA_ACTIONS)
+            DeviceInfo(device, "lora", device, dict(LORA_FIELDS), LORA_CONTROL_ACTIONS)
             for device in sorted(ids | self._registry)
         ]
 
@@ -207,12 +210,19 @@ class LoraNetwork:
             self._core is not None and self._core.lease(device) is not None
         )
 
+    def refusal(self, command: Command) -> str | None:
+        """Why the command cannot be taken at all (checked before it is accepted), else None."""
+        if command.action not in LORA_ACTIONS:
+            return "unknown_action"
+        if self._core is None or self._core.lease(command.device) is None:
+            return "device_not_joined"
+        return None
+
     async def execute(self, command: Command) -> CommandResult:
         """Queue the command for the device's next receive window and wait for its outcome."""
-        if command.action not in LORA_ACTIONS:
-            return self._result(command, CommandStatus.REJECTED, "unknown_action")
-        if self._core is None or self._core.lease(command.device) is None:
-            return self._result(command, CommandStatus.REJECTED, "device_not_joined")
+        refused = self.refusal(command)
+        if refused is not None:
+            return self._result(command, CommandStatus.REJECTED, refused)
         queue = self._queues.setdefault(command.device, DeviceQueue())
         if len(queue.commands) >= self.config.commands.queue_per_device:
             return self._result(command, CommandStatus.REJECTED, "queue_full")

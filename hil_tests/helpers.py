@@ -281,7 +281,9 @@ class SharedRadioNodeLink:
                     packet = await asyncio.wait_for(self._inbox.get(), left)
                 except TimeoutError:
                     break
-                started = packet.t_mono - settings_airtime_s(self.radio.settings, len(packet.payload))
+                started = packet.t_mono - settings_airtime_s(
+                    self.radio.settings, len(packet.payload)
+                )
                 if opens - 0.01 <= started <= opens + timeout_s:
                     return packet.payload, packet.rssi, packet.snr
             return None

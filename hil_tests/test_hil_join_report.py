@@ -19,7 +19,6 @@ from hil_tests.helpers import (
     BENCH_KINDS,
     NODES_ENV,
     Bench,
-    GatewayUnderTest,
     NodeFleet,
     StoredReport,
     fast_node_config,
@@ -106,4 +105,8 @@ async def test_nodes_join_with_unique_addresses_and_report_without_gaps(bench: B
         assert node.stats.reports_dropped == 0
 
     if bench.medium is not None:
-        print(bench.medium.stats.as_dict(), sum(n.stats.retransmissions for n in fleet.nodes), sum(n.stats.join_attempts for n in fleet.nodes))
+        print(
+            bench.medium.stats.as_dict(),
+            sum(n.stats.retransmissions for n in fleet.nodes),
+            sum(n.stats.join_attempts for n in fleet.nodes),
+        )

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import json
 import threading
 import time
@@ -29,6 +30,7 @@ from drivers.sim.world import SimWorld
 from gateway.config import Config, parse_config
 from gateway.daemon import Gateway
 from gateway.model import EventKind
+from gateway.protocol import frames
 from tests.servers import Mosquitto
 
 GATEWAY_ID = "t"
@@ -45,7 +47,7 @@ def fast_settings(
     """A gateway + simulated world whose nodes report every ``interval_s`` and react fast."""
     return {
         "gateway": {"id": GATEWAY_ID, "data_dir": str(data_dir), "log_level": "info"},
-        "radio": {"driver": "sim", "rx_delay_s": 0.3},
+        "radio": {"driver": "sim", "rx_delay_s": 0.3, "bandwidth_hz": 250_000},
         "join": {"open_join": True, "join_rx_delay_s": 0.3},
         "mqtt": {
             "host": "127.0.0.1",
@@ -67,7 +69,7 @@ def fast_settings(
             "join_backoff_max_s": 1.5,
             "retry_min_s": 0.3,
             "retry_max_s": 1.0,
-            "next_uplink_gap_s": 0.05,
+            "next_uplink_gap_s": 0.2,
         },
         "console": {"enabled": False},
         "metrics": {"enabled": False},
@@ -237,8 +239,9 @@ def assert_no_gaps(
         assert not missing, f"{device}: counters missing: {missing}"
         by_id: dict[str, int] = {}
         for report in got:
-            assert by_id.setdefault(report["id"], report["data"]["counter"]) == (
-                report["data"]["counter"]
+            assert (
+                by_id.setdefault(report["id"], report["data"]["counter"])
+                == (report["data"]["counter"])
             ), f"{device}: report id {report['id']} carried two counters"
         if ids_once:
             ids = [r["id"] for r in got]
@@ -267,9 +270,10 @@ def joined_devices(world: SimWorld) -> list[str]:
 
 
 class AckDropper:
-    """Fault at the radio: the next ``count`` downlinks a node hears are lost on the way."""
+    """Fault at the radio: the next ``count`` downlinks addressed to a node are lost."""
 
     def __init__(self, node: SimNode, count: int) -> None:
+        self.node = node
         self.left = count
         self.inner = node.link
         node.link = self  # type: ignore[assignment]
@@ -279,10 +283,17 @@ class AckDropper:
 
     async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
         heard = await self.inner.receive(timeout_s)
-        if heard is not None and self.left > 0:
+        if heard is not None and self.left > 0 and self._addressed_to_node(heard[0]):
             self.left -= 1
             return None
         return heard
+
+    def _addressed_to_node(self, phy: bytes) -> bool:
+        try:
+            header = frames.peek(phy)
+        except frames.FrameRejected:
+            return False
+        return header.type is frames.FrameType.DOWNLINK and header.address == self.node.address
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -310,9 +321,7 @@ async def test_reports_arrive_in_order_without_gaps_and_retransmissions_once(
     assert_no_gaps(watcher.reports(), devices, ids_once=True)
 
 
-async def test_broker_killed_mid_stream_loses_nothing(
-    tmp_path: Path, mosquitto: Mosquitto
-) -> None:
+async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, mosquitto: Mosquitto) -> None:
     watcher = MqttWatcher(mosquitto)
     watcher.connect()
     config = fast_config(tmp_path, mosquitto, nodes=2)
@@ -335,3 +344,210 @@ async def test_broker_killed_mid_stream_loses_nothing(
     assert_no_gaps(reports, devices, ids_once=False)
     for device in devices:
         assert max_counter(reports[device]) > before.get(device, 0) + 3
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+async def test_command_in_time_is_accepted_sent_executed_and_answered_on_its_response_topic(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 1)
+        assert node.relay is False
+        watcher.command(
+            device,
+            {"id": "c-on", "action": "relay", "params": {"on": True}, "ttl_s": 20},
+            response_topic="app/replies/7",
+            correlation=b"\x00req-7",
+        )
+        assert await watcher.wait_for_final(device, "c-on") == "executed"
+        assert node.relay is True
+        assert [(c.action, c.params) for c in node.executed] == [("relay", {"on": True})]
+        # The node's next reports carry the new state.
+        await watcher.wait_until(
+            lambda: any(r["data"]["relay"] for r in watcher.reports()[device]),
+            "a report with the relay on",
+        )
+    watcher.drop()
+    assert watcher.statuses(device, "c-on") == ["accepted", "sent", "executed"]
+    replies = watcher.on("app/replies/7")
+    assert [m.json()["status"] for m in replies] == ["accepted", "sent", "executed"]
+    assert {m.correlation for m in replies} == {b"\x00req-7"}
+    on_result_topic = watcher.on(f"{PREFIX}/devices/{device}/command/result")
+    assert {m.correlation for m in on_result_topic} == {b"\x00req-7"}
+
+
+async def test_commands_that_expire_before_the_receive_window_never_reach_the_node(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 1)
+        # Less than one whole second to live: it cannot reach the node with time left.
+        watcher.command(
+            device, {"id": "short", "action": "relay", "params": {"on": True}, "ttl_s": 0.9}
+        )
+        # A long ttl_s, but the MQTT 5 Message Expiry Interval says one second.
+        watcher.command(
+            device,
+            {"id": "transport", "action": "relay", "params": {"on": True}, "ttl_s": 60},
+            expiry_s=1,
+        )
+        for command_id in ("short", "transport"):
+            assert await watcher.wait_for_final(device, command_id) == "expired"
+        seen = max_counter(watcher.reports()[device])
+        await watcher.wait_for_counters([device], seen + 2)  # receive windows came and went
+        assert node.relay is False
+        assert node.executed == []
+        assert node.stats.commands_expired == 0  # not even dropped on arrival: never sent
+        downlinks = [e for e in gateway.state.frames._entries if e.type == "command"]
+        assert downlinks == []
+    watcher.drop()
+    for command_id in ("short", "transport"):
+        results = watcher.results(device, command_id)
+        assert [r["status"] for r in results] == ["accepted", "expired"]
+        assert results[-1]["detail"] in ("expired_in_queue", "expired_before_transmission")
+    assert all(not r["data"]["relay"] for r in watcher.reports()[device])
+
+
+MALFORMED: list[tuple[str, bytes | str | dict[str, Any], str]] = [
+    ("", b"switch it on", "invalid_json"),
+    ("", b"\xff\xfe{", "invalid_json"),
+    ("", "[1, 2]", "not_an_object"),
+    ("", {"action": "relay", "params": {"on": True}}, "missing_id"),
+    ("", {"id": 7, "action": "relay"}, "invalid_id"),
+    ("m-action", {"id": "m-action", "params": {"on": True}}, "missing_action"),
+    ("m-params", {"id": "m-params", "action": "relay", "params": [True]}, "invalid_params"),
+    (
+        "m-ttl",
+        {"id": "m-ttl", "action": "relay", "params": {"on": True}, "ttl_s": -5},
+        "invalid_ttl_s",
+    ),
+    ("m-ttl-text", {"id": "m-ttl-text", "action": "ping", "ttl_s": "5"}, "invalid_ttl_s"),
+    ("m-field", {"id": "m-field", "action": "ping", "ttl": 5}, "unknown_field"),
+    ("m-when", {"id": "m-when", "action": "ping", "expires_at": "soon"}, "invalid_expires_at"),
+    ("m-dance", {"id": "m-dance", "action": "dance"}, "unknown_action"),
+]
+
+
+async def test_malformed_commands_are_rejected_with_a_reason_and_disturb_nothing(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 1)
+        for index, (_, body, _) in enumerate(MALFORMED):
+            watcher.command(device, body, correlation=f"bad-{index}".encode())
+        strangers = ["lora-00000000000000ff", "not-a-device", "modbus-x-1"]
+        for index, stranger in enumerate(strangers):
+            watcher.command(
+                stranger,
+                {"id": f"s-{index}", "action": "ping"},
+                correlation=f"stranger-{index}".encode(),
+            )
+
+        def answered() -> bool:
+            got = {m.correlation for m in watcher.snapshot() if m.topic.endswith("/result")}
+            return len(got) == len(MALFORMED) + len(strangers)
+
+        await watcher.wait_until(answered, "an answer to every malformed command")
+        # The daemon carries on: reports keep coming and a good command still works.
+        seen = max_counter(watcher.reports()[device])
+        watcher.command(device, {"id": "good", "action": "ping", "ttl_s": 20})
+        assert await watcher.wait_for_final(device, "good") == "executed"
+        await watcher.wait_for_counters([device], seen + 2)
+        assert [c.action for c in node.executed] == ["ping"]
+    watcher.drop()
+    results = [m for m in watcher.snapshot() if m.topic.endswith("/command/result")]
+    by_correlation = {m.correlation: m for m in results if m.correlation is not None}
+    for index, (command_id, _, reason) in enumerate(MALFORMED):
+        message = by_correlation[f"bad-{index}".encode()]
+        assert message.topic == f"{PREFIX}/devices/{device}/command/result"
+        assert message.json()["status"] == "rejected"
+        assert message.json()["detail"] == reason
+        assert message.json()["id"] == command_id
+    for index, stranger in enumerate(strangers):
+        message = by_correlation[f"stranger-{index}".encode()]
+        assert message.topic == f"{PREFIX}/devices/{stranger}/command/result"
+        assert (message.json()["status"], message.json()["detail"]) == (
+            "rejected",
+            "unknown_device",
+        )
+    # Each rejected command got exactly one result, and none was ever "accepted".
+    assert len(results) == len(MALFORMED) + len(strangers) + 3  # + good: accepted/sent/executed
+
+
+# -- Home Assistant ---------------------------------------------------------------------------
+
+
+async def test_discovery_is_retained_for_joined_nodes_and_availability_follows_events(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        early = MqttWatcher(mosquitto)
+        early.connect()
+        await early.wait_for_counters([device], 1)
+        # A subscriber arriving later gets the discovery configs and availability retained.
+        late = MqttWatcher(mosquitto, ("homeassistant/#", f"{PREFIX}/#"))
+        late.connect()
+        node_id = f"{GATEWAY_ID}_{device}"
+        switch_topic = f"homeassistant/switch/{node_id}/relay/config"
+        availability = f"{PREFIX}/devices/{device}/availability"
+        expected = {
+            f"homeassistant/sensor/{node_id}/temperature_c/config",
+            f"homeassistant/sensor/{node_id}/counter/config",
+            switch_topic,
+            f"homeassistant/button/{node_id}/action_ping/config",
+            availability,
+            f"{PREFIX}/status",
+        }
+        await late.wait_until(
+            lambda: expected <= {m.topic for m in late.snapshot() if m.retain},
+            "retained discovery configs and availability",
+        )
+        assert [m.payload for m in late.on(availability)] == [b"online"]
+        assert [m.payload for m in late.on(f"{PREFIX}/status")] == [b"online"]
+        switch = late.on(switch_topic)[-1].json()
+        assert switch["command_topic"] == f"{PREFIX}/devices/{device}/command"
+        assert switch["state_topic"] == f"{PREFIX}/devices/{device}/report"
+        assert {a["topic"] for a in switch["availability"]} == {availability, f"{PREFIX}/status"}
+
+        # Home Assistant switching the relay: its template rendered, sent as it would send it.
+        template = ImmutableSandboxedEnvironment().from_string(switch["command_template"])
+        template.globals["now"] = lambda: datetime.datetime.now(datetime.UTC)
+        early.publish(switch["command_topic"], template.render(value="ON"))
+        await early.wait_until(lambda: node.relay, "the relay switched from Home Assistant")
+
+        assert gateway.bridge is not None
+        await gateway.bridge.event(device, EventKind.OFFLINE)
+        await late.wait_until(
+            lambda: [m.payload for m in late.on(availability)][-1:] == [b"offline"],
+            "availability offline after an offline event",
+        )
+        await gateway.bridge.event(device, EventKind.ONLINE)
+        await late.wait_until(
+            lambda: [m.payload for m in late.on(availability)][-1:] == [b"online"],
+            "availability online after an online event",
+        )
+    # A clean stop says so on the gateway's status topic.
+    await late.wait_until(
+        lambda: [m.payload for m in late.on(f"{PREFIX}/status")][-1:] == [b"offline"],
+        "status offline after a clean stop",
+    )
+    early.drop()
+    late.drop()

@@ -366,6 +366,8 @@ async def test_events_stream_snapshot_then_diffs_and_frames(
         first = await next_event(events, "snapshot")
         assert first["full"] is True
         assert set(first["nodes"]) == {LAMP, METER, TAG}
+        assert first["ages"] == {LAMP: "1m ago", METER: "10s ago", TAG: "never"}
+        assert "last_seen_text" not in first["nodes"][LAMP]
         assert first["status"]["outbox"]["depth"] == 7
         backlog = await next_event(events, "frames")
         assert [f["node"] for f in backlog] == [LAMP, "0x0002", "0x0bad"]
@@ -375,11 +377,14 @@ async def test_events_stream_snapshot_then_diffs_and_frames(
         state.log_frame(frame(LAMP, 50, rssi=-80.0))
         live = await next_event(events, "frame")
         assert live["ts"] == T0 + 50 and live["device"] == LAMP and live["rssi"] == -80.0
+        assert live["text"] == format_frame(frame(LAMP, 50, rssi=-80.0)).rstrip("\n")
+        assert "body" not in live  # the console line carries it
         diff = await next_event(events, "snapshot")
         while not diff["nodes"]:  # a tick before the change: status only
             diff = await next_event(events, "snapshot")
         assert diff["full"] is False
         assert list(diff["nodes"]) == [METER]
+        assert diff["ages"] == {METER: "5s ago"}
         assert diff["nodes"][METER]["last_data"] == {"power_w": 99.0}
         assert diff["gone"] == []
     async with asyncio.timeout(5):

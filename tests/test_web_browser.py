@@ -54,7 +54,7 @@ class TestControls:
         self, device: str, action: str, params: dict[str, Any], ttl_s: float | None
     ) -> CommandResult:
         self.calls.append((device, action, params, ttl_s))
-        await asyncio.sleep(0.3)
+        await asyncio.sleep(1.0)  # long enough to see it pending
         status = (
             CommandStatus.EXPIRED if ttl_s is not None and ttl_s < 1 else CommandStatus.EXECUTED
         )

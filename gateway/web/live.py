@@ -1,8 +1,11 @@
 """The live feed behind ``/events``: one producer, many Server-Sent Events readers.
 
 Once a second the hub builds one snapshot of the state and sends each reader what changed
-since the previous one (the status always, node rows only when they changed); frame log
-entries go out as they happen. Everything is serialized once, whatever the number of readers.
+since the previous one: the status always, node rows only when they changed, and the nodes'
+"last seen" texts (which age by themselves) apart from the rows, so a node that was not heard
+costs a few bytes at most. Frame log entries go out as they happen, without the decoded body
+(their console line already shows it). Everything is serialized once, whatever the number of
+readers.
 
 A reader that falls behind by ``max_queued`` messages is disconnected rather than slowed
 down or fed a gap: the browser reconnects and starts again from a full snapshot.
@@ -111,6 +114,7 @@ class EventHub:
         self._clients: set[SseClient] = set()
         self._status_json = "null"
         self._rows: dict[str, str] = {}  # device -> serialized row, as last sent
+        self._ages: dict[str, str] = {}  # device -> "last seen" text, as last sent
         self._subscription: FrameSubscription | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.disconnected_slow = 0
@@ -157,11 +161,12 @@ class EventHub:
             "history_bucket_s": self._history.bucket_s,
         }
         client.offer(f"retry: {RECONNECT_MS}\n".encode() + sse_message("hello", _dumps(hello)))
-        client.offer(sse_message("snapshot", self._snapshot_message(full=True, rows=self._rows)))
-        frames = [
-            frame_view(entry, resolve_device(self._state, entry.node))
-            for entry in self._state.frames.recent(self._backlog)
-        ]
+        client.offer(
+            sse_message(
+                "snapshot", self._snapshot_message(full=True, rows=self._rows, ages=self._ages)
+            )
+        )
+        frames = [self._live_frame(entry) for entry in self._state.frames.recent(self._backlog)]
         client.offer(sse_message("frames", _dumps(frames)))
         self._clients.add(client)
         return client
@@ -181,25 +186,40 @@ class EventHub:
                 self._clients.discard(client)
                 log.info("web: live reader too slow, disconnected")
 
-    def _take_snapshot(self) -> tuple[dict[str, str], list[str]]:
-        """Rebuild the snapshot; return the rows that changed and the devices gone."""
+    def _take_snapshot(self) -> tuple[dict[str, str], dict[str, str], list[str]]:
+        """Rebuild the snapshot; return the rows and ages that changed and the devices gone."""
         state = self._state
         self._status_json = _dumps(status_view(state, self._reader))
         now = state.now()
-        rows = {device: _dumps(node_view(info, now)) for device, info in state.nodes.items()}
+        rows, ages = {}, {}
+        for device, info in state.nodes.items():
+            row = node_view(info, now)
+            ages[device] = row.pop("last_seen_text")
+            rows[device] = _dumps(row)
         changed = {device: row for device, row in rows.items() if self._rows.get(device) != row}
+        aged = {device: age for device, age in ages.items() if self._ages.get(device) != age}
         gone = [device for device in self._rows if device not in rows]
-        self._rows = rows
-        return changed, gone
+        self._rows, self._ages = rows, ages
+        return changed, aged, gone
 
     def _snapshot_message(
-        self, *, full: bool, rows: dict[str, str], gone: list[str] | None = None
+        self,
+        *,
+        full: bool,
+        rows: dict[str, str],
+        ages: dict[str, str],
+        gone: list[str] | None = None,
     ) -> str:
         nodes = ",".join(f"{_dumps(device)}:{row}" for device, row in rows.items())
         return (
             f'{{"full":{"true" if full else "false"},"status":{self._status_json},'
-            f'"nodes":{{{nodes}}},"gone":{_dumps(gone or [])}}}'
+            f'"nodes":{{{nodes}}},"ages":{_dumps(ages)},"gone":{_dumps(gone or [])}}}'
         )
+
+    def _live_frame(self, entry: FrameLogEntry) -> dict[str, Any]:
+        view = frame_view(entry, resolve_device(self._state, entry.node))
+        del view["body"]
+        return view
 
     async def _tick(self) -> None:
         while True:
@@ -207,22 +227,20 @@ class EventHub:
             if not self._clients:
                 continue
             try:
-                changed, gone = self._take_snapshot()
+                changed, aged, gone = self._take_snapshot()
             except Exception:
                 log.exception("web: cannot build the status snapshot")
                 continue
-            self._send(
-                sse_message("snapshot", self._snapshot_message(full=False, rows=changed, gone=gone))
-            )
+            message = self._snapshot_message(full=False, rows=changed, ages=aged, gone=gone)
+            self._send(sse_message("snapshot", message))
 
     async def _follow_frames(self, subscription: FrameSubscription) -> None:
         while True:
             entry = await subscription.get()
             try:
-                device = resolve_device(self._state, entry.node)
-                self._record_signal(entry, device)
+                self._record_signal(entry, resolve_device(self._state, entry.node))
                 if self._clients:
-                    self._send(sse_message("frame", _dumps(frame_view(entry, device))))
+                    self._send(sse_message("frame", _dumps(self._live_frame(entry))))
             except Exception:
                 log.exception("web: cannot pass on a frame log entry")
 

@@ -7,6 +7,7 @@ const SVG = "http://www.w3.org/2000/svg";
 
 const view = {
   nodes: new Map(),       // device -> row as the server sent it
+  ages: new Map(),        // device -> "last seen" text (sent apart: it changes every second)
   selected: null,         // device whose chart is shown
   points: [],             // [ts, rssi, snr] for the selected device
   windowS: 3600,
@@ -59,16 +60,13 @@ function renderStatus(status) {
   $("radio").textContent = status.radio_text;
   const duty = $("duty");
   duty.replaceChildren();
-  const bands = Object.entries(status.duty_cycle || {}).sort();
-  if (!bands.length) duty.append(make("span", "duty cycle: " + status.duty_cycle_text, "muted"));
-  for (const [band, used] of bands) {
+  for (const [band, used] of Object.entries(status.duty_cycle || {}).sort()) {
     const bar = make("progress");
-    bar.max = 100;
-    bar.value = Math.min(100, used * 100);
-    const line = make("div");
-    line.append(make("span", band + " "), bar, make("span", " " + (used * 100).toFixed(2) + " %"));
-    duty.append(line);
+    bar.max = 1;
+    bar.value = Math.min(1, used);
+    duty.append(make("span", band + " "), bar, " ");
   }
+  duty.append(make("div", "duty cycle " + status.duty_cycle_text));
 
   const f = status.frames;
   $("traffic").textContent = `${f.received} received, ${f.sent} sent, ${f.rejected} rejected` +
@@ -88,7 +86,7 @@ function renderNodes() {
     if (device === view.selected) tr.className = "selected";
     const data = node.last_data ? JSON.stringify(node.last_data) : "-";
     const cells = [
-      [node.device], [node.kind, "opt"], [node.address_text, "opt"], [node.last_seen_text],
+      [node.device], [node.kind, "opt"], [node.address_text, "opt"], [view.ages.get(device) || "-"],
       [number(node.rssi), "num"], [number(node.snr), "num"], [data, "data"],
       [node.pending_commands, "num"],
     ];
@@ -177,8 +175,9 @@ function panel(svg, g, index, label, cls, top, bottom, x) {
   let lo = Math.min(...values.map((p) => p[index]));
   let hi = Math.max(...values.map((p) => p[index]));
   if (hi - lo < 2) { lo -= 1; hi += 1; }
-  const y = (v) => bottom - ((v - lo) / (hi - lo)) * (bottom - top);
-  svgText(svg, g.L - 4, top + 4, hi.toFixed(0)).setAttribute("text-anchor", "end");
+  const plotTop = top + 14; // below the label line
+  const y = (v) => bottom - ((v - lo) / (hi - lo)) * (bottom - plotTop);
+  svgText(svg, g.L - 4, plotTop + 4, hi.toFixed(0)).setAttribute("text-anchor", "end");
   svgText(svg, g.L - 4, bottom, lo.toFixed(0)).setAttribute("text-anchor", "end");
   const line = document.createElementNS(SVG, "polyline");
   line.setAttribute("class", cls);
@@ -304,9 +303,10 @@ function connect() {
     view.bucketS = hello.history_bucket_s;
   });
   on("snapshot", (snap) => {
-    if (snap.full) { view.nodes.clear(); $("log").replaceChildren(); }
+    if (snap.full) { view.nodes.clear(); view.ages.clear(); $("log").replaceChildren(); }
     for (const [device, row] of Object.entries(snap.nodes)) view.nodes.set(device, row);
-    for (const device of snap.gone) view.nodes.delete(device);
+    for (const [device, age] of Object.entries(snap.ages)) view.ages.set(device, age);
+    for (const device of snap.gone) { view.nodes.delete(device); view.ages.delete(device); }
     renderStatus(snap.status);
     renderNodes();
     if (view.selected) drawChart();
