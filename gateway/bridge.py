@@ -81,6 +81,7 @@ class Bridge:
         self._report_ids = itertools.count(1)
         self._oldest_ts: float | None = None
         self._discovery: DiscoveryPublisher | None = None
+        self._availability: dict[str, str] = {}  # device -> last "online"/"offline" published
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -111,6 +112,8 @@ class Bridge:
         mqtt = self.upstreams.get("mqtt")
         if mqtt is not None and config.mqtt.discovery:
             self._setup_discovery(mqtt)
+        if mqtt is not None and hasattr(mqtt, "add_ready_listener"):
+            mqtt.add_ready_listener(self._on_mqtt_ready)
         for upstream in self.upstreams.values():
             self.state.set_upstream(upstream.name, False)
             await upstream.start(self.on_command)
@@ -174,11 +177,14 @@ class Bridge:
         assert self.outbox is not None
         item = DeviceEvent(device, event, self._wall(), detail or {})
         await self.outbox.add_durable(item)
-        if event in (EventKind.JOINED, EventKind.REJOINED) and self._discovery is not None:
+        # A BLE sensor becomes a device when first heard (ONLINE), a LoRa node when it joins.
+        appeared = (EventKind.JOINED, EventKind.REJOINED, EventKind.ONLINE)
+        if event in appeared and self._discovery is not None:
             self._spawn(self._publish_discovery(changed_only=True))
         mqtt = self.upstreams.get("mqtt")
         availability = availability_for_event(item)
         if mqtt is not None and availability is not None and hasattr(mqtt, "publish_raw"):
+            self._availability[device] = availability
             topic = availability_topic(self.config.topic_prefix, device)
             self._spawn(self._publish_quietly(mqtt, topic, availability))
 
@@ -504,7 +510,6 @@ class Bridge:
             discovery_prefix=self.config.mqtt.discovery_prefix,
             command_ttl_s=self.config.commands.default_ttl_s,
         )
-        mqtt.add_ready_listener(lambda: self._publish_discovery(changed_only=False))
 
         async def on_ha_status(_topic: str, payload: bytes) -> None:
             assert self._discovery is not None
@@ -514,6 +519,18 @@ class Bridge:
             await self._publish_messages(mqtt, messages)
 
         mqtt.subscribe_extra(self._discovery.status_topic, on_ha_status)
+
+    async def _on_mqtt_ready(self) -> None:
+        """After every (re)connection: discovery configs, then device availability.
+
+        Availability changes while the broker was unreachable were not published; the
+        retained topics are brought up to date here.
+        """
+        mqtt = self.upstreams["mqtt"]
+        await self._publish_discovery(changed_only=False)
+        for device, availability in list(self._availability.items()):
+            topic = availability_topic(self.config.topic_prefix, device)
+            await self._publish_quietly(mqtt, topic, availability)
 
     def _all_devices(self) -> list[Any]:
         return [info for driver in self.drivers for info in driver.devices()]

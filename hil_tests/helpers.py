@@ -89,7 +89,7 @@ def sim_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
             "driver": "sim",
             "frequency_hz": 869_525_000,
             "spreading_factor": 7,
-            "bandwidth_hz": 125_000,
+            "bandwidth_hz": 250_000,
             "tx_power_dbm": 14,
             "rx_delay_s": 0.5,
         },

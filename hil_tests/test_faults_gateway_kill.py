@@ -36,6 +36,7 @@ from hil_tests.test_faults_harness import (
 from tests.servers import Mosquitto, wait_for_port
 
 PREFIX = "duogate/killed"
+NODES = 3
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -63,8 +64,8 @@ reconnect_min_s = 0.5
 reconnect_max_s = 2.0
 
 [sim]
-nodes = 4
-report_interval_s = 4.0
+nodes = {NODES}
+report_interval_s = 5.0
 seed = 21
 listen = "127.0.0.1:{world_port}"
 state_dir = "{tmp_path / "world"}"
@@ -129,8 +130,10 @@ async def test_gateway_killed_at_random_moments_and_restarted(
         assert world.proc is not None
         await asyncio.to_thread(wait_for_port, "127.0.0.1", world_port, 30.0, world.proc)
         gateway.start()
-        first = await wait_until(lambda: ledger.count > 0, 60.0)
-        assert first, f"no report before the first kill\n{gateway.tail()}"
+        # Kills start once every node has joined and been heard: a node that has to join
+        # again backs off for minutes (its firmware's join backoff), which measures the node.
+        joined = await wait_until(lambda: len(ledger.devices()) == NODES, 90.0)
+        assert joined, f"not every node was heard before the first kill\n{gateway.tail()}"
         for _ in range(repetitions):
             await asyncio.sleep(rng.uniform(0.5, 4.0))
             gateway.signal(signal.SIGKILL)

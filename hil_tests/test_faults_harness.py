@@ -176,6 +176,10 @@ class Ledger:
         if isinstance(counter, int):
             self.add(str(wire.get("device")), counter, str(wire.get("id")))
 
+    def devices(self) -> set[str]:
+        with self._lock:
+            return set(self._seen)
+
     @property
     def count(self) -> int:
         with self._lock:

@@ -270,11 +270,15 @@ def joined_devices(world: SimWorld) -> list[str]:
 
 
 class AckDropper:
-    """Fault at the radio: the next ``count`` downlinks addressed to a node are lost."""
+    """Fault at the radio: the next ``count`` downlinks addressed to a node are lost.
 
-    def __init__(self, node: SimNode, count: int) -> None:
+    With ``only``, just downlinks carrying that flag (e.g. ``Flag.COMMAND``) are lost.
+    """
+
+    def __init__(self, node: SimNode, count: int, only: frames.Flag | None = None) -> None:
         self.node = node
         self.left = count
+        self.only = only
         self.inner = node.link
         node.link = self  # type: ignore[assignment]
 
@@ -293,7 +297,9 @@ class AckDropper:
             header = frames.peek(phy)
         except frames.FrameRejected:
             return False
-        return header.type is frames.FrameType.DOWNLINK and header.address == self.node.address
+        if header.type is not frames.FrameType.DOWNLINK or header.address != self.node.address:
+            return False
+        return self.only is None or bool(header.flags & self.only)
 
 
 # -- reports ----------------------------------------------------------------------------------
@@ -339,6 +345,18 @@ async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, mosquitto:
         mosquitto.start()
         watcher.connect()
         await watcher.wait_for_counters(devices, max(before.values()) + 6)
+        # The killed broker forgot its retained messages; the gateway puts them back.
+        late = MqttWatcher(mosquitto, (f"{PREFIX}/status", f"{PREFIX}/devices/+/availability"))
+        late.connect()
+        await late.wait_until(
+            lambda: (
+                {(m.topic, m.payload) for m in late.snapshot() if m.retain}
+                >= {(f"{PREFIX}/status", b"online")}
+                | {(f"{PREFIX}/devices/{d}/availability", b"online") for d in devices}
+            ),
+            "retained status and availability after the broker restart",
+        )
+        late.drop()
     watcher.drop()
     reports = watcher.reports()
     assert_no_gaps(reports, devices, ids_once=False)

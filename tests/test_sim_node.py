@@ -117,15 +117,14 @@ class FakeLink:
         loop = asyncio.get_running_loop()
         opened = loop.time()
         closes = opened + timeout_s
-        while True:
-            try:
-                started, payload = await asyncio.wait_for(
-                    self._arrivals.get(), max(0.0, closes - loop.time())
-                )
-            except TimeoutError:
-                return None
-            if started >= opened:
-                return payload, -80.0, 7.5
+        try:
+            async with asyncio.timeout_at(closes):
+                while True:
+                    started, payload = await self._arrivals.get()
+                    if started >= opened:
+                        return payload, -80.0, 7.5
+        except TimeoutError:
+            return None
 
 
 async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:

@@ -351,7 +351,8 @@ class SimNode:
         if seconds <= 0:
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await self._stopping.wait()
 
     def _wait(self, seconds: float) -> float:
         return seconds * (1 - self._rng.uniform(0, self.config.jitter))

@@ -1,0 +1,398 @@
+"""What the benchmarks are built from.
+
+* ``InjectingRadio``: a ``Radio`` (drivers/radio/base.py) whose received frames come from the
+  benchmark. It hands each frame to the gateway's ``on_receive`` exactly as a driver does,
+  either on the loop or from another thread through ``call_soon_threadsafe`` (the SX127x
+  driver's DIO0 path), with ``RxPacket.t_mono`` taken when the frame "arrived".
+* ``NodeFleet``: nodes with registered root keys, joined through the gateway's real join
+  path, that build validly authenticated (and encrypted) report frames with the node-side
+  helpers of drivers/sim/node.py.
+* ``AckClock`` and the ``Timed*Upstream`` classes: the real MQTT and XMPP upstreams, noting
+  the moment each ``publish_report`` returned, i.e. the server's acknowledgement (PUBACK,
+  XEP-0198 ``<a/>``) was processed on the gateway's loop.
+* ``BenchGateway``: the gateway assembled from its real parts (``LoraNetwork``, ``Bridge``,
+  the upstreams, the durable outbox) on a private data directory, as ``gateway.daemon``
+  assembles it, minus the console, metrics and web services.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import resource
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from drivers.radio.base import RadioSettings, RxHandler, RxPacket
+from drivers.sim.node import NodeSession, join_request, open_join_answer
+from gateway.bridge import Bridge
+from gateway.config import Config
+from gateway.lora import TX_LEAD_S, LoraNetwork
+from gateway.model import Report, lora_device_id
+from gateway.protocol.airtime import time_on_air_s
+from gateway.protocol.frames import FrameRejected, JoinAccept
+from gateway.state import GatewayState
+from gateway.upstreams.mqtt import MqttUpstream
+from gateway.upstreams.xmpp import XmppUpstream
+
+RSSI_DBM = -87.0
+SNR_DB = 7.25
+FIRST_EUI = 0x70B3_D5E0_0000_0000
+JOIN_BATCH = 100
+# Joins are injected as if RxDone happened just long enough ago that the accept is due in
+# this many seconds, so a thousand joins do not each wait out the join receive delay.
+JOIN_WINDOW_AHEAD_S = 0.2
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not produce its figure (lost reports, a server that did not start)."""
+
+
+# ------------------------------------------------------------------------------ the radio
+
+
+class InjectingRadio:
+    """The driver boundary: frames given to ``receive`` reach the gateway's ``on_receive``."""
+
+    def __init__(self, settings: RadioSettings | None = None) -> None:
+        self.settings = settings or RadioSettings()
+        self.transmitted: list[bytes] = []
+        self._on_receive: RxHandler | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def open(self, on_receive: RxHandler) -> None:
+        self._on_receive = on_receive
+        self._loop = asyncio.get_running_loop()
+
+    async def close(self) -> None:
+        self._on_receive = None
+
+    async def transmit(self, payload: bytes) -> float:
+        self.transmitted.append(payload)
+        s = self.settings
+        return time_on_air_s(
+            len(payload),
+            s.spreading_factor,
+            s.bandwidth_hz,
+            s.coding_rate,
+            s.preamble_length,
+            not s.implicit_header,
+            s.crc,
+        )
+
+    async def reconfigure(self, settings: RadioSettings) -> None:
+        self.settings = settings
+
+    def healthy(self) -> bool:
+        return True
+
+    def receive(self, payload: bytes, t_mono: float | None = None) -> None:
+        """A frame received now (call on the gateway's loop)."""
+        if self._on_receive is None:
+            raise BenchError("radio not open")
+        t = time.monotonic() if t_mono is None else t_mono
+        self._on_receive(RxPacket(payload, RSSI_DBM, SNR_DB, t))
+
+    def receive_from_interrupt(self, payload: bytes) -> float:
+        """A frame received now, signalled from another thread as a DIO0 handler does.
+
+        Returns the ``t_mono`` stamped on the packet.
+        """
+        if self._on_receive is None or self._loop is None:
+            raise BenchError("radio not open")
+        t = time.monotonic()
+        self._loop.call_soon_threadsafe(self._on_receive, RxPacket(payload, RSSI_DBM, SNR_DB, t))
+        return t
+
+
+# ------------------------------------------------------------------------------ the nodes
+
+
+@dataclass(slots=True)
+class Node:
+    eui: int
+    root_key: bytes
+    session: NodeSession | None = None
+
+    @property
+    def device(self) -> str:
+        return lora_device_id(self.eui)
+
+
+class NodeFleet:
+    """``count`` registered nodes (encrypted sessions) with reproducible root keys."""
+
+    def __init__(self, count: int, *, seed: int = 1) -> None:
+        rng = random.Random(seed)
+        self.nodes = [Node(FIRST_EUI + i, rng.randbytes(16)) for i in range(count)]
+        self._rng = rng
+
+    def write_registry(self, path: Path) -> Path:
+        lines = []
+        for node in self.nodes:
+            lines += [
+                "[[device]]",
+                f'eui = "{node.eui:016x}"',
+                f'root_key = "{node.root_key.hex()}"',
+                "encrypt = true",
+                "",
+            ]
+        path.write_text("\n".join(lines))
+        return path
+
+    async def join_all(self, radio: InjectingRadio, config: Config, timeout_s: float = 60) -> None:
+        """Join every node through the gateway (join request in, join accept out).
+
+        A node whose accept missed its window (the gateway was busy with the others) sends
+        a new request, as a node does.
+        """
+        deadline = time.monotonic() + timeout_s
+        for start in range(0, len(self.nodes), JOIN_BATCH):
+            pending = self.nodes[start : start + JOIN_BATCH]
+            while pending:
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{len(pending)} nodes not joined in {timeout_s} s")
+                pending = await self._join_round(radio, config, pending)
+
+    async def _join_round(
+        self, radio: InjectingRadio, config: Config, nodes: list[Node]
+    ) -> list[Node]:
+        """One request per node; returns the nodes that got no accept."""
+        delay = config.join.join_rx_delay_s
+        nonces: dict[int, bytes] = {}
+        radio.transmitted.clear()
+        for node in nodes:
+            nonce = self._rng.randbytes(8)
+            nonces[node.eui] = nonce
+            rx_done = time.monotonic() - delay + TX_LEAD_S + JOIN_WINDOW_AHEAD_S
+            radio.receive(join_request(node.eui, node.root_key, nonce), t_mono=rx_done)
+        seen, quiet_since = 0, time.monotonic()
+        while len(radio.transmitted) < len(nodes) and time.monotonic() - quiet_since < 1.0:
+            await asyncio.sleep(0.005)
+            if len(radio.transmitted) > seen:
+                seen, quiet_since = len(radio.transmitted), time.monotonic()
+        pending = list(nodes)
+        for phy in radio.transmitted:
+            for node in pending:
+                try:
+                    answer = open_join_answer(phy, node.eui, node.root_key, nonces[node.eui])
+                except FrameRejected:
+                    continue
+                if not isinstance(answer, JoinAccept):
+                    raise BenchError(f"join of {node.device} refused")
+                node.session = NodeSession.from_accept(
+                    node.eui, node.root_key, nonces[node.eui], answer
+                )
+                pending.remove(node)
+                break
+        radio.transmitted.clear()
+        return pending
+
+    def report_frames(self, count: int, *, start: int = 0) -> Iterator[tuple[Node, int, bytes]]:
+        """``count`` new unconfirmed report frames, round robin over the nodes.
+
+        Unconfirmed: at these rates acks could not go on air anyway (duty cycle), and the
+        figures are about the way up.
+        """
+        nodes = self.nodes
+        for n in range(start, start + count):
+            node = nodes[n % len(nodes)]
+            assert node.session is not None
+            body = {"temperature_c": 20.0 + (n % 150) / 10, "relay": n % 2 == 0, "counter": n}
+            counter, phy = node.session.report(body, confirmed=False)
+            yield node, counter, phy
+
+
+# ------------------------------------------------------------------------------ the upstreams
+
+
+class AckClock:
+    """When each report's publish returned (the server's ack was processed)."""
+
+    def __init__(self, *, keep_times: bool = False) -> None:
+        self.count = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.times: dict[tuple[str, int], float] | None = {} if keep_times else None
+        self._target = 0
+        self._reached: asyncio.Event | None = None
+
+    def note(self, report: Report) -> None:
+        now = time.monotonic()
+        if self.count == 0:
+            self.first = now
+        self.count += 1
+        self.last = now
+        if self.times is not None:
+            self.times[(report.device, report.seq)] = now
+        if self._reached is not None and self.count >= self._target:
+            self._reached.set()
+
+    async def wait_for(self, count: int, timeout_s: float) -> None:
+        """Until ``count`` reports were acknowledged in all; BenchError after ``timeout_s``."""
+        if self.count >= count:
+            return
+        self._target = count
+        self._reached = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._reached.wait(), timeout_s)
+        except TimeoutError:
+            raise BenchError(f"{self.count} of {count} reports acknowledged in time") from None
+        finally:
+            self._reached = None
+
+
+class TimedMqttUpstream(MqttUpstream):
+    def __init__(self, config: Config, acks: AckClock) -> None:
+        super().__init__(config)
+        self.acks = acks
+
+    async def publish_report(self, report: Report) -> None:
+        await super().publish_report(report)
+        self.acks.note(report)
+
+
+class TimedXmppUpstream(XmppUpstream):
+    def __init__(self, config: Config, acks: AckClock) -> None:
+        super().__init__(config.xmpp, lambda: [])
+        self.acks = acks
+
+    async def publish_report(self, report: Report) -> None:
+        await super().publish_report(report)
+        self.acks.note(report)
+
+
+# ------------------------------------------------------------------------------ the gateway
+
+
+def bench_config(
+    data_dir: Path,
+    registry: Path,
+    *,
+    mqtt_port: int | None = None,
+    xmpp: dict[str, Any] | None = None,
+    commit_interval_s: float | None = None,
+) -> Config:
+    """Defaults everywhere except: private paths, region ``none`` (joins of a thousand
+    nodes are not held back by the duty cycle), no Home Assistant discovery, short
+    reconnect backoff, and only the services the figure needs."""
+    outbox: dict[str, Any] = {}
+    if commit_interval_s is not None:
+        outbox["commit_interval_s"] = commit_interval_s
+    return Config.model_validate(
+        {
+            "gateway": {"id": "bench", "data_dir": str(data_dir), "log_level": "warning"},
+            "radio": {"driver": "sim", "region": "none"},
+            "join": {"registry": str(registry)},
+            "mqtt": {
+                "enabled": mqtt_port is not None,
+                "port": mqtt_port or 1883,
+                "discovery": False,
+                "reconnect_min_s": 0.1,
+                "reconnect_max_s": 0.5,
+            },
+            "xmpp": xmpp or {"enabled": False},
+            "outbox": outbox,
+            "console": {"enabled": False},
+            "metrics": {"enabled": False},
+        }
+    )
+
+
+@dataclass
+class BenchGateway:
+    config: Config
+    radio: InjectingRadio
+    state: GatewayState
+    lora: LoraNetwork
+    bridge: Bridge
+    upstream: TimedMqttUpstream | TimedXmppUpstream
+    acks: AckClock
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, config: Config, *, keep_times: bool = False) -> BenchGateway:
+        acks = AckClock(keep_times=keep_times)
+        upstream: TimedMqttUpstream | TimedXmppUpstream
+        if config.mqtt.enabled:
+            upstream = TimedMqttUpstream(config, acks)
+        else:
+            upstream = TimedXmppUpstream(config, acks)
+        radio = InjectingRadio()
+        state = GatewayState()
+        lora = LoraNetwork(config, radio, state)
+        bridge = Bridge(config, state, [upstream], [lora], radio=radio)
+        lora.progress = bridge.on_driver_progress
+        return cls(config, radio, state, lora, bridge, upstream, acks)
+
+    async def start(self) -> None:
+        await self.bridge.start()
+
+    async def stop(self) -> None:
+        await self.bridge.stop()
+
+    async def wait_connected(self, timeout_s: float = 30) -> None:
+        deadline = time.monotonic() + timeout_s
+        while not self.upstream.connected:
+            if time.monotonic() > deadline:
+                raise BenchError(f"{self.upstream.name} upstream not connected in time")
+            await asyncio.sleep(0.01)
+
+    async def wait_drained(self, timeout_s: float = 60) -> None:
+        """Until the outbox is empty (every entry delivered and the marks committed)."""
+        outbox = self.bridge.outbox
+        assert outbox is not None
+        deadline = time.monotonic() + timeout_s
+        while True:
+            await outbox.flush()
+            if outbox.size == 0:
+                return
+            if time.monotonic() > deadline:
+                raise BenchError(f"outbox still holds {outbox.size} entries")
+            await asyncio.sleep(0.05)
+
+    def not_stored(self) -> int:
+        return self.lora.counters["report_not_stored"]
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process, all threads, user + system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def vm_kib(field_name: str) -> int:
+    """A field of /proc/self/status in KiB (``VmRSS``, ``VmHWM``)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field_name}:"):
+            return int(line.split()[1])
+    raise BenchError(f"no {field_name} in /proc/self/status")
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty list."""
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    return ordered[rank - 1]
+
+
+def quiet_logging() -> None:
+    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.ERROR)
+
+
+def remove_tree(path: Path) -> None:
+    for root, dirs, files in os.walk(path, topdown=False):
+        for name in files:
+            os.unlink(os.path.join(root, name))
+        for name in dirs:
+            os.rmdir(os.path.join(root, name))
+    os.rmdir(path)

@@ -1,0 +1,267 @@
+"""The whole loop over XMPP against a real prosody (TLS with its own CA, XEP-0198):
+simulated nodes -> real SX127x driver -> bridge -> outbox -> XMPP subscriber, and command IQs
+from an allowed JID back down to the nodes.
+
+The gateway is built from its config by ``Gateway.build`` (``radio.driver = "sim"``, node
+timing scaled down); stock slixmpp clients on their own accounts play the subscriber and the
+people sending commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from slixmpp import Iq, Message
+
+from gateway.config import Config, parse_config
+from gateway.daemon import Gateway
+from gateway.protocol import frames
+from gateway.timefmt import rfc3339
+from gateway.upstreams.xmpp import XmppUpstream
+from gateway.upstreams.xmpp_stanzas import NS
+from tests.servers import Prosody
+from tests.test_bridge_mqtt import (
+    AckDropper,
+    assert_no_gaps,
+    fast_settings,
+    max_counter,
+    running_gateway,
+    world_of,
+)
+from tests.test_upstreams_xmpp import Peer, refused
+
+TIMEOUT = 30.0
+STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
+UNKNOWN = "lora-00000000000000ff"
+
+
+# -- helpers shared with the dual-upstream tests ----------------------------------------------
+
+
+def xmpp_settings(prosody: Prosody, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+    """An ``[xmpp]`` section for a fresh gateway account, and the JIDs of the people."""
+    jids = {name: prosody.create_user(name, f"pw-{name}") for name in ("gw", "alice", "mallory")}
+    secret = tmp_path / "xmpp-password"
+    secret.write_text("pw-gw\n")
+    secret.chmod(0o600)
+    section = {
+        "enabled": True,
+        "jid": f"{jids['gw']}/duogate",
+        "password": {"file": str(secret)},
+        "host": prosody.host,
+        "port": prosody.port,
+        "tls": "starttls",
+        "ca_file": str(prosody.ca_file),
+        "subscribers": [jids["alice"]],
+        "allowed_jids": [jids["alice"]],
+        "keepalive_s": 10,
+        "reconnect_max_s": 1.0,
+    }
+    return section, jids
+
+
+def xmpp_config(
+    prosody: Prosody, tmp_path: Path, *, nodes: int = 1, **commands: Any
+) -> tuple[Config, dict[str, str]]:
+    """A gateway relaying to XMPP only."""
+    settings = fast_settings(tmp_path / "data", 1, nodes=nodes)
+    settings["mqtt"] = {"enabled": False}
+    settings["xmpp"], jids = xmpp_settings(prosody, tmp_path)
+    settings["commands"] = {**settings["commands"], **commands}
+    return parse_config(settings), jids
+
+
+def xmpp_of(gateway: Gateway) -> XmppUpstream:
+    assert gateway.bridge is not None
+    upstream = gateway.bridge.upstreams["xmpp"]
+    assert isinstance(upstream, XmppUpstream)
+    return upstream
+
+
+async def wait_until(condition: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+class XmppWatcher:
+    """A subscriber account that keeps every report and command result it is sent.
+
+    ``drop`` forgets a connection whose server died; ``connect`` logs in again (messages sent
+    meanwhile come from the server's offline storage).
+    """
+
+    def __init__(self, prosody: Prosody, jid: str, password: str) -> None:
+        self.prosody = prosody
+        self.jid = jid
+        self.password = password
+        self.peer: Peer | None = None
+        self.reports: list[dict[str, Any]] = []
+        self.results: list[dict[str, str]] = []  # progress messages (accepted, sent)
+
+    async def connect(self) -> XmppWatcher:
+        peer = Peer(self.prosody, self.jid, self.password)
+        peer.client.add_event_handler("message", self._on_message)
+        self.peer = await peer.connect()
+        return self
+
+    async def drop(self) -> None:
+        peer, self.peer = self.peer, None
+        if peer is not None:
+            await peer.close()
+
+    def _on_message(self, message: Message) -> None:
+        if message.xml.find(f"{{{NS}}}report") is not None:
+            self.reports.append(message["duogate_report"].to_wire())
+        elif message.xml.find(f"{{{NS}}}result") is not None:
+            result = message["duogate_result"]
+            self.results.append({k: result[k] for k in ("id", "device", "status", "detail")})
+
+    def by_device(self) -> dict[str, list[dict[str, Any]]]:
+        found: dict[str, list[dict[str, Any]]] = {}
+        for report in self.reports:
+            found.setdefault(report["device"], []).append(report)
+        return found
+
+    def counter(self, device: str) -> int:
+        return max_counter(self.by_device().get(device, []))
+
+    async def wait_for_counters(self, devices: list[str], counter: int) -> None:
+        await wait_until(
+            lambda: all(self.counter(d) >= counter for d in devices),
+            f"XMPP reports up to counter {counter} from {devices}",
+        )
+
+    def statuses(self, command_id: str) -> list[str]:
+        return [r["status"] for r in self.results if r["id"] == command_id]
+
+    async def command(self, to: Any, **attributes: Any) -> Iq:
+        assert self.peer is not None
+        return await self.peer.command(to, **attributes)
+
+
+def answer(iq: Iq) -> tuple[str, str, str | None]:
+    """(IQ type, result status, the urn:duogate:1 element in <error/> if any)."""
+    error = iq.xml.find("{jabber:client}error")
+    extra = None
+    if error is not None:
+        extra = next((c.tag.split("}")[1] for c in error if c.tag.startswith(f"{{{NS}}}")), None)
+    return iq["type"], iq["duogate_result"]["status"], extra
+
+
+def condition(iq: Iq) -> tuple[str, str]:
+    return iq["error"]["type"], iq["error"]["condition"]
+
+
+# -- reports and commands ---------------------------------------------------------------------
+
+
+async def test_reports_reach_the_subscriber_and_command_iqs_get_their_outcome(
+    prosody: Prosody, tmp_path: Path
+) -> None:
+    config, jids = xmpp_config(prosody, tmp_path, node_answer_timeout_s=1.0)
+    alice = await XmppWatcher(prosody, jids["alice"], "pw-alice").connect()
+    mallory = await XmppWatcher(prosody, jids["mallory"], "pw-mallory").connect()
+    async with running_gateway(config) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        upstream = xmpp_of(gateway)
+        to = upstream.jid
+        await alice.wait_for_counters([device], 2)
+
+        executed = await alice.command(
+            to, device=device, id="c-on", action="relay", ttl_s="20", params='{"on": true}'
+        )
+        assert answer(executed) == ("result", "executed", None)
+        assert node.relay is True
+
+        late = await refused(
+            alice.command(to, device=device, id="c-late", action="relay",
+                          expires=rfc3339(time.time() - 5), params='{"on": false}')
+        )  # fmt: skip
+        assert answer(late) == ("error", "expired", "expired")
+        assert condition(late) == ("modify", "not-acceptable")
+
+        stranger = await refused(alice.command(to, device=UNKNOWN, id="c-who", action="ping"))
+        assert answer(stranger) == ("error", "rejected", None)
+        assert condition(stranger) == ("cancel", "item-not-found")
+
+        # Malformed: refused by the upstream (no device, params not an object) or the bridge.
+        no_device = await refused(alice.command(to, id="c-m1", action="ping"))
+        bad_params = await refused(
+            alice.command(to, device=device, id="c-m2", action="relay", params="[1, 2]")
+        )
+        no_action = await refused(alice.command(to, device=device, id="c-m3"))
+        for iq in (no_device, bad_params, no_action):
+            assert condition(iq) == ("modify", "bad-request")
+        assert answer(no_action) == ("error", "rejected", None)
+        assert no_action["error"]["text"] == "missing_action"
+
+        forbidden = await refused(
+            mallory.command(to, device=device, id="c-evil", action="relay", params='{"on": false}')
+        )
+        assert condition(forbidden) == ("auth", "forbidden")
+
+        # Timeout: the node never hears the command (its downlinks are lost), so never answers.
+        dropper = AckDropper(node, 1000, only=frames.Flag.COMMAND)
+        silent = await refused(
+            alice.command(to, device=device, id="c-lost", action="relay", ttl_s="2",
+                          params='{"on": false}')
+        )  # fmt: skip
+        node.link = dropper.inner
+        assert answer(silent) == ("error", "timeout", None)
+        assert condition(silent) == ("wait", "remote-server-timeout")
+        assert dropper.left < 1000, "the command was never sent"
+
+        # Reports keep flowing after all that.
+        await alice.wait_for_counters([device], alice.counter(device) + 2)
+        assert gateway.bridge is not None and gateway.bridge.commands is not None
+        assert await gateway.bridge.commands.get("xmpp", device, "c-evil") is None
+        assert upstream.counters["commands_forbidden"] == 1
+        assert upstream.counters["commands_malformed"] == 2
+    await alice.drop()
+    await mallory.drop()
+
+    assert node.relay is True  # only c-on ever reached the node
+    assert [(c.action, c.params) for c in node.executed] == [("relay", {"on": True})]
+    assert alice.statuses("c-on") == ["accepted", "sent"]  # progress; the IQ has the outcome
+    assert alice.statuses("c-lost") == ["accepted", "sent"]
+    assert alice.statuses("c-late") == []
+    assert mallory.results == [] and mallory.reports == []
+    reports = alice.by_device()
+    assert set(reports) == {device}
+    assert_no_gaps(reports, [device], ids_once=False)
+    first = reports[device][0]
+    assert (first["kind"], first["data"]["counter"]) == ("lora", 1)
+    assert set(first["data"]) == {"counter", "temperature_c", "relay"}
+    assert isinstance(first["rssi"], float) and isinstance(first["snr"], float)
+    assert any(r["data"]["relay"] for r in reports[device]), "no report showed the relay on"
+
+
+async def test_prosody_killed_mid_stream_loses_no_report(prosody: Prosody, tmp_path: Path) -> None:
+    config, jids = xmpp_config(prosody, tmp_path, nodes=2)
+    alice = await XmppWatcher(prosody, jids["alice"], "pw-alice").connect()
+    async with running_gateway(config) as gateway:
+        devices = [node.device_id for node in world_of(gateway).nodes]
+        await alice.wait_for_counters(devices, 2)
+        prosody.kill()
+        await alice.drop()
+        before = {device: alice.counter(device) for device in devices}
+        await asyncio.sleep(3.0)  # the nodes keep reporting; the outbox keeps their reports
+        assert gateway.bridge is not None and gateway.bridge.outbox is not None
+        assert await gateway.bridge.outbox.pending_count("xmpp") > 0
+        assert not xmpp_of(gateway).connected
+        prosody.start()
+        await alice.connect()
+        await alice.wait_for_counters(devices, max(before.values()) + 6)
+    await alice.drop()
+    assert_no_gaps(alice.by_device(), devices, ids_once=False)
+    assert xmpp_of(gateway).counters["reconnects"] >= 1
+    for device in devices:
+        assert alice.counter(device) > before[device] + 3

@@ -1,0 +1,86 @@
+"""gateway/lora.py on the simulated radio: ack only what is stored, resend lost commands,
+command references that never repeat."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.lora import REF_RESERVATION, CommandRefs
+from gateway.protocol.frames import Flag
+from gateway.store.db import open_database
+from tests.servers import Mosquitto
+from tests.test_bridge_mqtt import (
+    AckDropper,
+    MqttWatcher,
+    assert_no_gaps,
+    fast_config,
+    max_counter,
+    running_gateway,
+    world_of,
+)
+
+
+async def test_reports_the_outbox_refuses_are_not_acked_and_arrive_later(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 2)
+        assert gateway.bridge is not None and gateway.bridge.outbox is not None
+        assert gateway.lora is not None
+        outbox = gateway.bridge.outbox
+        limit, outbox.max_queued_rows = outbox.max_queued_rows, 0  # every write refused
+        await watcher.wait_until(
+            lambda: gateway.lora.counters["report_not_stored"] >= 2, "refused reports"
+        )
+        # The refused report was never acked: the node still holds it and sends it again.
+        head = node.pending[0]
+        assert head.attempts >= 2
+        published = {r["data"]["counter"] for r in watcher.reports()[device]}
+        assert head.body["counter"] not in published
+        stuck = max_counter(watcher.reports()[device])
+        outbox.max_queued_rows = limit
+        await watcher.wait_for_counters([device], stuck + 3)
+    watcher.drop()
+    assert_no_gaps(watcher.reports(), [device], ids_once=True)
+
+
+async def test_a_command_whose_downlink_is_lost_is_sent_again_and_executed_once(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(fast_config(tmp_path, mosquitto, nodes=1)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 1)
+        dropper = AckDropper(node, 1, only=Flag.COMMAND)
+        watcher.command(device, {"id": "again", "action": "ping", "ttl_s": 20})
+        assert await watcher.wait_for_final(device, "again") == "executed"
+        assert dropper.left == 0
+        sent = [e for e in gateway.state.frames._entries if e.type == "command"]
+        assert len(sent) >= 2
+        # The same command delivered again (an application retrying) is not executed again.
+        watcher.command(device, {"id": "again", "action": "ping", "ttl_s": 20})
+        await watcher.wait_until(
+            lambda: watcher.statuses(device, "again").count("executed") == 2,
+            "the stored result repeated",
+        )
+    watcher.drop()
+    assert [c.action for c in node.executed] == ["ping"]
+    assert watcher.statuses(device, "again") == ["accepted", "sent", "executed", "executed"]
+
+
+def test_command_references_never_repeat_across_restarts(tmp_path: Path) -> None:
+    device = "lora-0016c00100000001"
+    refs = CommandRefs(open_database(tmp_path))
+    first = [refs.take(device) for _ in range(3)]
+    assert first == [0, 1, 2]
+    assert refs.take("lora-0016c00100000002") == 0  # per device
+    again = CommandRefs(open_database(tmp_path))  # a restart, without a clean shutdown
+    after = again.take(device)
+    assert after not in first
+    assert after == REF_RESERVATION  # the next block reserved on disk
