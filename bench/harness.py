@@ -7,9 +7,9 @@
 * ``NodeFleet``: nodes with registered root keys, joined through the gateway's real join
   path, that build validly authenticated (and encrypted) report frames with the node-side
   helpers of drivers/sim/node.py.
-* ``AckClock`` and the ``Timed*Upstream`` classes: the real MQTT and XMPP upstreams, noting
-  the moment each ``publish_report`` returned, i.e. the server's acknowledgement (PUBACK,
-  XEP-0198 ``<a/>``) was processed on the gateway's loop.
+* ``AckClock`` and ``TimedMqttUpstream`` (``bench.xmpp_wire.TimedXmppUpstream`` for XMPP):
+  the real upstream, noting the moment each ``publish_report`` returned, i.e. the server's
+  acknowledgement (PUBACK, XEP-0198 ``<a/>``) was processed on the gateway's loop.
 * ``BenchGateway``: the gateway assembled from its real parts (``LoraNetwork``, ``Bridge``,
   the upstreams, the durable outbox) on a private data directory, as ``gateway.daemon``
   assembles it, minus the console, metrics and web services.
@@ -18,10 +18,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-import os
 import random
 import resource
+import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,7 +41,6 @@ from gateway.protocol.airtime import time_on_air_s
 from gateway.protocol.frames import FrameRejected, JoinAccept
 from gateway.state import GatewayState
 from gateway.upstreams.mqtt import MqttUpstream
-from gateway.upstreams.xmpp import XmppUpstream
 
 RSSI_DBM = -87.0
 SNR_DB = 7.25
@@ -47,6 +49,9 @@ JOIN_BATCH = 100
 # Joins are injected as if RxDone happened just long enough ago that the accept is due in
 # this many seconds, so a thousand joins do not each wait out the join receive delay.
 JOIN_WINDOW_AHEAD_S = 0.2
+# struct tcp_info (linux/tcp.h): tcpi_bytes_acked and tcpi_bytes_received, two u64 at 120.
+TCP_INFO_SIZE = 256
+TCP_INFO_BYTES_OFFSET = 120
 
 
 class BenchError(RuntimeError):
@@ -108,6 +113,39 @@ class InjectingRadio:
         t = time.monotonic()
         self._loop.call_soon_threadsafe(self._on_receive, RxPacket(payload, RSSI_DBM, SNR_DB, t))
         return t
+
+
+class InterruptPacer:
+    """A thread handing frames to the radio at a fixed rate, as a driver's DIO0 handler does.
+
+    ``stamps`` maps each frame's key to the ``t_mono`` it was stamped with.
+    """
+
+    def __init__(self, radio: InjectingRadio, frames: list[tuple[Any, bytes]], rate: float):
+        self.radio = radio
+        self.frames = frames
+        self.period = 1.0 / rate
+        self.stamps: dict[Any, float] = {}
+        self.late = 0  # frames sent more than one period behind schedule
+        self._thread = threading.Thread(target=self._run, name="dio0", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def wait(self) -> None:
+        while self._thread.is_alive():
+            await asyncio.sleep(0.05)
+
+    def _run(self) -> None:
+        due = time.monotonic()
+        for key, phy in self.frames:
+            delay = due - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -self.period:
+                self.late += 1
+            self.stamps[key] = self.radio.receive_from_interrupt(phy)
+            due += self.period
 
 
 # ------------------------------------------------------------------------------ the nodes
@@ -251,20 +289,18 @@ class TimedMqttUpstream(MqttUpstream):
     def __init__(self, config: Config, acks: AckClock) -> None:
         super().__init__(config)
         self.acks = acks
+        self.sample: tuple[str, int] | None = None  # topic and payload size of a report
 
     async def publish_report(self, report: Report) -> None:
         await super().publish_report(report)
         self.acks.note(report)
+        if self.sample is None:
+            topic = f"{self.prefix}/devices/{report.device}/report"
+            payload = json.dumps(report.to_wire(), separators=(",", ":"), ensure_ascii=False)
+            self.sample = (topic, len(payload.encode()))
 
-
-class TimedXmppUpstream(XmppUpstream):
-    def __init__(self, config: Config, acks: AckClock) -> None:
-        super().__init__(config.xmpp, lambda: [])
-        self.acks = acks
-
-    async def publish_report(self, report: Report) -> None:
-        await super().publish_report(report)
-        self.acks.note(report)
+    def wire_socket(self) -> Any:
+        return self._client.socket() if self._client is not None else None
 
 
 # ------------------------------------------------------------------------------ the gateway
@@ -277,10 +313,12 @@ def bench_config(
     mqtt_port: int | None = None,
     xmpp: dict[str, Any] | None = None,
     commit_interval_s: float | None = None,
+    services: bool = False,
 ) -> Config:
     """Defaults everywhere except: private paths, region ``none`` (joins of a thousand
-    nodes are not held back by the duty cycle), no Home Assistant discovery, short
-    reconnect backoff, and only the services the figure needs."""
+    nodes are not held back by the duty cycle), no Home Assistant discovery and a short
+    reconnect backoff. ``services``: the console and metrics server run as by default
+    (metrics on a free port), else neither."""
     outbox: dict[str, Any] = {}
     if commit_interval_s is not None:
         outbox["commit_interval_s"] = commit_interval_s
@@ -298,8 +336,8 @@ def bench_config(
             },
             "xmpp": xmpp or {"enabled": False},
             "outbox": outbox,
-            "console": {"enabled": False},
-            "metrics": {"enabled": False},
+            "console": {"enabled": services},
+            "metrics": {"enabled": services, "port": 0},
         }
     )
 
@@ -311,17 +349,19 @@ class BenchGateway:
     state: GatewayState
     lora: LoraNetwork
     bridge: Bridge
-    upstream: TimedMqttUpstream | TimedXmppUpstream
+    upstream: Any  # TimedMqttUpstream or bench.xmpp_wire.TimedXmppUpstream
     acks: AckClock
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def build(cls, config: Config, *, keep_times: bool = False) -> BenchGateway:
         acks = AckClock(keep_times=keep_times)
-        upstream: TimedMqttUpstream | TimedXmppUpstream
+        upstream: Any
         if config.mqtt.enabled:
             upstream = TimedMqttUpstream(config, acks)
         else:
+            from bench.xmpp_wire import TimedXmppUpstream  # slixmpp only where it is used
+
             upstream = TimedXmppUpstream(config, acks)
         radio = InjectingRadio()
         state = GatewayState()
@@ -377,6 +417,12 @@ def vm_kib(field_name: str) -> int:
     raise BenchError(f"no {field_name} in /proc/self/status")
 
 
+def tcp_counters(sock: socket.socket) -> tuple[int, int]:
+    """Bytes this TCP socket sent (and had acknowledged) and received, from Linux TCP_INFO."""
+    info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, TCP_INFO_SIZE)
+    return struct.unpack_from("=QQ", info, TCP_INFO_BYTES_OFFSET)
+
+
 def percentile(values: list[float], fraction: float) -> float:
     """Nearest-rank percentile (``fraction`` in 0..1) of a non-empty list."""
     ordered = sorted(values)
@@ -387,12 +433,3 @@ def percentile(values: list[float], fraction: float) -> float:
 def quiet_logging() -> None:
     logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
     logging.getLogger().setLevel(logging.ERROR)
-
-
-def remove_tree(path: Path) -> None:
-    for root, dirs, files in os.walk(path, topdown=False):
-        for name in files:
-            os.unlink(os.path.join(root, name))
-        for name in dirs:
-            os.rmdir(os.path.join(root, name))
-    os.rmdir(path)

@@ -14,7 +14,7 @@ from typing import Any
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
-from bench.harness import BenchError
+from bench.harness import BenchError, cpu_seconds, tcp_counters
 
 
 def raw_paho_rate(
@@ -26,8 +26,9 @@ def raw_paho_rate(
     inflight: int = 64,
     mqtt5: bool = True,
     timeout_s: float = 120,
-) -> float:
-    """Messages per second from the first publish to the last PUBACK."""
+) -> dict[str, float]:
+    """Messages per second from the first publish to the last PUBACK, CPU time of this
+    process and bytes on the wire per message."""
     client = paho.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"bench-raw-{time.monotonic_ns()}",
@@ -50,8 +51,10 @@ def raw_paho_rate(
         client.loop(timeout=0.1)
         if time.monotonic() > deadline:
             raise BenchError("raw paho client did not connect")
-    payload = bytes(b"x"[0] for _ in range(payload_size))
+    payload = b"x" * payload_size
     try:
+        sent0, received0 = tcp_counters(client.socket())
+        cpu0 = cpu_seconds()
         start = time.monotonic()
         for _ in range(count):
             info = client.publish(topic, payload, qos=1)
@@ -62,7 +65,14 @@ def raw_paho_rate(
             client.loop(timeout=0.05)
             if time.monotonic() > deadline:
                 raise BenchError(f"raw paho: {acked} of {count} PUBACKs in time")
-        return count / (last_ack - start)
+        cpu = cpu_seconds() - cpu0
+        sent1, received1 = tcp_counters(client.socket())
+        return {
+            "messages": count,
+            "rate": count / (last_ack - start),
+            "cpu_us_per_message": cpu / count * 1e6,
+            "bytes_per_message": (sent1 - sent0 + received1 - received0) / count,
+        }
     finally:
         client.disconnect()
         client.loop(timeout=0.1)

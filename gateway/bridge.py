@@ -18,6 +18,7 @@ import contextlib
 import itertools
 import json
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -38,8 +39,14 @@ from gateway.model import (
 )
 from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState, OutboxStats, radio_settings_with
-from gateway.store.commands import CommandStore
-from gateway.store.outbox import Outbox, OutboxEntry, droppable_kinds_for_mqtt
+from gateway.store.commands import CommandStore, CommandStoreError
+from gateway.store.outbox import (
+    Outbox,
+    OutboxClosed,
+    OutboxEntry,
+    OutboxError,
+    droppable_kinds_for_mqtt,
+)
 from gateway.upstreams.base import IncomingCommand, Upstream, UpstreamError, UpstreamUnavailable
 
 log = logging.getLogger("duogate.bridge")
@@ -47,6 +54,8 @@ log = logging.getLogger("duogate.bridge")
 LOCAL_ORIGINS = ("console", "web")
 RESULT_RETRY_S = 2.0
 STATS_INTERVAL_S = 1.0
+# A database that failed (disk full, I/O error): logged, retried, never the end of a loop.
+STORE_ERRORS = (OutboxError, CommandStoreError, sqlite3.Error, OSError)
 
 
 class Bridge:
@@ -195,30 +204,42 @@ class Bridge:
         assert self.outbox is not None
         name = upstream.name
         window = self.config.mqtt.inflight if name == "mqtt" else 32
-        while True:
-            await self._until_connected(upstream)
-            failed = asyncio.Event()
-            slots = asyncio.Semaphore(window)
-            in_flight: set[asyncio.Task[None]] = set()
-            after = 0
-            while not failed.is_set():
-                mark = self.outbox.last_id
-                page = await self.outbox.pending(name, after, limit=256)
-                if not page:
-                    await _first_of(self.outbox.wait_for_entries_after(mark), failed.wait())
-                    continue
-                for entry in page:
-                    await slots.acquire()
-                    if failed.is_set():
-                        slots.release()
-                        break
-                    task = asyncio.create_task(self._deliver(upstream, entry, slots, failed))
-                    in_flight.add(task)
-                    task.add_done_callback(in_flight.discard)
-                after = page[-1].entry_id
-            if in_flight:
-                await asyncio.gather(*in_flight, return_exceptions=True)
-            await asyncio.sleep(0.2)
+        in_flight: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                await self._until_connected(upstream)
+                failed = asyncio.Event()
+                slots = asyncio.Semaphore(window)
+                after = 0
+                try:
+                    while not failed.is_set():
+                        mark = self.outbox.last_id
+                        page = await self.outbox.pending(name, after, limit=256)
+                        if not page:
+                            await _first_of(self.outbox.wait_for_entries_after(mark), failed.wait())
+                            continue
+                        for entry in page:
+                            await slots.acquire()
+                            if failed.is_set():
+                                slots.release()
+                                break
+                            task = asyncio.create_task(
+                                self._deliver(upstream, entry, slots, failed)
+                            )
+                            in_flight.add(task)
+                            task.add_done_callback(in_flight.discard)
+                        after = page[-1].entry_id
+                except OutboxClosed:
+                    return
+                except OutboxError as exc:  # the database failed; nothing is lost, retry
+                    log.error("%s: outbox not readable, retrying: %s", name, exc)
+                    await asyncio.sleep(1.0)
+                if in_flight:
+                    await asyncio.gather(*in_flight, return_exceptions=True)
+                await asyncio.sleep(0.2)
+        finally:
+            for task in in_flight:
+                task.cancel()
 
     async def _deliver(
         self,
@@ -247,7 +268,8 @@ class Bridge:
             )
         finally:
             slots.release()
-        self.outbox.mark_delivered(upstream.name, (entry.entry_id,))
+        with contextlib.suppress(OutboxClosed):  # stopping: delivered again after the restart
+            self.outbox.mark_delivered(upstream.name, (entry.entry_id,))
 
     async def _until_connected(self, upstream: Upstream) -> None:
         while not upstream.connected:
@@ -293,7 +315,17 @@ class Bridge:
             await self._send_result(command.origin, command.reply_to, rejected)
             return
         assert self.commands is not None
-        if not await self.commands.accept(command, now_mono=now_mono, now_wall=now_wall):
+        try:
+            accepted = await self.commands.accept(command, now_mono=now_mono, now_wall=now_wall)
+        except STORE_ERRORS as exc:
+            # Without a stored state there is no promise of exactly one final result: refuse.
+            log.error("command %r for %s not stored: %s", command.id, command.device, exc)
+            failed = CommandResult(
+                command.id, command.device, CommandStatus.FAILED, now_wall, "not_stored"
+            )
+            await self._send_result(command.origin, command.reply_to, failed)
+            return
+        if not accepted:
             existing = await self.commands.get(command.origin, command.device, command.id)
             log.info("command %r for %s repeated; not executed again", command.id, command.device)
             if existing is not None:
@@ -391,14 +423,17 @@ class Bridge:
         assert self.commands is not None
         while True:
             await asyncio.sleep(RESULT_RETRY_S)
-            for state in await self.commands.unpublished_results():
-                upstream = self.upstreams.get(state.origin)
-                if upstream is None or not upstream.connected:
-                    continue
-                if await self._send_result(state.origin, state.reply_to, state.result()):
-                    await self.commands.mark_result_published(
-                        state.origin, state.device, state.id, state.status
-                    )
+            try:
+                for state in await self.commands.unpublished_results():
+                    upstream = self.upstreams.get(state.origin)
+                    if upstream is None or not upstream.connected:
+                        continue
+                    if await self._send_result(state.origin, state.reply_to, state.result()):
+                        await self.commands.mark_result_published(
+                            state.origin, state.device, state.id, state.status
+                        )
+            except STORE_ERRORS as exc:
+                log.error("command results not republished (will retry): %s", exc)
 
     async def _recover_commands(self) -> None:
         assert self.commands is not None
@@ -491,11 +526,14 @@ class Bridge:
         assert self.outbox is not None
         while True:
             oldest: float | None = None
-            for name in self.upstreams:
-                page = await self.outbox.pending(name, 0, limit=1)
-                if page:
-                    ts = page[0].item.ts
-                    oldest = ts if oldest is None else min(oldest, ts)
+            try:
+                for name in self.upstreams:
+                    page = await self.outbox.pending(name, 0, limit=1)
+                    if page:
+                        ts = page[0].item.ts
+                        oldest = ts if oldest is None else min(oldest, ts)
+            except STORE_ERRORS as exc:
+                log.debug("outbox statistics not read: %s", exc)
             self._oldest_ts = oldest
             for upstream in self.upstreams.values():
                 self.state.set_upstream(upstream.name, upstream.connected)

@@ -284,7 +284,7 @@ class SimSection(Section):
     listen: str = "127.0.0.1:0"
     state_dir: Path | None = None
     # Node firmware timing (real-time defaults; tests and demos scale them down).
-    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 5.0  # nodes start staggered
+    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # nodes start staggered
     join_backoff_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
     join_backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
     retry_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0  # first retransmission
@@ -436,6 +436,7 @@ def _secrets(config: Config) -> list[tuple[str, Secret | None]]:
         ("mqtt.password", config.mqtt.password),
         ("xmpp.password", config.xmpp.password),
         ("web.password", config.web.password),
+        ("join.open_join_key", config.join.open_join_key),
     ]
 
 
@@ -554,9 +555,14 @@ def _resolve_relative_paths(data: dict[str, Any], base: Path) -> None:
         block = data.get(section)
         if isinstance(block, dict) and key in block:
             block[key] = fix(block[key])
-    for section in ("mqtt", "xmpp", "web"):
+    for section, key in (
+        ("mqtt", "password"),
+        ("xmpp", "password"),
+        ("web", "password"),
+        ("join", "open_join_key"),
+    ):
         block = data.get(section)
-        secret = block.get("password") if isinstance(block, dict) else None
+        secret = block.get(key) if isinstance(block, dict) else None
         if isinstance(secret, dict) and "file" in secret:
             secret["file"] = fix(secret["file"])
     tls = data.get("mqtt", {}).get("tls") if isinstance(data.get("mqtt"), dict) else None

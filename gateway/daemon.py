@@ -12,6 +12,7 @@ import contextlib
 import importlib
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,14 +119,16 @@ class Gateway:
             from gateway.metrics import MetricsServer
 
             metrics = MetricsServer.from_config(config.metrics, self.state)
-            port = await metrics.start()
+            with _naming("metrics", config.metrics.host, config.metrics.port):
+                port = await metrics.start()
             log.info("metrics on http://%s:%d/metrics", config.metrics.host, port)
             self.services.append(metrics)
         if config.web.enabled:
             from gateway.web import WebServer
 
             web = WebServer.from_config(config, self.state, self.bridge.controls_for("web"))
-            port = await web.start()
+            with _naming("web page", config.web.host, config.web.port):
+                port = await web.start()
             log.info("status page on http://%s:%d/", config.web.host, port)
             self.services.append(web)
 
@@ -139,6 +142,16 @@ class Gateway:
 
     def healthy(self) -> bool:
         return self.radio is not None and self.radio.healthy()
+
+
+@contextlib.contextmanager
+def _naming(service: str, host: str, port: int) -> Iterator[None]:
+    """A socket error while starting ``service`` says which setting to look at."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(exc.errno, f"{service} cannot listen on {host}:{port}: {reason}") from None
 
 
 async def run_daemon(config: Config) -> int:

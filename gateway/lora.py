@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -75,7 +76,9 @@ class PendingCommand:
 @dataclass(slots=True)
 class DeviceQueue:
     commands: deque[PendingCommand] = field(default_factory=deque)
-    stored_report_ids: deque[str] = field(default_factory=lambda: deque(maxlen=32))
+    stored_report_ids: deque[str] = field(
+        default_factory=lambda: deque(maxlen=STORED_IDS_PER_DEVICE)
+    )
 
 
 class CommandRefs:
@@ -94,21 +97,24 @@ class CommandRefs:
         )
         self._next: dict[str, int] = {}
         self._limit: dict[str, int] = {}
+        # take() runs in worker threads; two at once must not hand out the same reference.
+        self._lock = threading.Lock()
         for device, reserved in conn.execute("SELECT device, reserved FROM lora_command_refs"):
             self._next[device] = self._limit[device] = int(reserved)
 
     def take(self, device: str) -> int:
-        value = self._next.get(device, 0)
-        if value >= self._limit.get(device, 0):
-            limit = value + REF_RESERVATION
-            self._conn.execute(
-                "INSERT INTO lora_command_refs (device, reserved) VALUES (?, ?) "
-                "ON CONFLICT(device) DO UPDATE SET reserved = excluded.reserved",
-                (device, limit),
-            )
-            self._limit[device] = limit
-        self._next[device] = value + 1
-        return value % 0x10000
+        with self._lock:
+            value = self._next.get(device, 0)
+            if value >= self._limit.get(device, 0):
+                limit = value + REF_RESERVATION
+                self._conn.execute(
+                    "INSERT INTO lora_command_refs (device, reserved) VALUES (?, ?) "
+                    "ON CONFLICT(device) DO UPDATE SET reserved = excluded.reserved",
+                    (device, limit),
+                )
+                self._limit[device] = limit
+            self._next[device] = value + 1
+            return value % 0x10000
 
 
 class LoraNetwork:

@@ -437,18 +437,22 @@ async def open_bench(kind: str, tmp_path: Path) -> AsyncIterator[Bench]:
 
 
 class NodeFleet:
-    """Runs simulated nodes, each starting ``stagger_s`` after the previous one."""
+    """Runs simulated nodes, each powered up at a random moment within a spread."""
 
     def __init__(self, nodes: list[SimNode]) -> None:
         self.nodes = nodes
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, stagger_s: float = 0.0) -> None:
-        for index, node in enumerate(self.nodes):
+    def start(self, spread_s: float = 0.0, *, seed: int = 1) -> None:
+        """Start every node within ``spread_s``. Random rather than evenly spaced starts: a
+        fixed spacing that matches a receive delay would line every join request up with the
+        previous node's join accept, which the half-duplex gateway cannot hear."""
+        rng = random.Random(seed)
+        loop = asyncio.get_running_loop()
+        for node in self.nodes:
+            delay = rng.uniform(0.0, spread_s)
             self._tasks.append(
-                asyncio.get_running_loop().create_task(
-                    _after(index * stagger_s, node.run), name=f"hil-{node.device_id}"
-                )
+                loop.create_task(_after(delay, node.run), name=f"hil-{node.device_id}")
             )
 
     async def stop(self) -> None:

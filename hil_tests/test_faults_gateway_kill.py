@@ -36,7 +36,7 @@ from hil_tests.test_faults_harness import (
 from tests.servers import Mosquitto, wait_for_port
 
 PREFIX = "duogate/killed"
-NODES = 3
+NODES = 2
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -65,7 +65,7 @@ reconnect_max_s = 2.0
 
 [sim]
 nodes = {NODES}
-report_interval_s = 5.0
+report_interval_s = 6.0
 seed = 21
 listen = "127.0.0.1:{world_port}"
 state_dir = "{tmp_path / "world"}"

@@ -57,10 +57,13 @@ class Process:
                 start_new_session=True,
             )
 
-    def signal(self, sig: int, timeout: float = 15.0) -> int:
+    def signal(self, sig: int, timeout: float = 15.0) -> int | None:
+        """Send ``sig``; wait up to ``timeout`` for the exit (0: do not wait, e.g. SIGSTOP)."""
         assert self.proc is not None
         if self.proc.poll() is None:
             os.killpg(self.proc.pid, sig)
+        if timeout == 0:
+            return None
         try:
             return self.proc.wait(timeout)
         finally:
@@ -111,41 +114,47 @@ async def test_gateway_killed_and_restarted_loses_no_report_and_settles_open_com
         devices = [lora_device_id(0x0016_C001_0000_0000 + n) for n in (1, 2)]
         await watcher.wait_for_counters(devices, 2, timeout=40)
 
-        # Right after one of its reports, the node's next receive window is a second away:
-        # a command accepted now is still queued when the gateway dies.
+        # 1. Killed mid-stream, right after a report went out.
+        await watcher.wait_for_counters(devices[:1], max_counter(watcher.reports()[devices[0]]) + 1)
+        gateway.signal(signal.SIGKILL)
+        killed_at = max(max_counter(reports) for reports in watcher.reports().values())
+        await asyncio.sleep(1.5)  # the nodes keep reporting into the void, and retransmit
+        gateway.start()
+        await watcher.wait_for_counters(devices, killed_at + 3, timeout=40)
+
+        # 2. Killed with a command accepted but not yet sent. The world is frozen meanwhile
+        # (SIGSTOP) so that no receive window can come before the kill.
         target = devices[0]
-        seen = max_counter(watcher.reports()[target])
-        await watcher.wait_for_counters([target], seen + 1)
+        world.signal(signal.SIGSTOP, timeout=0)
         watcher.command(target, {"id": "open", "action": "relay", "params": {"on": True}})
         await watcher.wait_until(
             lambda: "accepted" in watcher.statuses(target, "open"), "the command accepted"
         )
         gateway.signal(signal.SIGKILL)
-        killed_at = {d: max_counter(watcher.reports()[d]) for d in devices}
-        await asyncio.sleep(1.5)  # the nodes keep reporting into the void, and retransmit
+        world.signal(signal.SIGCONT, timeout=0)
+        killed_at = max(max_counter(reports) for reports in watcher.reports().values())
+        await asyncio.sleep(1.0)
         gateway.start()
-
-        final = await watcher.wait_for_final(target, "open", timeout=40)
-        await watcher.wait_for_counters(devices, max(killed_at.values()) + 4, timeout=40)
+        assert await watcher.wait_for_final(target, "open", timeout=40) == "expired"
+        await watcher.wait_for_counters(devices, killed_at + 3, timeout=40)
         assert gateway.signal(signal.SIGTERM) == 0
     finally:
         if gateway.alive():
             gateway.signal(signal.SIGKILL)
+        world.signal(signal.SIGCONT, timeout=0)
         world_exit = world.signal(signal.SIGTERM)
         watcher.drop()
     assert world_exit == 0, world.output()
     assert "Traceback" not in gateway.output() + world.output()
     assert_no_gaps(watcher.reports(), devices, ids_once=False)
 
+    # The command open at the kill ended once, as expired (never sent late after a restart),
+    # and the node never saw it.
     results = watcher.results(target, "open")
-    finals = [r for r in results if r["status"] not in ("accepted", "sent")]
-    assert len(finals) == 1, results
+    assert [(r["status"], r.get("detail")) for r in results] == [
+        ("accepted", None),
+        ("expired", "gateway_restart"),
+    ]
     node_state = json.loads((tmp_path / "nodes" / f"node-{target[5:]}.json").read_text())
-    if final == "expired":
-        # Queued, never transmitted: settled at startup, and the node never saw it.
-        assert finals[0]["detail"] == "gateway_restart"
-        assert node_state["relay"] is False
-        assert node_state["recent_commands"] == []
-    else:
-        # Transmitted before the kill: the node may have executed it; nobody can tell.
-        assert (final, finals[0]["detail"]) == ("timeout", "gateway_restart")
+    assert node_state["relay"] is False
+    assert node_state["recent_commands"] == []

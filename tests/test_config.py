@@ -56,7 +56,7 @@ def test_example_configs_are_valid():
         ),
         (
             '[[modbus.buses]]\nname = "b"\nhost = "h"\ntransport = "tcp"\n'
-            '[[modbus.buses.devices]]\nunit = 300\n',
+            "[[modbus.buses.devices]]\nunit = 300\n",
             "modbus.buses[0].devices[0].unit: must be 0..247, got 300",
         ),
     ],
@@ -69,7 +69,11 @@ def test_bad_values_give_one_line(text, expected, tmp_path):
 
 def test_several_problems_one_line_each(tmp_path):
     problems = problems_of("[mqtt]\nport = 70000\nkeepalive_s = 1\nfoo = 1\n", tmp_path)
-    assert sorted(p.split(":")[0] for p in problems) == ["mqtt.foo", "mqtt.keepalive_s", "mqtt.port"]
+    assert sorted(p.split(":")[0] for p in problems) == [
+        "mqtt.foo",
+        "mqtt.keepalive_s",
+        "mqtt.port",
+    ]
 
 
 def test_syntax_error(tmp_path):
@@ -145,3 +149,14 @@ def test_overrides_from_the_command_line(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, overrides=["mqtt.port=70000"])
     assert info.value.problems == ["mqtt.port: must be 1..65535, got 70000"]
+
+
+def test_open_join_key_is_a_secret_resolved_like_the_others(tmp_path):
+    problems = problems_of(
+        '[join]\nopen_join = true\nopen_join_key = {file = "lab.key"}\n', tmp_path
+    )
+    assert problems == [f"join.open_join_key.file: secret file not found: {tmp_path / 'lab.key'}"]
+    (tmp_path / "lab.key").write_text("00" * 16)
+    (tmp_path / "lab.key").chmod(0o600)
+    config = load_config(tmp_path / "c.toml")
+    assert config.join.open_join_key.read() == "00" * 16

@@ -57,7 +57,7 @@ def test_ctr_block_layout() -> None:
     assert block.hex() == "01123489abcdef" + "00" * 9
 
 
-@settings(max_examples=100)
+@settings(max_examples=100, deadline=None)
 @given(
     key=st.binary(min_size=16, max_size=16),
     address=st.integers(0, 0xFFFF),

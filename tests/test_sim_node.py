@@ -8,6 +8,7 @@ waits, a command. Times are scaled down (reports every 0.2 s instead of every mi
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from drivers.sim.node import NodeConfig, SimNode
+from drivers.sim.node import NodeConfig, NodeStateError, SimNode
 from gateway.model import CommandStatus
 from gateway.protocol.frames import DownlinkCommand, FrameRejected
 from gateway.protocol.join import DeviceCredentials, JoinSettings
@@ -323,3 +324,17 @@ async def test_a_full_queue_drops_the_oldest_unsent_report() -> None:
     assert len(node.pending) == 16
     counters = [p.body["counter"] for p in node.pending]
     assert counters == sorted(counters) and counters[-1] == node.report_counter
+
+
+def test_unusable_state_files_are_one_line_errors(tmp_path: Path) -> None:
+    gateway = Gateway([11])
+    state = tmp_path / "node.json"
+    state.write_text("{not json")
+    with pytest.raises(NodeStateError, match="unreadable node state"):
+        make_node(gateway, 11, state)
+    state.write_text('{"eui": "000000000000000c", "root_key": "00"}')
+    with pytest.raises(NodeStateError, match="another node"):
+        make_node(gateway, 11, state)
+    state.write_text(json.dumps({"eui": "000000000000000b", "root_key": root_key_of(11).hex()}))
+    with pytest.raises(NodeStateError, match="KeyError"):
+        make_node(gateway, 11, state)

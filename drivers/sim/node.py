@@ -262,6 +262,10 @@ class NodeStats:
     sessions_lost: int = 0  # rejoin_after_unacked reached
 
 
+class NodeStateError(ValueError):
+    """A node state file that cannot be used (corrupt, or another node's)."""
+
+
 class SimNode:
     """Simulated node firmware: joins, periodic confirmed reports, commands.
 
@@ -322,9 +326,11 @@ class SimNode:
     # ----------------------------------------------------------------------------- main loop
 
     async def run(self) -> None:
-        """Run until ``stop()`` (or cancellation; the state file is always consistent)."""
+        """Run until ``stop()`` (or cancellation; the state file is always consistent).
+
+        A stop requested before ``run`` starts ends it at once.
+        """
         loop = asyncio.get_running_loop()
-        self._stopping.clear()
         self._next_report_at = self._next_uplink_at = self._next_join_at = loop.time()
         while not self._stopping.is_set():
             now = loop.time()
@@ -429,18 +435,25 @@ class SimNode:
             "temperature_c": self._temperature(),
             "relay": self.relay,
         }
-        if len(self.pending) >= self.config.queue_size:
-            unsent = [
-                i for i, p in enumerate(self.pending) if p.kind == "report" and p.frame is None
-            ]
-            del self.pending[unsent[0] if unsent else 0]
-            self.stats.reports_dropped += 1
+        self._make_room()
         self.pending.append(PendingUplink(kind="report", body=body))
         self._save()
+
+    def _make_room(self) -> None:
+        """Keep the queue bounded: drop the oldest report not yet on air (else the oldest)."""
+        if len(self.pending) < self.config.queue_size:
+            return
+        unsent = [i for i, p in enumerate(self.pending) if p.kind == "report" and p.frame is None]
+        dropped = self.pending.pop(unsent[0] if unsent else 0)
+        if dropped.kind == "report":
+            self.stats.reports_dropped += 1
+        else:
+            self.stats.uplinks_given_up += 1
 
     def _enqueue_result(self, ref: int, status: ResultCode, detail: str | None) -> None:
         if any(p.kind == "result" and p.command_ref == ref for p in self.pending):
             return
+        self._make_room()
         # Results go ahead of queued reports (never ahead of a frame already on air).
         position = 0
         while position < len(self.pending) and (
@@ -582,9 +595,16 @@ class SimNode:
         os.replace(temporary, self.state_path)
 
     def _load(self, path: Path) -> None:
-        data = json.loads(path.read_text())
+        try:
+            self._restore(json.loads(path.read_text()))
+        except NodeStateError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise NodeStateError(f"{path}: unreadable node state: {exc!r}") from None
+
+    def _restore(self, data: dict[str, Any]) -> None:
         if int(data["eui"], 16) != self.eui or bytes.fromhex(data["root_key"]) != self.root_key:
-            raise ValueError(f"{path} holds the state of another node")
+            raise NodeStateError(f"{self.state_path}: holds the state of another node")
         self.dev_nonce = bytes.fromhex(data["dev_nonce"]) if data["dev_nonce"] else None
         session = data["session"]
         self.session = NodeSession.from_json(self.eui, self.root_key, session) if session else None

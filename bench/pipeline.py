@@ -1,0 +1,174 @@
+"""Radio to PUBACK: throughput against raw paho, latency at 20 frames/s, CPU per report.
+
+Each function runs in its own child process (``bench.child``) against the mosquitto that
+``bench.run`` started; see docs/PERFORMANCE.md for what exactly each figure measures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from bench.child import Channel
+from bench.harness import (
+    BenchError,
+    BenchGateway,
+    InterruptPacer,
+    NodeFleet,
+    bench_config,
+    cpu_seconds,
+    percentile,
+    tcp_counters,
+)
+
+TIMEOUT_FLOOR_S = 60.0
+
+
+@contextlib.asynccontextmanager
+async def joined_gateway(
+    nodes: int, *, keep_times: bool = False, **config: Any
+) -> AsyncIterator[tuple[BenchGateway, NodeFleet]]:
+    """A started gateway on a private data directory with ``nodes`` nodes joined through it
+    and its outbox drained of their ``joined`` events."""
+    with tempfile.TemporaryDirectory(prefix="duogate-bench-") as tmp:
+        fleet = NodeFleet(nodes)
+        registry = fleet.write_registry(Path(tmp) / "registry.toml")
+        settings = bench_config(Path(tmp) / "data", registry, **config)
+        gateway = BenchGateway.build(settings, keep_times=keep_times)
+        await gateway.start()
+        try:
+            await gateway.wait_connected()
+            await fleet.join_all(gateway.radio, settings)
+            await gateway.wait_drained()
+            yield gateway, fleet
+        finally:
+            await gateway.stop()
+
+
+async def inject_burst(gateway: BenchGateway, frames: list[bytes]) -> dict[str, float]:
+    """Hand every frame to the radio interface as fast as the loop takes them (one per turn
+    of the event loop) and wait for the last PUBACK; figures of that interval."""
+    acks, count = gateway.acks, len(frames)
+    target = acks.count + count
+    sock = gateway.upstream.wire_socket()
+    sent0, received0 = tcp_counters(sock)
+    cpu0 = cpu_seconds()
+    start = time.monotonic()
+    for phy in frames:
+        gateway.radio.receive(phy)
+        await asyncio.sleep(0)
+    await acks.wait_for(target, TIMEOUT_FLOOR_S + count / 100)
+    elapsed = acks.last - start
+    cpu = cpu_seconds() - cpu0
+    sent1, received1 = tcp_counters(sock)
+    if gateway.not_stored():
+        raise BenchError(f"{gateway.not_stored()} reports refused by the outbox")
+    return {
+        "reports": count,
+        "start_mono": start,
+        "seconds": elapsed,
+        "rate": count / elapsed,
+        "cpu_us_per_report": cpu / count * 1e6,
+        "bytes_per_report": (sent1 - sent0 + received1 - received0) / count,
+        "bytes_out_per_report": (sent1 - sent0) / count,
+    }
+
+
+def frames_of(fleet: NodeFleet, count: int, start: int) -> list[bytes]:
+    return [phy for _, _, phy in fleet.report_frames(count, start=start)]
+
+
+async def throughput(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Rounds of: the parent runs raw paho (event ``baseline``), then the gateway's burst."""
+    nodes, reports, rounds = params["nodes"], params["reports"], params["rounds"]
+    async with joined_gateway(nodes, mqtt_port=params["mqtt_port"]) as (gateway, fleet):
+        await inject_burst(gateway, frames_of(fleet, nodes, 0))  # warm-up: one per node
+        await gateway.wait_drained()
+        assert gateway.upstream.sample is not None
+        topic, payload_size = gateway.upstream.sample
+        counter = nodes
+        results: list[dict[str, float]] = []
+        for _ in range(rounds):
+            frames = frames_of(fleet, reports, counter)
+            counter += reports
+            channel.announce("baseline", {"topic": topic, "payload_size": payload_size})
+            await channel.wait_go()
+            results.append(await inject_burst(gateway, frames))
+            await gateway.wait_drained()
+    return {
+        "nodes": nodes,
+        "reports": reports,
+        "topic_length": len(topic),
+        "payload_size": payload_size,
+        "rounds": results,
+        "rate": statistics.median(r["rate"] for r in results),
+        "cpu_us_per_report": statistics.median(r["cpu_us_per_report"] for r in results),
+        "bytes_per_report": statistics.median(r["bytes_per_report"] for r in results),
+    }
+
+
+def frames_with_keys(fleet: NodeFleet, count: int) -> list[tuple[Any, bytes]]:
+    return [((node.device, counter), phy) for node, counter, phy in fleet.report_frames(count)]
+
+
+async def latency(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """DIO0 (``RxPacket.t_mono``) to PUBACK at a steady rate, once per commit interval."""
+    rate, seconds, warmup_s = params["rate"], params["seconds"], params["warmup_s"]
+    figures: dict[str, Any] = {"rate": rate, "seconds": seconds}
+    for label, interval in params["commit_intervals"].items():
+        async with joined_gateway(
+            params["nodes"],
+            keep_times=True,
+            mqtt_port=params["mqtt_port"],
+            commit_interval_s=interval,
+        ) as (gateway, fleet):
+            frames = frames_with_keys(fleet, int(rate * (warmup_s + seconds)))
+            pacer = InterruptPacer(gateway.radio, frames, rate)
+            pacer.start()
+            await pacer.wait()
+            await gateway.acks.wait_for(len(frames), TIMEOUT_FLOOR_S)
+            times = gateway.acks.times
+            assert times is not None
+            skip = int(rate * warmup_s)
+            samples = [(times[key] - pacer.stamps[key]) * 1000 for key, _ in frames[skip:]]
+            figures[label] = {
+                "commit_interval_s": gateway.config.outbox.commit_interval_s,
+                "samples": len(samples),
+                "p50_ms": percentile(samples, 0.50),
+                "p99_ms": percentile(samples, 0.99),
+                "max_ms": max(samples),
+                "late_frames": pacer.late,
+            }
+    return figures
+
+
+async def cpu_per_report(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """Process CPU time (all threads) over a run at a steady rate, divided by the reports."""
+    rate, seconds, idle_s = params["rate"], params["seconds"], params["idle_s"]
+    async with joined_gateway(params["nodes"], mqtt_port=params["mqtt_port"]) as (gateway, fleet):
+        frames = frames_with_keys(fleet, int(rate * seconds))
+        cpu0 = cpu_seconds()
+        await asyncio.sleep(idle_s)
+        idle_cpu_per_s = (cpu_seconds() - cpu0) / idle_s
+        pacer = InterruptPacer(gateway.radio, frames, rate)
+        cpu0, start = cpu_seconds(), time.monotonic()
+        pacer.start()
+        await pacer.wait()
+        await gateway.acks.wait_for(len(frames), TIMEOUT_FLOOR_S)
+        cpu, wall = cpu_seconds() - cpu0, gateway.acks.last - start
+    count = len(frames)
+    return {
+        "rate": rate,
+        "reports": count,
+        "seconds": wall,
+        "cpu_us_per_report": cpu / count * 1e6,
+        "idle_cpu_ms_per_s": idle_cpu_per_s * 1000,
+        "cpu_us_per_report_above_idle": (cpu - idle_cpu_per_s * wall) / count * 1e6,
+        "late_frames": pacer.late,
+    }

@@ -1,0 +1,363 @@
+"""``make bench``: run every benchmark, print the table and write docs/PERFORMANCE.md.
+
+    python -m bench.run                 # full sizes (about 6-8 minutes on 2 cores)
+    python -m bench.run --quick --out /tmp/perf.md   # tiny sizes, a smoke run
+
+One mosquitto serves every MQTT figure (and the raw paho baseline) of a run; each benchmark
+runs in a fresh child process (``bench.child``). A benchmark that fails leaves a row saying
+so and the others still run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from bench import report
+from bench.machine import describe
+from bench.rawpaho import raw_paho_rate
+from tests.servers import Mosquitto, Prosody
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "docs" / "PERFORMANCE.md"
+MQTT_INFLIGHT = 64  # the gateway's default mqtt.inflight: the baseline gets the same window
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    nodes: int = 1000
+    throughput_reports: int = 30_000
+    throughput_rounds: int = 3
+    latency_rate: float = 20.0
+    latency_s: float = 30.0
+    latency_warmup_s: float = 2.0
+    cpu_rate: float = 200.0
+    cpu_s: float = 30.0
+    cpu_idle_s: float = 5.0
+    leased_nodes: int = 1000
+    buffered_reports: int = 100_000
+    xmpp_nodes: int = 100
+    xmpp_reports: int = 5000
+    web_live_s: float = 5.0
+
+
+FULL = Sizes()
+QUICK = Sizes(
+    nodes=20,
+    throughput_reports=300,
+    throughput_rounds=1,
+    latency_s=1.0,
+    latency_warmup_s=0.25,
+    cpu_rate=100.0,
+    cpu_s=1.0,
+    cpu_idle_s=0.5,
+    leased_nodes=20,
+    buffered_reports=500,
+    xmpp_nodes=5,
+    xmpp_reports=100,
+    web_live_s=1.0,
+)
+
+
+class ChildFailed(RuntimeError):
+    pass
+
+
+EventHandler = Callable[[str, dict[str, Any]], dict[str, Any] | None]
+
+
+def run_child(
+    name: str,
+    params: dict[str, Any],
+    on_event: EventHandler | None = None,
+    timeout_s: float = 600,
+) -> dict[str, Any]:
+    """Run ``bench.child NAME`` and answer its events; its RESULT, or ChildFailed."""
+    with tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen(
+            [sys.executable, "-X", "faulthandler", "-m", "bench.child", name, json.dumps(params)],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        watchdog = threading.Timer(timeout_s, proc.kill)
+        watchdog.start()
+        result: dict[str, Any] | None = None
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            for line in proc.stdout:
+                kind, _, rest = line.rstrip("\n").partition(" ")
+                if kind == "EVENT":
+                    event, _, data = rest.partition(" ")
+                    reply = on_event(event, json.loads(data or "{}")) if on_event else None
+                    proc.stdin.write(f"go {json.dumps(reply or {})}\n")
+                    proc.stdin.flush()
+                elif kind == "RESULT":
+                    result = json.loads(rest)
+            proc.wait()
+        finally:
+            watchdog.cancel()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if result is None or proc.returncode != 0:
+            errors.seek(0)
+            tail = "\n".join(errors.read().strip().splitlines()[-15:])
+            raise ChildFailed(f"{name}: exit {proc.returncode}\n{tail}")
+        return result
+
+
+# ------------------------------------------------------------------------------ benchmarks
+
+
+def bench_throughput(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+    baselines: list[dict[str, float]] = []
+
+    def baseline(_event: str, data: dict[str, Any]) -> None:
+        baselines.append(
+            raw_paho_rate(
+                broker.port,
+                sizes.throughput_reports,
+                data["topic"],
+                data["payload_size"],
+                inflight=MQTT_INFLIGHT,
+            )
+        )
+
+    figures = run_child(
+        "throughput",
+        {
+            "mqtt_port": broker.port,
+            "nodes": sizes.nodes,
+            "reports": sizes.throughput_reports,
+            "rounds": sizes.throughput_rounds,
+        },
+        baseline,
+    )
+    figures["baseline_rounds"] = baselines
+    figures["baseline_rate"] = _median([b["rate"] for b in baselines])
+    figures["baseline_cpu_us_per_message"] = _median([b["cpu_us_per_message"] for b in baselines])
+    figures["baseline_bytes_per_message"] = _median([b["bytes_per_message"] for b in baselines])
+    return figures
+
+
+def bench_latency(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+    return run_child(
+        "latency",
+        {
+            "mqtt_port": broker.port,
+            "nodes": sizes.nodes,
+            "rate": sizes.latency_rate,
+            "seconds": sizes.latency_s,
+            "warmup_s": sizes.latency_warmup_s,
+            "commit_intervals": {"default": None, "commit_now": 0.0},
+        },
+    )
+
+
+def bench_cpu(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+    return run_child(
+        "cpu",
+        {
+            "mqtt_port": broker.port,
+            "nodes": sizes.nodes,
+            "rate": sizes.cpu_rate,
+            "seconds": sizes.cpu_s,
+            "idle_s": sizes.cpu_idle_s,
+        },
+    )
+
+
+def bench_outage(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+    """The broker is down while the child buffers, and back for the drain."""
+
+    def broker_back(_event: str, _data: dict[str, Any]) -> None:
+        broker.start()
+
+    broker.stop()
+    try:
+        return run_child(
+            "outage",
+            {
+                "mqtt_port": broker.port,
+                "nodes": sizes.leased_nodes,
+                "reports": sizes.buffered_reports,
+            },
+            broker_back,
+        )
+    finally:
+        broker.start()
+
+
+def bench_xmpp(workdir: Path, sizes: Sizes) -> dict[str, Any]:
+    server = Prosody(workdir / "prosody")
+    server.start()
+    peer: subprocess.Popen[str] | None = None
+    try:
+        gateway_jid = server.create_user("gateway", "bench-gateway")
+        subscriber_jid = server.create_user("subscriber", "bench-subscriber")
+        peer = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.xmpp_peer",
+                server.host,
+                str(server.port),
+                subscriber_jid,
+                "bench-subscriber",
+                str(server.ca_file),
+            ],
+            cwd=ROOT,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert peer.stdin is not None and peer.stdout is not None
+        if peer.stdout.readline().strip() != "online":
+            raise ChildFailed("xmpp subscriber did not come online")
+        figures = run_child(
+            "xmpp",
+            {
+                "host": server.host,
+                "port": server.port,
+                "ca_file": str(server.ca_file),
+                "jid": gateway_jid,
+                "password": "bench-gateway",
+                "subscriber": subscriber_jid,
+                "nodes": sizes.xmpp_nodes,
+                "reports": sizes.xmpp_reports,
+            },
+        )
+        figures.update(_subscriber_figures(peer, figures))
+        return figures
+    finally:
+        if peer is not None:
+            if peer.stdin is not None:
+                peer.stdin.close()
+            try:
+                peer.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                peer.kill()
+                peer.wait()
+        server.kill()
+
+
+def _subscriber_figures(peer: subprocess.Popen[str], figures: dict[str, Any]) -> dict[str, Any]:
+    """Reports at the subscriber and the rate of their arrival (waiting up to 10 s)."""
+    assert peer.stdin is not None and peer.stdout is not None
+    deadline = time.monotonic() + 10
+    while True:
+        peer.stdin.write("count\n")
+        peer.stdin.flush()
+        _, count, last = peer.stdout.readline().split()
+        if int(count) >= figures["reports"] or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    received, last_arrival = int(count), float(last)
+    seconds = last_arrival - figures["start_mono"]
+    return {
+        "subscriber_received": received,
+        "subscriber_rate": received / seconds if seconds > 0 else 0.0,
+    }
+
+
+def bench_web(sizes: Sizes) -> dict[str, Any] | str:
+    """The web engineer's figures, if bench/web_weight.py is there; else why not."""
+    try:
+        from bench import web_weight
+    except ImportError as exc:
+        return f"bench/web_weight.py not available ({exc})"
+    weight = web_weight.measure(live_seconds=sizes.web_live_s)
+    figures = asdict(weight)
+    for name in ("extra_kib_server", "extra_kib_page_open"):
+        figures[name] = getattr(weight, name)
+    return figures
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+# ------------------------------------------------------------------------------ the run
+
+
+def run_all(
+    sizes: Sizes, out: Path | None = DEFAULT_OUT, *, log: Callable[[str], None] = print
+) -> dict[str, Any]:
+    """Every benchmark; returns ``{"machine": ..., "figures": ..., "rows": ...}``."""
+    machine = describe()
+    figures: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="duogate-bench-servers-") as tmp:
+        broker = Mosquitto(Path(tmp) / "mosquitto")
+        broker.start()
+        try:
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("throughput", lambda: bench_throughput(broker, sizes)),
+                ("latency", lambda: bench_latency(broker, sizes)),
+                ("cpu", lambda: bench_cpu(broker, sizes)),
+                ("outage", lambda: bench_outage(broker, sizes)),
+                ("xmpp", lambda: bench_xmpp(Path(tmp), sizes)),
+            ]
+            for name, step in steps:
+                figures[name] = _timed(name, step, log)
+        finally:
+            broker.kill()
+    figures["web"] = _timed("web", lambda: bench_web(sizes), log)
+    rows = report.rows(figures)
+    log("")
+    log(report.table_text(rows))
+    if out is not None:
+        out.write_text(report.markdown(machine, sizes_text(sizes), rows, figures))
+        log(f"\nwritten to {out}")
+    return {"machine": machine, "figures": figures, "rows": rows}
+
+
+def _timed(name: str, step: Callable[[], Any], log: Callable[[str], None]) -> Any:
+    log(f"{name} ...")
+    started = time.monotonic()
+    try:
+        result = step()
+    except Exception as exc:  # a failed benchmark still leaves its row
+        log(f"{name}: FAILED: {exc}")
+        return f"failed: {str(exc).splitlines()[0]}"
+    log(f"{name}: {time.monotonic() - started:.0f} s")
+    return result
+
+
+def sizes_text(sizes: Sizes) -> str:
+    return (
+        f"{sizes.nodes} joined nodes; throughput {sizes.throughput_rounds} rounds of "
+        f"{sizes.throughput_reports} reports; latency {sizes.latency_s:g} s at "
+        f"{sizes.latency_rate:g}/s; CPU {sizes.cpu_s:g} s at {sizes.cpu_rate:g}/s; "
+        f"{sizes.leased_nodes} leases and {sizes.buffered_reports} buffered reports; XMPP "
+        f"{sizes.xmpp_reports} reports"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
+    args = parser.parse_args(argv)
+    os.chdir(ROOT)
+    outcome = run_all(QUICK if args.quick else FULL, args.out)
+    failed = [name for name, value in outcome["figures"].items() if isinstance(value, str)]
+    return 1 if failed and failed != ["web"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
