@@ -97,6 +97,8 @@ class JoinSection(Section):
     address_pool_start: Annotated[int, Field(ge=1, le=0xFFFE)] = 0x0001
     address_pool_end: Annotated[int, Field(ge=1, le=0xFFFE)] = 0xFFFE
     lease_inactive_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+    # A node not heard for this long is reported offline (0: never).
+    offline_after_s: Annotated[int, Field(ge=0)] = 900
     # Open join (lab only): an unknown EUI's root key is derived from this key (32 hex digits)
     # and the EUI; without it the public lab key of docs/protocol.md is used.
     open_join_key: Secret | None = None

@@ -150,6 +150,8 @@ class LoraNetwork:
         self._flush_task: asyncio.Task[None] | None = None
         self._lease_lock = asyncio.Lock()
         self._registry: set[str] = set()
+        self._last_heard: dict[str, float] = {}  # device -> monotonic time of its last uplink
+        self._offline: set[str] = set()
 
     # ------------------------------------------------------------------ DeviceDriver
 
@@ -173,6 +175,7 @@ class LoraNetwork:
             node = self.state.node(info.device_id, "lora")
             node.address = info.address
             node.last_seen = info.last_seen or None
+            self._last_heard[info.device_id] = self._mono()
         await self.radio.open(self._on_receive)
         self._flush_task = asyncio.create_task(self._flush_leases_forever(), name="lease-flush")
         log.info(
@@ -317,11 +320,15 @@ class LoraNetwork:
             log.error("LoRa frame handling failed: %r", task.exception())
 
     async def _handle(self, action: Any, packet: RxPacket) -> None:
+        if isinstance(action, ReportReceived | CommandResultReceived):
+            await self._heard(action.device_id, packet.t_mono)
         if isinstance(action, ReportReceived):
             await self._on_report(action, packet)
         elif isinstance(action, CommandResultReceived):
             await self._on_command_result(action, packet)
         elif isinstance(action, JoinAccepted):
+            self._last_heard[action.lease.device_id] = packet.t_mono
+            self._offline.discard(action.lease.device_id)
             await self._on_join_accepted(action, packet)
         elif isinstance(action, JoinRefused):
             await self._on_join_refused(action, packet)
@@ -588,6 +595,28 @@ class LoraNetwork:
                 await self._flush_leases()
             except StoreError as exc:
                 log.error("leases not saved (will retry): %s", exc)
+            await self._mark_silent_offline()
+
+    # ------------------------------------------------------------------ presence
+
+    async def _heard(self, device: str, t_mono: float) -> None:
+        self._last_heard[device] = t_mono
+        if device in self._offline:
+            self._offline.discard(device)
+            assert self._sink is not None
+            await self._sink.event(device, EventKind.ONLINE, {})
+
+    async def _mark_silent_offline(self) -> None:
+        """A node not heard for ``join.offline_after_s`` is reported ``offline`` once."""
+        limit = self.config.join.offline_after_s
+        if limit <= 0 or self._sink is None:
+            return
+        now = self._mono()
+        for device, heard in list(self._last_heard.items()):
+            if device not in self._offline and now - heard > limit:
+                self._offline.add(device)
+                log.info("%s not heard for %.0f s: offline", device, now - heard)
+                await self._sink.event(device, EventKind.OFFLINE, {"silent_s": round(now - heard)})
 
     def _log_up(self, device: str, kind: str, packet: RxPacket, body: Any) -> None:
         self.state.log_frame(

@@ -40,6 +40,7 @@ import pytest
 from slixmpp import ClientXMPP, Message
 
 from drivers.radio.sx127x import Sx127xRadio
+from drivers.sim.chip import FailMode, SimulatedSX127x
 from drivers.sim.inprocess import InProcessSimRadio
 from drivers.sim.node import NodeConfig, SimNode
 from drivers.sim.world import SimWorld
@@ -406,10 +407,30 @@ class TunedSimRadio(InProcessSimRadio):
     def driver(self) -> Sx127xRadio:
         return self._radio
 
+    @property
+    def chip(self) -> FaultyChip:
+        assert self.world is not None and isinstance(self.world.chip, FaultyChip)
+        return self.world.chip
+
     async def open(self, on_receive: Any) -> None:
-        self.world = SimWorld(self.config, node_config=self.node_config)
+        world = SimWorld(self.config, node_config=self.node_config)
+        world.chip.detach()
+        world.chip = FaultyChip(world.loop, world.medium, position=(0.0, 0.0), name="gateway")
+        self.world = world
         await self._radio.open(on_receive)
-        self.world.start()
+        world.start()
+
+
+class FaultyChip(SimulatedSX127x):
+    """The simulated SX1276 with a fault that can outlive a reset through RST (a damaged part):
+    while ``persistent`` is set, every reset comes back with that fault."""
+
+    persistent: FailMode | None = None
+
+    def reset(self) -> None:
+        super().reset()
+        if self.persistent is not None:
+            self.fail_mode = self.persistent
 
 
 def world_nodes(radio: InProcessSimRadio) -> list[SimNode]:

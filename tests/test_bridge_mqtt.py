@@ -425,7 +425,7 @@ async def test_commands_that_expire_before_the_receive_window_never_reach_the_no
         assert node.relay is False
         assert node.executed == []
         assert node.stats.commands_expired == 0  # not even dropped on arrival: never sent
-        downlinks = [e for e in gateway.state.frames._entries if e.type == "command"]
+        downlinks = [e for e in gateway.state.frames.recent() if e.type == "command"]
         assert downlinks == []
     watcher.drop()
     for command_id in ("short", "transport"):

@@ -61,7 +61,7 @@ async def test_a_command_whose_downlink_is_lost_is_sent_again_and_executed_once(
         watcher.command(device, {"id": "again", "action": "ping", "ttl_s": 20})
         assert await watcher.wait_for_final(device, "again") == "executed"
         assert dropper.left == 0
-        sent = [e for e in gateway.state.frames._entries if e.type == "command"]
+        sent = [e for e in gateway.state.frames.recent() if e.type == "command"]
         assert len(sent) >= 2
         # The same command delivered again (an application retrying) is not executed again.
         watcher.command(device, {"id": "again", "action": "ping", "ttl_s": 20})
@@ -84,3 +84,39 @@ def test_command_references_never_repeat_across_restarts(tmp_path: Path) -> None
     after = again.take(device)
     assert after not in first
     assert after == REF_RESERVATION  # the next block reserved on disk
+
+
+async def test_a_silent_node_goes_offline_and_comes_back_online(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    import asyncio
+
+    from gateway.config import parse_config
+    from tests.test_bridge_mqtt import fast_settings
+
+    settings = fast_settings(tmp_path / "data", mosquitto.port, nodes=1)
+    settings["join"]["offline_after_s"] = 2
+    watcher = MqttWatcher(mosquitto)
+    watcher.connect()
+    async with running_gateway(parse_config(settings)) as gateway:
+        node = world_of(gateway).nodes[0]
+        device = node.device_id
+        await watcher.wait_for_counters([device], 1)
+        node.stop()
+
+        def events() -> list[str]:
+            return [
+                m.json()["event"] for m in watcher.messages if m.topic.endswith(f"{device}/event")
+            ]
+
+        await watcher.wait_until(lambda: "offline" in events(), "offline event")
+        assert events().count("offline") == 1
+        availability = [m.payload for m in watcher.messages if m.topic.endswith("/availability")]
+        assert availability[-1] == b"offline"
+        task = asyncio.create_task(node.run())
+        try:
+            await watcher.wait_until(lambda: events()[-1:] == ["online"], "online event")
+        finally:
+            node.stop()
+            await task
+    watcher.drop()

@@ -34,7 +34,6 @@ RAW_RANGE: Final = {
     "int32": (-(2**31), 2**31 - 1),
     "uint32": (0, 2**32 - 1),
 }
-FLOAT32_MAX: Final = 3.4028234663852886e38
 BIT_TABLES: Final = frozenset({"coil", "discrete"})
 
 
@@ -68,6 +67,16 @@ def _swap_bytes(words: Sequence[int]) -> list[int]:
 def _wire_words(register: ModbusRegister, words: Sequence[int]) -> list[int]:
     """Undo (or apply: the swap is its own inverse) a little-endian byte order in each word."""
     return _swap_bytes(words) if register.byte_order == "little" else list(words)
+
+
+def _fits_float32(value: float) -> bool:
+    """True when ``value`` rounds to a finite float32 (the shortest decimal of the largest
+    float32 lies a hair above it and must still fit)."""
+    try:
+        packed = struct.pack(">f", value)
+    except OverflowError:
+        return False
+    return math.isfinite(struct.unpack(">f", packed)[0])
 
 
 def _float32_shortest(value: float) -> float:
@@ -130,7 +139,7 @@ def encode(register: ModbusRegister, value: RegisterValue) -> WritePayload:
     number = _as_number(register, value)
     raw = (number - register.offset) / register.scale
     if kind == "float32":
-        if not abs(raw) <= FLOAT32_MAX:
+        if not _fits_float32(raw):
             raise WriteRejected(f"{register.name}: {value} does not fit a float32")
         words = ModbusClientMixin.convert_to_registers(
             raw, _DATATYPES[kind], word_order=register.word_order

@@ -481,9 +481,13 @@ class Sx127xRadio:
                 raise RadioError(f"chip left receive mode (RegOpMode reads {mode:#04x})")
             # While listening DIO0 is mapped to RxDone, so the line must be high whenever the
             # flag is set; a flag with a low line means received packets never interrupt us.
-            if lora.get_irq_flags()["rx_done"] and self._backend is not None:
-                if not self._backend.gpio.input(self.pins.dio0):
-                    raise RadioError("DIO0 stays low while RxDone is set (interrupt line stuck)")
+            backend = self._backend
+            if (
+                backend is not None
+                and lora.get_irq_flags()["rx_done"]
+                and not backend.gpio.input(self.pins.dio0)
+            ):
+                raise RadioError("DIO0 stays low while RxDone is set (interrupt line stuck)")
 
     def _release(self) -> None:
         backend, self._backend = self._backend, None

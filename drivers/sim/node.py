@@ -328,7 +328,8 @@ class SimNode:
     async def run(self) -> None:
         """Run until ``stop()`` (or cancellation; the state file is always consistent).
 
-        A stop requested before ``run`` starts ends it at once.
+        A stop requested before ``run`` starts ends it at once; a node that stopped can be
+        run again (powered on), continuing from its state.
         """
         loop = asyncio.get_running_loop()
         self._next_report_at = self._next_uplink_at = self._next_join_at = loop.time()
@@ -349,6 +350,7 @@ class SimNode:
                     continue
                 wake = min(wake, self._next_uplink_at)
             await self._sleep(wake - now)
+        self._stopping.clear()  # the stop is used up: a later run() powers the node on again
 
     def stop(self) -> None:
         self._stopping.set()
