@@ -33,6 +33,7 @@ from gateway.store.outbox import Outbox
 DAEMON_MODULES = ("gateway.console", "gateway.metrics", "gateway.upstreams.mqtt")
 CHUNK = 1000  # frames built and injected at a time (the benchmark keeps no more than that)
 SETTLE_S = 2.0
+RECONNECT_TIMEOUT_S = 30.0
 POLL_S = 0.01
 
 
@@ -83,11 +84,14 @@ async def memory_and_drain(params: dict[str, Any], channel: Channel) -> dict[str
             gc.collect()
             await asyncio.sleep(SETTLE_S)
             rss, hwm = vm_kib("VmRSS"), vm_kib("VmHWM")
-            channel.announce("buffered", {"entries": outbox.size})
+            channel.announce("buffered", {"entries": outbox.size, "rss_kib": rss})
             await channel.wait_go()
 
             entries = outbox.size
+            deadline = time.monotonic() + RECONNECT_TIMEOUT_S
             while not upstream.connected:
+                if time.monotonic() > deadline:
+                    raise BenchError("the upstream did not reconnect to the broker")
                 await asyncio.sleep(POLL_S / 2)
             start_mono, cpu0 = time.monotonic(), cpu_seconds()
             target = upstream.stats["published"] + entries

@@ -45,6 +45,7 @@ from gateway.store.outbox import (
     OutboxClosed,
     OutboxEntry,
     OutboxError,
+    UnstorableItem,
     droppable_kinds_for_mqtt,
 )
 from gateway.upstreams.base import IncomingCommand, Upstream, UpstreamError, UpstreamUnavailable
@@ -91,6 +92,7 @@ class Bridge:
         self._oldest_ts: float | None = None
         self._discovery: DiscoveryPublisher | None = None
         self._availability: dict[str, str] = {}  # device -> last "online"/"offline" published
+        self._health_unsent = False  # the retained health message is out of date
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -178,14 +180,14 @@ class Bridge:
         )
         if not device.startswith("lora-"):
             self.state.note_uplink(device, kind, rssi=rssi, snr=snr, data=data)
-        await self.outbox.add_durable(report)
+        await self._store(report)
 
     async def event(
         self, device: str, event: EventKind, detail: dict[str, Any] | None = None
     ) -> None:
         assert self.outbox is not None
         item = DeviceEvent(device, event, self._wall(), detail or {})
-        await self.outbox.add_durable(item)
+        await self._store(item)
         # A BLE sensor becomes a device when first heard (ONLINE), a LoRa node when it joins.
         appeared = (EventKind.JOINED, EventKind.REJOINED, EventKind.ONLINE)
         if event in appeared and self._discovery is not None:
@@ -196,6 +198,50 @@ class Bridge:
             self._availability[device] = availability
             topic = availability_topic(self.config.topic_prefix, device)
             self._spawn(self._publish_quietly(mqtt, topic, availability))
+
+    async def _store(self, item: Report | DeviceEvent) -> None:
+        """Commit ``item`` to the outbox; a failing database makes the gateway ``degraded``
+        (the caller does not acknowledge the item, so its sender keeps it)."""
+        assert self.outbox is not None
+        try:
+            await self.outbox.add_durable(item)
+        except (UnstorableItem, OutboxClosed):
+            raise
+        except STORE_ERRORS as exc:
+            self._storage_problem(f"outbox: {exc}")
+            raise
+        self._storage_problem(None)
+
+    def _storage_problem(self, detail: str | None) -> None:
+        """Say in the log, the metrics and ``<prefix>/status/health`` when storing fails or
+        works again."""
+        if not self.state.set_problem("storage", detail):
+            return
+        if detail is None:
+            log.warning("storage works again; no longer degraded")
+        else:
+            log.error("degraded: cannot store, nothing new is acknowledged: %s", detail)
+        self._spawn(self._publish_health())
+
+    async def _publish_health(self) -> None:
+        """Retained ``<prefix>/status/health``: ``{"state": "ok"|"degraded", "problems"}``.
+
+        ``<prefix>/status`` itself stays ``online``/``offline`` (the Last Will, and Home
+        Assistant's availability).
+        """
+        mqtt = self.upstreams.get("mqtt")
+        if mqtt is None or not hasattr(mqtt, "publish_raw"):
+            return
+        problems = dict(self.state.problems)
+        body = {"state": "degraded" if problems else "ok", "problems": problems}
+        topic = f"{self.config.topic_prefix}/status/health"
+        try:
+            await mqtt.publish_raw(topic, json.dumps(body, sort_keys=True), qos=1, retain=True)
+        except (UpstreamError, ValueError) as exc:
+            self._health_unsent = True
+            log.debug("not published to %s: %s", topic, exc)
+            return
+        self._health_unsent = False
 
     # ------------------------------------------------------------------ outbox drain
 
@@ -318,6 +364,7 @@ class Bridge:
         try:
             accepted = await self.commands.accept(command, now_mono=now_mono, now_wall=now_wall)
         except STORE_ERRORS as exc:
+            self._storage_problem(f"command store: {exc}")
             # Without a stored state there is no promise of exactly one final result: refuse.
             log.error("command %r for %s not stored: %s", command.id, command.device, exc)
             failed = CommandResult(
@@ -565,6 +612,8 @@ class Bridge:
         retained topics are brought up to date here.
         """
         mqtt = self.upstreams["mqtt"]
+        if self.state.problems or self._health_unsent:
+            await self._publish_health()
         await self._publish_discovery(changed_only=False)
         for device, availability in list(self._availability.items()):
             topic = availability_topic(self.config.topic_prefix, device)

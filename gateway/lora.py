@@ -586,7 +586,16 @@ class LoraNetwork:
     async def _flush_leases(self) -> None:
         assert self._leases is not None
         async with self._lease_lock:
-            await asyncio.to_thread(self._leases.flush, self.core)
+            # The core is only touched on the loop (it changes with every uplink); only the
+            # write runs in a thread.
+            records = self.core.take_dirty()
+            if not records:
+                return
+            try:
+                await asyncio.to_thread(self._leases.save, records)
+            except StoreError:
+                self.core.mark_dirty(record.eui for record in records)
+                raise
 
     async def _flush_leases_forever(self) -> None:
         while True:

@@ -16,7 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.config import MetricsSection
-from gateway.state import GatewayState
+from gateway.state import KNOWN_PROBLEMS, GatewayState
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,15 @@ class StateCollector(Collector):
         for name, upstream in sorted(state.upstreams.items()):
             upstreams.add_metric([name], 1.0 if upstream.connected else 0.0)
         yield upstreams
+
+        degraded = GaugeMetricFamily(
+            "duogate_degraded",
+            "1 while part of the gateway's work is impossible (e.g. storage: disk full)",
+            labels=["problem"],
+        )
+        for problem in sorted(set(KNOWN_PROBLEMS) | set(state.problems)):
+            degraded.add_metric([problem], 1.0 if problem in state.problems else 0.0)
+        yield degraded
 
         duty = GaugeMetricFamily(
             "duogate_radio_duty_cycle_used_ratio",

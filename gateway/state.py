@@ -27,6 +27,8 @@ from gateway.model import CommandResult, CommandStatus
 
 FRAME_LOG_SIZE = 500
 SUBSCRIBER_QUEUE_SIZE = 256
+# Problems the gateway reports (metrics show each as 0 or 1).
+KNOWN_PROBLEMS = ("storage",)
 
 
 @dataclass(slots=True)
@@ -183,6 +185,8 @@ class GatewayState:
         self.counters = Counters()
         self.frames = FrameLog(frame_log_size)
         self.radio: RadioSettings | None = None
+        # What the gateway cannot do right now (e.g. "storage": the disk is full) -> why.
+        self.problems: dict[str, str] = {}
         # Set by the bridge; None until it does.
         self.outbox_stats: Callable[[], OutboxStats] | None = None
         self.duty_cycle: Callable[[], Mapping[str, float]] | None = None  # band -> used 0..1
@@ -257,6 +261,18 @@ class GatewayState:
 
     def count_join(self, accepted: bool) -> None:
         self.counters.joins["accepted" if accepted else "refused"] += 1
+
+    def set_problem(self, name: str, detail: str | None) -> bool:
+        """Record (``detail``) or clear (None) a problem; True when it started or ended."""
+        if detail is None:
+            return self.problems.pop(name, None) is not None
+        started = name not in self.problems
+        self.problems[name] = detail
+        return started
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.problems)
 
     def count_command(self, status: CommandStatus | str) -> None:
         """Call once per command, with its final status."""

@@ -80,8 +80,8 @@ def node_board_skip_reason() -> str | None:
 def sim_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
     """A gateway config for the simulated bench: open join, short receive delays, no servers.
 
-    869.525 MHz is the EU868 sub-band with a 10 % duty cycle, so a busy scenario never runs
-    out of downlink budget.
+    ``sections`` update the defaults per section (``radio={"bandwidth_hz": 500_000}``).
+    869.525 MHz is the EU868 sub-band with a 10 % duty cycle for downlinks.
     """
     data: dict[str, Any] = {
         "gateway": {"id": "hil", "data_dir": str(data_dir)},
@@ -89,7 +89,7 @@ def sim_config(data_dir: Path, **sections: dict[str, Any]) -> Config:
             "driver": "sim",
             "frequency_hz": 869_525_000,
             "spreading_factor": 7,
-            "bandwidth_hz": 250_000,
+            "bandwidth_hz": 125_000,
             "tx_power_dbm": 14,
             "rx_delay_s": 0.5,
         },
@@ -232,8 +232,10 @@ class DeafWindows:
         self.armed = armed
         self.deaf_windows = 0
         self.windows_missed = 0
+        self.sent: list[bytes] = []  # every payload transmitted, in order
 
     async def transmit(self, payload: bytes) -> float:
+        self.sent.append(bytes(payload))
         return await self.inner.transmit(payload)
 
     async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
@@ -321,7 +323,11 @@ class Bench:
         return GatewayUnderTest(self.config, self.gateway_radio())
 
     async def nodes(
-        self, count: int, node_config: NodeConfig, *, wrap: Callable[[NodeAirLink], Any] = None
+        self,
+        count: int,
+        node_config: NodeConfig,
+        *,
+        wrap: Callable[[NodeAirLink], NodeAirLink] | None = None,
     ) -> list[SimNode]:
         """``count`` lab nodes (open join keys), spread from 50 m to 2 km around the gateway."""
         nodes = []
@@ -424,10 +430,13 @@ BENCH_KINDS = [
 
 
 @contextlib.asynccontextmanager
-async def open_bench(kind: str, tmp_path: Path) -> AsyncIterator[Bench]:
+async def open_bench(
+    kind: str, tmp_path: Path, **sim_sections: dict[str, Any]
+) -> AsyncIterator[Bench]:
+    """A simulated bench (``sim_config`` updated by ``sim_sections``) or the real one."""
     bench: Bench
     if kind == "sim":
-        bench = SimBench(sim_config(tmp_path / "gateway"))
+        bench = SimBench(sim_config(tmp_path / "gateway", **sim_sections))
     else:
         bench = HardwareBench(hardware_config(tmp_path / "gateway"))
     try:

@@ -399,6 +399,7 @@ class TunedSimRadio(InProcessSimRadio):
     def __init__(self, config: Config, nodes: NodeConfig = FAST_NODES, probe_s: float = 1.0):
         super().__init__(config)
         self.node_config = nodes
+        self._node_tasks: list[asyncio.Task[None]] = []
         self._radio = Sx127xRadio.from_config(
             config.radio, open_bus=self._open_bus, probe_interval_s=probe_s
         )
@@ -418,7 +419,26 @@ class TunedSimRadio(InProcessSimRadio):
         world.chip = FaultyChip(world.loop, world.medium, position=(0.0, 0.0), name="gateway")
         self.world = world
         await self._radio.open(on_receive)
-        world.start()
+        # Nodes powered up at different moments, spread over one report interval (started
+        # together they would report in step and collide every time).
+        spacing = self.node_config.report_interval_s / max(1, len(world.nodes))
+        self._node_tasks = [
+            world.loop.create_task(_start_later(node, index * spacing))
+            for index, node in enumerate(world.nodes)
+        ]
+
+    async def close(self) -> None:
+        for task in self._node_tasks:
+            task.cancel()
+        for task in self._node_tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await super().close()
+
+
+async def _start_later(node: SimNode, delay_s: float) -> None:
+    await asyncio.sleep(delay_s)
+    await node.run()
 
 
 class FaultyChip(SimulatedSX127x):

@@ -235,21 +235,12 @@ async def test_home_assistant_discovery_for_modbus_and_ble_devices(
     watcher.connect()
     async with (
         SimModbusServer(units=[1, SILENT_UNIT]) as server,
-        running_gateway(bus_config(tmp_path, mosquitto, server)) as gw,
+        running_gateway(bus_config(tmp_path, mosquitto, server)),
     ):
-        try:
-            await watcher.wait_until(
-                lambda: all(watcher.on(report_topic(d)) for d in (METER, ROOM, DOOR, BEACON)),
-                "reports from the meter and the BLE sensors", timeout=8,
-            )
-        except AssertionError:
-            import sys
-            drv = next(d for d in gw.bridge.drivers if isinstance(d, BleDriver))
-            print("BLESTATS", drv.stats, drv._queue.qsize(), ble_source(gw).emitted, file=sys.stderr)
-            for t in asyncio.all_tasks():
-                print("TASK", t.get_name(), file=sys.stderr)
-                t.print_stack(file=sys.stderr)
-            raise
+        await watcher.wait_until(
+            lambda: all(watcher.on(report_topic(d)) for d in (METER, ROOM, DOOR, BEACON)),
+            "reports from the meter and the BLE sensors",
+        )
         # A subscriber arriving later gets every config, retained.
         late = MqttWatcher(mosquitto, ("homeassistant/#",))
         late.connect()

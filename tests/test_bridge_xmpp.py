@@ -175,10 +175,16 @@ async def test_reports_reach_the_subscriber_and_command_iqs_get_their_outcome(
         to = upstream.jid
         await alice.wait_for_counters([device], 2)
 
-        executed = await alice.command(
-            to, device=device, id="c-on", action="relay", ttl_s="20", params='{"on": true}'
+        # Two at once for one node: each gets its own command reference, both run.
+        executed, pinged = await asyncio.gather(
+            alice.command(
+                to, device=device, id="c-on", action="relay", ttl_s="20", params='{"on": true}'
+            ),
+            alice.command(to, device=device, id="c-ping", action="ping", ttl_s="20"),
         )
         assert answer(executed) == ("result", "executed", None)
+        assert answer(pinged) == ("result", "executed", None)
+        assert pinged["duogate_result"]["detail"] == "pong"
         assert node.relay is True
 
         late = await refused(
@@ -228,8 +234,9 @@ async def test_reports_reach_the_subscriber_and_command_iqs_get_their_outcome(
     await alice.drop()
     await mallory.drop()
 
-    assert node.relay is True  # only c-on ever reached the node
-    assert [(c.action, c.params) for c in node.executed] == [("relay", {"on": True})]
+    assert node.relay is True  # only c-on and c-ping ever reached the node
+    executed_on_node = sorted((c.action, c.params) for c in node.executed)
+    assert executed_on_node == [("ping", {}), ("relay", {"on": True})]
     assert alice.statuses("c-on") == ["accepted", "sent"]  # progress; the IQ has the outcome
     assert alice.statuses("c-lost") == ["accepted", "sent"]
     assert alice.statuses("c-late") == []

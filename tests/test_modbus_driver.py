@@ -124,8 +124,8 @@ async def test_poll_decodes_every_type(server: SimModbusServer, running: Any) ->
 async def test_on_change_respects_deadband(server: SimModbusServer, running: Any) -> None:
     temp = {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.1}
     bus = server.bus("b", [device(1, [temp], deadband=1.0)], timeout_s=0.5)
+    await server.write_words(1, "input", 0, [200])  # before the first poll can read 0
     driver, sink = await running(bus)
-    await server.write_words(1, "input", 0, [200])
     await sink.wait_for(lambda: sink.data("modbus-b-1") == [{"temp": 20.0}] or False)
 
     await server.write_words(1, "input", 0, [209])  # +0.9: inside the deadband

@@ -227,9 +227,15 @@ class ModbusDriver:
             except Exception:  # a bug or a failing sink must not end the device's polling
                 self.stats["poll_errors"] += 1
                 log.exception("modbus: %s poll crashed", device.id)
+            # On Python 3.11 asyncio.wait_for (used inside pymodbus) swallows a cancel that
+            # lands just as the answer arrives; honour it here or stop() waits forever.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
             next_due = max(next_due + interval, loop.time())
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(device.wake.wait(), next_due - loop.time())
+                async with asyncio.timeout(next_due - loop.time()):
+                    await device.wake.wait()
             if device.wake.is_set():
                 device.wake.clear()
                 next_due = loop.time()

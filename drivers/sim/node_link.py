@@ -101,7 +101,8 @@ class MediumNodeLink:
                 window.changed.clear()
                 wait = None if window.pending else remaining
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(window.changed.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await window.changed.wait()
             return window.result
         finally:
             self._window = None

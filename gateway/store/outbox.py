@@ -363,8 +363,10 @@ class Outbox:
         while True:
             await self._work.wait()
             if self.commit_interval_s > 0 and not self._batch_full.is_set():
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow close()'s cancel.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._batch_full.wait(), self.commit_interval_s)
+                    async with asyncio.timeout(self.commit_interval_s):
+                        await self._batch_full.wait()
             self._work.clear()
             self._batch_full.clear()
             batch, self._batch = self._batch, _Batch()
