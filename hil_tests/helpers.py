@@ -10,10 +10,15 @@ Hardware bench (``DUOGATE_HIL_HARDWARE=1``): ``DUOGATE_HIL_CONFIG`` is a duogate
 SX127x module that plays the nodes. Node firmware (``SimNode``) then runs over that real radio.
 See docs/HIL.md.
 
-Run as a module it is a stand-alone gateway-side probe for the split-process scenario:
-``python -m hil_tests.helpers probe CONFIG sim://HOST:PORT`` opens the driver with the
-``[radio]`` settings of CONFIG on that URL, prints ``up``, then one ``rx <hex payload>`` line
-per received packet.
+Run as a module it offers two tools:
+
+``python -m hil_tests.helpers probe CONFIG sim://HOST:PORT``
+    a stand-alone gateway-side driver for the split-process scenario: opens the SX127x driver
+    with the ``[radio]`` settings of CONFIG on that URL, prints ``up``, then one
+    ``rx <hex payload>`` line per received packet;
+``python -m hil_tests.helpers twin-bench GATEWAY_PORT NODE_PORT``
+    two simulated chips on one medium served over ``sim://``, to rehearse the hardware mode
+    without boards (configs with ``radio.driver = "sx127x"`` and those ``sim://`` addresses).
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from drivers.radio.serial_link import settings_from_config
 from drivers.radio.spi import Pins, open_local_chip
 from drivers.radio.sx127x import Sx127xRadio, settings_airtime_s
 from drivers.sim.chip import SimulatedSX127x
+from drivers.sim.chip_server import ChipServer
 from drivers.sim.medium import RfMedium
 from drivers.sim.node import NodeAirLink, NodeConfig, SimNode
 from drivers.sim.node_link import MediumNodeLink
@@ -488,7 +494,7 @@ async def _after(delay_s: float, run: Callable[[], Awaitable[None]]) -> None:
     await run()
 
 
-# ------------------------------------------------------------------- split-process gateway probe
+# ------------------------------------------------------------------------ command-line tools
 
 
 async def _probe(config_path: str, url: str) -> None:
@@ -503,12 +509,39 @@ async def _probe(config_path: str, url: str) -> None:
     await asyncio.Event().wait()
 
 
+async def _twin_bench(gateway_port: int, node_port: int) -> None:
+    """Two simulated chips 50 m apart on one medium, served like two boards on a bench."""
+    loop = asyncio.get_running_loop()
+    medium = RfMedium(loop)
+    gateway_chip = SimulatedSX127x(loop, medium, position=(0.0, 0.0), name="gateway board")
+    node_chip = SimulatedSX127x(loop, medium, position=(50.0, 0.0), name="node board")
+    servers = [ChipServer(gateway_chip, port=gateway_port), ChipServer(node_chip, port=node_port)]
+    for server in servers:
+        await server.start()
+    print(f"gateway board: radio.spi = {servers[0].url!r}", flush=True)
+    print(f"node board:    radio.spi = {servers[1].url!r}", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        for server in servers:
+            await server.close()
+
+
+USAGE = """usage:
+  python -m hil_tests.helpers probe CONFIG sim://HOST:PORT
+  python -m hil_tests.helpers twin-bench GATEWAY_PORT NODE_PORT"""
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "probe":
-        print("usage: python -m hil_tests.helpers probe CONFIG sim://HOST:PORT", file=sys.stderr)
-        return 2
-    asyncio.run(_probe(argv[1], argv[2]))
-    return 0
+    if len(argv) == 3 and argv[0] == "probe":
+        asyncio.run(_probe(argv[1], argv[2]))
+        return 0
+    if len(argv) == 3 and argv[0] == "twin-bench" and argv[1].isdigit() and argv[2].isdigit():
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(_twin_bench(int(argv[1]), int(argv[2])))
+        return 0
+    print(USAGE, file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -453,6 +453,29 @@ class FaultyChip(SimulatedSX127x):
             self.fail_mode = self.persistent
 
 
+@dataclass(frozen=True, slots=True)
+class Execution:
+    at: float  # the node's loop time when it executed (time.monotonic() on the default loop)
+    device: str
+    action: str
+    params: dict[str, Any]
+
+
+def watch_executions(nodes: Iterable[SimNode], log: list[Execution]) -> None:
+    """Record when each node's firmware executes a command (it still executes as before)."""
+    for node in nodes:
+        original = node._execute
+
+        def execute(
+            action: str, params: dict[str, Any], node: SimNode = node, original: Any = original
+        ) -> Any:
+            now = asyncio.get_running_loop().time()
+            log.append(Execution(now, node.device_id, action, dict(params)))
+            return original(action, params)
+
+        node._execute = execute  # type: ignore[method-assign]
+
+
 def world_nodes(radio: InProcessSimRadio) -> list[SimNode]:
     assert radio.world is not None
     return radio.world.nodes
