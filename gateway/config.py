@@ -341,6 +341,12 @@ class Config(Section):
     def topic_prefix(self) -> str:
         return self.mqtt.topic_prefix or f"duogate/{self.gateway.id}"
 
+    @model_validator(mode="after")
+    def _some_upstream(self) -> Config:
+        if not (self.mqtt.enabled or self.xmpp.enabled):
+            raise ValueError("mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go")
+        return self
+
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []
@@ -423,8 +429,9 @@ def parse_config(data: dict[str, Any], *, check_files: bool = True) -> Config:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            path = _key_path(error["loc"]) or "(top level)"
-            problems.append(f"{path}: {_reason(error)}")
+            path = _key_path(error["loc"])
+            # Whole-file checks name their keys in the message itself.
+            problems.append(f"{path}: {_reason(error)}" if path else _reason(error))
         raise ConfigError(problems) from None
     if check_files:
         problems = list(_secret_problems(config))

@@ -227,10 +227,11 @@ class GatewayUnderTest:
 
 
 class DeafWindows:
-    """A node radio whose receiver is switched off for chosen receive windows.
+    """A node radio that misses chosen receive windows, and records what it transmits.
 
-    While ``deaf_windows`` is above zero and ``armed()`` says so, a receive window is spent
-    with the receiver off (nothing can be heard, on the medium the node is not listening).
+    While ``deaf_windows`` is above zero and ``armed()`` says so, a receive window passes with
+    nothing heard: on the medium the receiver is off (the node counts as not listening); on a
+    real radio, which keeps receiving, whatever arrives in that window is thrown away.
     """
 
     def __init__(self, inner: NodeAirLink, *, armed: Callable[[], bool] = lambda: True) -> None:
@@ -248,7 +249,12 @@ class DeafWindows:
         if self.deaf_windows > 0 and self.armed():
             self.deaf_windows -= 1
             self.windows_missed += 1
-            await asyncio.sleep(timeout_s)
+            if isinstance(self.inner, SharedRadioNodeLink):
+                # A real radio keeps receiving; let the window pass (and the radio's turn end)
+                # and throw away whatever it heard.
+                await self.inner.receive(timeout_s)
+            else:
+                await asyncio.sleep(timeout_s)
             return None
         return await self.inner.receive(timeout_s)
 

@@ -67,6 +67,7 @@ def assert_counters_without_gaps(reports: list[StoredReport]) -> None:
         )
 
 
+@pytest.mark.timeout(BOUND_S + 60)
 async def test_nodes_join_with_unique_addresses_and_report_without_gaps(bench: Bench) -> None:
     if bench.hardware:
         count = int(os.environ.get(NODES_ENV, "4"))

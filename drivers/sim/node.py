@@ -15,6 +15,7 @@ import random
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -26,6 +27,7 @@ from gateway.protocol.frames import (
     Downlink,
     DownlinkCommand,
     FrameRejected,
+    FrameType,
     JoinAccept,
     JoinAnswerKey,
     JoinRefused,
@@ -259,6 +261,7 @@ class NodeStats:
     commands_expired: int = 0
     commands_repeated: int = 0  # a ref seen before: result sent again, not executed again
     downlinks_rejected: int = 0
+    foreign_frames: int = 0  # heard in a receive window but meant for someone else
     sessions_lost: int = 0  # rejoin_after_unacked reached
 
 
@@ -368,12 +371,24 @@ class SimNode:
     def _backoff(self, attempt: int, low: float, high: float) -> float:
         return self._wait(min(high, low * 2 ** max(0, attempt - 1)))
 
-    async def _listen(self, tx_done: float, delay_s: float) -> tuple[bytes, float, float] | None:
-        """Receive window: open ``delay_s`` after TxDone, a little early for clock error."""
+    async def _listen(
+        self, tx_done: float, delay_s: float, wanted: Callable[[bytes], bool]
+    ) -> tuple[bytes, float, float] | None:
+        """Receive window: open ``delay_s`` after TxDone, a little early for clock error.
+
+        A frame that is not for this node (another node's uplink, another node's downlink)
+        does not close the window: the receiver is armed again until the window ends.
+        """
         loop = asyncio.get_running_loop()
         opens = tx_done + delay_s - self.config.rx_early_s
+        closes = opens + self.config.rx_window_s + self.config.rx_early_s
         await asyncio.sleep(max(0.0, opens - loop.time()))
-        return await self.link.receive(self.config.rx_window_s + self.config.rx_early_s)
+        while (left := closes - loop.time()) > 0:
+            heard = await self.link.receive(left)
+            if heard is None or wanted(heard[0]):
+                return heard
+            self.stats.foreign_frames += 1
+        return None
 
     # ---------------------------------------------------------------------------------- join
 
@@ -384,7 +399,7 @@ class SimNode:
         self._save()  # a nonce is never sent before it is stored
         self.stats.join_attempts += 1
         await self.link.transmit(join_request(self.eui, self.root_key, dev_nonce))
-        heard = await self._listen(loop.time(), self.config.join_rx_delay_s)
+        heard = await self._listen(loop.time(), self.config.join_rx_delay_s, _is_join_answer)
         wait_at_least = 0.0
         if heard is not None:
             try:
@@ -413,7 +428,8 @@ class SimNode:
             uplink.counter = None
             uplink.frame = None
             uplink.attempts = 0
-        self._next_uplink_at = asyncio.get_running_loop().time()
+        # The gateway is still turning from transmit back to receive: leave it a moment.
+        self._next_uplink_at = asyncio.get_running_loop().time() + self.config.next_uplink_gap_s
         self._save()
 
     def _lose_session(self) -> None:
@@ -489,7 +505,9 @@ class SimNode:
         else:
             self.stats.retransmissions += 1
         await self.link.transmit(head.frame)
-        heard = await self._listen(loop.time(), session.rx_delay_s)
+        heard = await self._listen(
+            loop.time(), session.rx_delay_s, partial(_is_downlink_for, session.address)
+        )
         arrived = loop.time()
         downlink = self._open(session, heard)
         acked = downlink is not None and downlink.ack_counter == head.counter
@@ -615,3 +633,18 @@ class SimNode:
         self.recent_commands = [(int(r), ResultCode(s), d) for r, s, d in data["recent_commands"]]
         self.relay = bool(data["relay"])
         self.interval_s = float(data["interval_s"])
+
+
+def _is_join_answer(phy: bytes) -> bool:
+    try:
+        return frames.peek(phy).type in frames.JOIN_ANSWER_TYPES
+    except FrameRejected:
+        return False
+
+
+def _is_downlink_for(address: int, phy: bytes) -> bool:
+    try:
+        header = frames.peek(phy)
+    except FrameRejected:
+        return False
+    return header.type is FrameType.DOWNLINK and header.address == address
