@@ -18,15 +18,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import random
 import resource
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,7 @@ RSSI_DBM = -87.0
 SNR_DB = 7.25
 FIRST_EUI = 0x70B3_D5E0_0000_0000
 JOIN_BATCH = 100
+CHECK_INTERVAL_S = 0.25
 # Joins are injected as if RxDone happened just long enough ago that the accept is due in
 # this many seconds, so a thousand joins do not each wait out the join receive delay.
 JOIN_WINDOW_AHEAD_S = 0.2
@@ -271,16 +274,22 @@ class AckClock:
         if self._reached is not None and self.count >= self._target:
             self._reached.set()
 
-    async def wait_for(self, count: int, timeout_s: float) -> None:
-        """Until ``count`` reports were acknowledged in all; BenchError after ``timeout_s``."""
-        if self.count >= count:
-            return
+    async def wait_for(
+        self, count: int, timeout_s: float, lost: Callable[[], int] = lambda: 0
+    ) -> None:
+        """Until ``count`` reports were acknowledged in all; BenchError after ``timeout_s``,
+        or as soon as ``lost()`` says some will never be (refused by the outbox)."""
         self._target = count
         self._reached = asyncio.Event()
+        deadline = time.monotonic() + timeout_s
         try:
-            await asyncio.wait_for(self._reached.wait(), timeout_s)
-        except TimeoutError:
-            raise BenchError(f"{self.count} of {count} reports acknowledged in time") from None
+            while self.count < count:
+                if lost():
+                    raise BenchError(f"{lost()} reports refused by the gateway's outbox")
+                if time.monotonic() > deadline:
+                    raise BenchError(f"{self.count} of {count} reports acknowledged in time")
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._reached.wait(), CHECK_INTERVAL_S)
         finally:
             self._reached = None
 
@@ -431,5 +440,7 @@ def percentile(values: list[float], fraction: float) -> float:
 
 
 def quiet_logging() -> None:
-    logging.basicConfig(level=logging.ERROR, format="%(name)s: %(message)s")
-    logging.getLogger().setLevel(logging.ERROR)
+    """Errors only (``DUOGATE_BENCH_LOG=info`` for more), on standard error."""
+    level = os.environ.get("DUOGATE_BENCH_LOG", "error").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)

@@ -37,6 +37,7 @@ from hil_tests.test_faults_harness import (
     MqttSubscriber,
     TunedSimRadio,
     base_config,
+    node_diagnostics,
     produced_by,
     publish_row,
     settle,
@@ -158,4 +159,4 @@ async def test_wall_clock_jumps_neither_expire_nor_revive_commands(
     assert not late, f"executed after their deadline: {late}"
     assert not not_executed, f"long-lived commands not executed: {not_executed}"
     assert all(outcome[c.id] == "executed" for c in sent if c.long_lived)
-    assert lost == 0, f"reports never delivered: {ledger.missing(final)}"
+    assert lost == 0, f"never delivered: {ledger.missing(final)}\n{node_diagnostics(nodes)}"

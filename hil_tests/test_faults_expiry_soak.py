@@ -283,6 +283,7 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
     rng = random.Random(seed)
     config = base_config(
         data_dir,
+        mqtt_port=1,  # a valid config needs an upstream; none is built below the bridge
         nodes=8,
         seed=seed,
         extra={

@@ -111,6 +111,7 @@ class Process:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
+@pytest.mark.timeout(sized(120, 3600))
 async def test_gateway_killed_at_random_moments_and_restarted(
     mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

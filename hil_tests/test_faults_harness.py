@@ -64,17 +64,18 @@ RESULT_COLUMNS = (
 )
 
 # Node firmware timing scaled down from real time (``NodeConfig`` defaults are for the field):
-# retries start at 0.5 s and are capped at 4 s, so a node notices a recovered gateway quickly.
+# retries start at 0.4 s and are capped at 2 s, so a node notices a recovered gateway quickly.
 FAST_NODES = NodeConfig(
-    report_interval_s=3.0,
+    report_interval_s=2.0,
     join_rx_delay_s=0.3,
     join_backoff_min_s=0.5,
     join_backoff_max_s=4.0,
-    retry_min_s=0.5,
-    retry_max_s=4.0,
-    next_uplink_gap_s=0.3,
+    retry_min_s=0.4,
+    retry_max_s=2.0,
+    next_uplink_gap_s=0.2,
+    jitter=0.8,  # waits spread widely, so nodes that collided once do not collide again
     max_attempts=200,
-    rejoin_after_unacked=40,
+    rejoin_after_unacked=60,
 )
 
 
@@ -481,6 +482,18 @@ def world_nodes(radio: InProcessSimRadio) -> list[SimNode]:
     return radio.world.nodes
 
 
+def node_diagnostics(nodes: Iterable[SimNode]) -> str:
+    """What each node still holds and has counted: for the message of a failed check."""
+    lines = []
+    for node in nodes:
+        pending = [
+            (uplink.kind, uplink.body.get("counter"), uplink.counter, uplink.attempts)
+            for uplink in node.pending
+        ]
+        lines.append(f"{node.device_id}: pending {pending}; {node.stats}")
+    return "\n".join(lines)
+
+
 def produced_by(nodes: list[SimNode]) -> Callable[[], dict[str, int]]:
     return lambda: {node.device_id: node.report_counter for node in nodes}
 
@@ -503,8 +516,8 @@ def base_config(
     data_dir: Path,
     *,
     mqtt_port: int | None = None,
-    nodes: int = 4,
-    interval_s: float = 3.0,
+    nodes: int = 3,
+    interval_s: float = 2.0,
     seed: int = 11,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Config:

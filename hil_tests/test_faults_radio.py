@@ -42,7 +42,7 @@ from hil_tests.test_faults_harness import (
 from tests.servers import Mosquitto
 
 PREFIX = "duogate/rel"
-NODES = 4
+NODES = 3
 
 
 async def start_gateway(mosquitto: Mosquitto, tmp_path: Path, ledger: Ledger):
@@ -121,7 +121,7 @@ async def test_a_chip_dead_through_resets_stops_the_watchdog_pings(
     mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     repetitions = sized(1, 10)
-    dead_s = sized(3.0, 12.0)
+    dead_s = sized(2.0, 12.0)
     rng = random.Random(9)
     ledger = Ledger()
     subscriber, radio, gateway, heard = await start_gateway(mosquitto, tmp_path, ledger)

@@ -139,7 +139,7 @@ def air_config(tmp_path: Path) -> Config:
             "gateway": {"data_dir": str(tmp_path / "data")},
             "radio": {"driver": "sim", "rx_delay_s": 0.2},
             "join": {"registry": str(registry), "join_rx_delay_s": 0.2},
-            "mqtt": {"enabled": False},
+            "mqtt": {"port": 1},  # a valid config needs an upstream; none is built here
             "sim": {"nodes": 0, "state_dir": str(tmp_path / "world")},
             "console": {"enabled": False},
             "metrics": {"enabled": False},
