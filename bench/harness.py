@@ -253,15 +253,30 @@ class NodeFleet:
 
 
 class AckClock:
-    """When each report's publish returned (the server's ack was processed)."""
+    """When each report's publish returned (the server's ack was processed).
+
+    With ``keep_times``, also per report (keyed by device and frame counter): when it was
+    acknowledged (``times``), when its outbox commit returned (``stored``) and when its
+    publish began (``sent``).
+    """
 
     def __init__(self, *, keep_times: bool = False) -> None:
         self.count = 0
         self.first = 0.0
         self.last = 0.0
         self.times: dict[tuple[str, int], float] | None = {} if keep_times else None
+        self.stored: dict[tuple[str, int], float] = {}
+        self.sent: dict[tuple[str, int], float] = {}
         self._target = 0
         self._reached: asyncio.Event | None = None
+
+    def note_stored(self, device: str, seq: int | None) -> None:
+        if self.times is not None and seq is not None:
+            self.stored[(device, seq)] = time.monotonic()
+
+    def note_sent(self, report: Report) -> None:
+        if self.times is not None:
+            self.sent[(report.device, report.seq)] = time.monotonic()
 
     def note(self, report: Report) -> None:
         now = time.monotonic()
@@ -301,6 +316,7 @@ class TimedMqttUpstream(MqttUpstream):
         self.sample: tuple[str, int] | None = None  # topic and payload size of a report
 
     async def publish_report(self, report: Report) -> None:
+        self.acks.note_sent(report)
         await super().publish_report(report)
         self.acks.note(report)
         if self.sample is None:
@@ -313,6 +329,26 @@ class TimedMqttUpstream(MqttUpstream):
 
 
 # ------------------------------------------------------------------------------ the gateway
+
+
+class TimedBridge(Bridge):
+    """The bridge, noting when each report's ``report`` (store durably) returned."""
+
+    acks: AckClock
+
+    async def report(
+        self,
+        device: str,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        rssi: float | None = None,
+        snr: float | None = None,
+        seq: int | None = None,
+        report_id: str | None = None,
+    ) -> None:
+        await super().report(device, kind, data, rssi=rssi, snr=snr, seq=seq, report_id=report_id)
+        self.acks.note_stored(device, seq)
 
 
 def bench_config(
@@ -375,7 +411,8 @@ class BenchGateway:
         radio = InjectingRadio()
         state = GatewayState()
         lora = LoraNetwork(config, radio, state)
-        bridge = Bridge(config, state, [upstream], [lora], radio=radio)
+        bridge = TimedBridge(config, state, [upstream], [lora], radio=radio)
+        bridge.acks = acks
         lora.progress = bridge.on_driver_progress
         return cls(config, radio, state, lora, bridge, upstream, acks)
 

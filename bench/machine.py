@@ -85,5 +85,5 @@ def describe() -> dict[str, str]:
         "paho-mqtt": package_version("paho-mqtt"),
         "slixmpp": package_version("slixmpp"),
         "cryptography": package_version("cryptography"),
-        "load": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
+        "load average (1, 5, 15 min)": f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f}",
     }

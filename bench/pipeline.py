@@ -143,8 +143,17 @@ async def latency(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
             times = gateway.acks.times
             assert times is not None
             skip = int(rate * warmup_s)
-            samples = [(times[key] - pacer.stamps[key]) * 1000 for key, _ in frames[skip:]]
+            keys = [key for key, _ in frames[skip:]]
+            samples = [(times[key] - pacer.stamps[key]) * 1000 for key in keys]
+            acks = gateway.acks
+            stages = {
+                "stored": [(acks.stored[k] - pacer.stamps[k]) * 1000 for k in keys],
+                "to_publish": [(acks.sent[k] - acks.stored[k]) * 1000 for k in keys],
+                "publish_to_puback": [(times[k] - acks.sent[k]) * 1000 for k in keys],
+            }
             figures[label] = {
+                "p50_split_ms": {name: percentile(v, 0.5) for name, v in stages.items()},
+                "p99_split_ms": {name: percentile(v, 0.99) for name, v in stages.items()},
                 "commit_interval_s": gateway.config.outbox.commit_interval_s,
                 "samples": len(samples),
                 "p50_ms": percentile(samples, 0.50),

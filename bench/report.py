@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -64,7 +65,7 @@ def rows(figures: dict[str, Any]) -> list[Row]:
                 at_least(ratio, THROUGHPUT_GOAL),
             ),
             Row(
-                "  same burst, CPU time per report vs per raw paho message",
+                "Same burst: CPU time per report vs per raw paho message",
                 f"{f['cpu_us_per_report']:.0f} us vs {f['baseline_cpu_us_per_message']:.0f} us"
                 f" (CPU-bound ratio {cpu_ratio:.2f}x)",
                 "-",
@@ -83,11 +84,14 @@ def rows(figures: dict[str, Any]) -> list[Row]:
                 f"(outbox.commit_interval_s = {case['commit_interval_s']:g}"
                 f"{', default' if key == 'default' else ''})"
             )
+            split = case["p50_split_ms"]
             found.append(
                 Row(
                     label,
                     f"{case['p50_ms']:.1f} / {case['p99_ms']:.1f} ms (max {case['max_ms']:.1f},"
-                    f" {case['samples']} reports)",
+                    f" {case['samples']} reports); p50 of the stages: stored"
+                    f" {split['stored']:.1f}, to publish {split['to_publish']:.1f}, to PUBACK"
+                    f" {split['publish_to_puback']:.1f}",
                     f"p99 <= {LATENCY_P99_GOAL_MS:g} ms",
                     at_most(case["p99_ms"], LATENCY_P99_GOAL_MS, "ms"),
                 )
@@ -110,6 +114,23 @@ def rows(figures: dict[str, Any]) -> list[Row]:
         ]
 
     out += _guarded(figures, "outage", "Resident memory", "<= 40 MB", memory)
+
+    def imports(stages: list[list[Any]]) -> list[Row]:
+        steps = [f"{stages[0][0]} {stages[0][1] / 1024:.1f}"]
+        steps += [
+            f"{name} +{(rss - before) / 1024:.1f}"
+            for (_, before), (name, rss) in itertools.pairwise(stages)
+        ]
+        return [
+            Row(
+                "Same process before any data: VmRSS (MB) after each import of `duogate run`",
+                "; ".join(steps) + f" = {stages[-1][1] / 1024:.1f}",
+                "-",
+                "-",
+            )
+        ]
+
+    out += _guarded(figures, "imports", "Memory after imports", "-", imports)
 
     def cpu(f: dict[str, Any]) -> list[Row]:
         return [
@@ -235,8 +256,7 @@ def markdown(machine: dict[str, str], sizes: str, found: list[Row], figures: dic
         "|---|---|---|---|",
     ]
     lines += [
-        f"| {_md(r.figure.strip())} | {_md(r.measured)} | {_md(r.goal)} | {_md(r.verdict)} |"
-        for r in found
+        f"| {_md(r.figure)} | {_md(r.measured)} | {_md(r.goal)} | {_md(r.verdict)} |" for r in found
     ]
     lines += ["", *METHOD.strip("\n").splitlines(), ""]
     return "\n".join(lines)
@@ -263,7 +283,9 @@ discovery, and a short reconnect backoff.
   gateway's loop; the outbox entry is marked delivered right after (committed with the next
   group commit).
 * **Throughput.** Every frame is handed over as fast as the loop takes them (one per turn of
-  the event loop); the time runs from the first frame to the last PUBACK. Each round is
+  the event loop), but never more than 5,000 ahead of the outbox's commits (half of what the
+  outbox queues before it refuses a report with `OutboxBusy`, which a node would answer by
+  retransmitting); the time runs from the first frame to the last PUBACK. Each round is
   preceded by a raw paho round in the parent process: one paho client on its own network
   loop, MQTT 5, the gateway's in-flight window (64), the same number of messages with the
   same topic length and payload size, all handed to paho at once, first `publish` to last
@@ -276,17 +298,24 @@ discovery, and a short reconnect backoff.
   is stamped there. Latency is PUBACK time minus `t_mono`, after a warm-up. It is measured
   with the default `outbox.commit_interval_s` (0.05 s: a report waits for the next group
   commit) and with 0 (commit as soon as anything waits; rows arriving during a commit go
-  into the next one).
+  into the next one). The stages: *stored* is `t_mono` to the return of the bridge's
+  `report` (frame checked, row committed with `synchronous=FULL`), *to publish* from there
+  to the start of `publish_report` (the drain task reads the new row back), *to PUBACK* the
+  broker's round trip as the gateway's loop sees it.
 * **CPU per report.** The same 20/s thread at 200 frames/s for the whole run; process CPU
   time (`getrusage`, all threads: event loop, outbox worker, lease writer) from the first
   frame to the last PUBACK, divided by the reports. Idle CPU of the running gateway is shown
-  beside it.
+  beside it. A report handled now and then costs more CPU than one in a burst (cold caches,
+  one wake-up of each stage per report), more so on a virtual machine shared with other
+  work: compare with the CPU per report of the throughput burst.
 * **Memory and drain.** The child is the gateway as `duogate run` assembles it
   (`gateway.daemon.Gateway`: console and metrics server included, web page off as by
   default). The shared mosquitto is stopped; nodes join, reports are injected until the
   outbox holds them all; after a garbage collection and a pause, `VmRSS` and `VmHWM` are read
   from `/proc/self/status`. The process also holds the benchmark's node sessions (well under
-  1 MB for 1,000 nodes). Then the same mosquitto is started again and the drain is timed
+  1 MB for 1,000 nodes). The line below it comes from a separate fresh interpreter
+  (`bench/imports.py`) that only imports what `duogate run` loads, one library at a time.
+  Then the same mosquitto is started again and the drain is timed
   from the moment the upstream is connected to the last PUBACK; its rate is compared with
   the pipeline rate of the throughput benchmark of the same run.
 * **XMPP.** Prosody (STARTTLS required, XEP-0198) with the gateway as the only upstream and
@@ -295,6 +324,7 @@ discovery, and a short reconnect backoff.
 * **Bytes on the wire** are the gateway socket's TCP counters (`TCP_INFO`
   `tcpi_bytes_acked` + `tcpi_bytes_received`) over the burst, divided by the reports: MQTT is
   plaintext on loopback, XMPP runs inside TLS as the server requires.
+* **Units.** MB is 2^20 bytes, us is microseconds, B is bytes.
 * **Web page.** `bench/web_weight.py`: bytes of the page's files and the daemon's extra
   resident memory with the web server idle and with the page open.
 

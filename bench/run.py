@@ -30,6 +30,7 @@ from tests.servers import Mosquitto, Prosody
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "PERFORMANCE.md"
+LOAD = "load average (1, 5, 15 min)"  # the key bench.machine.describe gives it
 MQTT_INFLIGHT = 64  # the gateway's default mqtt.inflight: the baseline gets the same window
 
 
@@ -273,6 +274,18 @@ def _subscriber_figures(peer: subprocess.Popen[str], figures: dict[str, Any]) ->
     }
 
 
+def bench_imports() -> list[list[Any]]:
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.imports"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_web(sizes: Sizes) -> dict[str, Any] | str:
     """The web engineer's figures, if bench/web_weight.py is there; else why not."""
     try:
@@ -300,7 +313,7 @@ def run_all(
 ) -> dict[str, Any]:
     """Every benchmark; returns ``{"machine": ..., "figures": ..., "rows": ...}``."""
     machine = describe()
-    figures: dict[str, Any] = {}
+    figures: dict[str, Any] = {"imports": _timed("imports", bench_imports, log)}
     with tempfile.TemporaryDirectory(prefix="duogate-bench-servers-") as tmp:
         broker = Mosquitto(Path(tmp) / "mosquitto")
         broker.start()
@@ -317,6 +330,8 @@ def run_all(
         finally:
             broker.kill()
     figures["web"] = _timed("web", lambda: bench_web(sizes), log)
+    end = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    machine[LOAD] += f" at the start, {end} at the end"
     rows = report.rows(figures)
     log("")
     log(report.table_text(rows))

@@ -341,12 +341,6 @@ class Config(Section):
     def topic_prefix(self) -> str:
         return self.mqtt.topic_prefix or f"duogate/{self.gateway.id}"
 
-    @model_validator(mode="after")
-    def _some_upstream(self) -> Config:
-        if not (self.mqtt.enabled or self.xmpp.enabled):
-            raise ValueError("mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go")
-        return self
-
 
 def _key_path(loc: tuple[Any, ...]) -> str:
     parts: list[str] = []

@@ -604,7 +604,10 @@ class LoraNetwork:
                 await self._flush_leases()
             except StoreError as exc:
                 log.error("leases not saved (will retry): %s", exc)
-            await self._mark_silent_offline()
+            try:
+                await self._mark_silent_offline()
+            except Exception as exc:  # the event was not stored (disk full): next second
+                log.error("offline event not stored (will retry): %s", exc)
 
     # ------------------------------------------------------------------ presence
 
@@ -623,9 +626,9 @@ class LoraNetwork:
         now = self._mono()
         for device, heard in list(self._last_heard.items()):
             if device not in self._offline and now - heard > limit:
-                self._offline.add(device)
                 log.info("%s not heard for %.0f s: offline", device, now - heard)
                 await self._sink.event(device, EventKind.OFFLINE, {"silent_s": round(now - heard)})
+                self._offline.add(device)
 
     def _log_up(self, device: str, kind: str, packet: RxPacket, body: Any) -> None:
         self.state.log_frame(

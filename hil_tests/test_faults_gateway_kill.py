@@ -52,6 +52,7 @@ data_dir = "{tmp_path / "data"}"
 driver = "sx127x"
 spi = "sim://127.0.0.1:{world_port}"
 rx_delay_s = 0.3
+bandwidth_hz = 500_000
 
 [join]
 open_join = true

@@ -160,8 +160,3 @@ def test_open_join_key_is_a_secret_resolved_like_the_others(tmp_path):
     (tmp_path / "lab.key").chmod(0o600)
     config = load_config(tmp_path / "c.toml")
     assert config.join.open_join_key.read() == "00" * 16
-
-
-def test_a_gateway_without_any_upstream_is_refused(tmp_path):
-    problems = problems_of("[mqtt]\nenabled = false\n", tmp_path)
-    assert problems == ["mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"]

@@ -84,3 +84,18 @@ def test_missing_radio_chip_exits_with_one_line(tmp_path: Path) -> None:
     assert lines[0].startswith("duogate: error: ")
     assert f"127.0.0.1:{nobody}" in lines[0]
     assert done.stdout == ""
+
+
+def test_a_gateway_without_any_upstream_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'[gateway]\ndata_dir = "{tmp_path / "data"}"\n[mqtt]\nenabled = false\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"
+    )
