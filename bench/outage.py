@@ -67,6 +67,7 @@ async def memory_and_drain(params: dict[str, Any], channel: Channel) -> dict[str
             upstream: Any = gateway.bridge.upstreams["mqtt"]
             if upstream.connected:
                 raise BenchError("the broker is up: the reports would not stay in the outbox")
+            rss_started = vm_kib("VmRSS")
             await fleet.join_all(radio, config)
             await asyncio.sleep(0.3)
             await outbox.flush()
@@ -115,6 +116,7 @@ async def memory_and_drain(params: dict[str, Any], channel: Channel) -> dict[str
         "reports": reports,
         "events": events,
         "rss_imported_kib": rss_imported,
+        "rss_started_kib": rss_started,
         "rss_joined_kib": rss_joined,
         "rss_kib": rss,
         "hwm_kib": hwm,

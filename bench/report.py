@@ -106,8 +106,9 @@ def rows(figures: dict[str, Any]) -> list[Row]:
             Row(
                 f"Resident memory, {f['nodes']} leases + {f['reports']} buffered reports "
                 "(broker down)",
-                f"{rss_mb:.1f} MB VmRSS (peak {hwm_mb:.1f}; {f['rss_imported_kib'] / 1024:.1f}"
-                f" after imports, {f['rss_joined_kib'] / 1024:.1f} with the leases)",
+                f"{rss_mb:.1f} MB VmRSS (peak {hwm_mb:.1f}); {f['rss_imported_kib'] / 1024:.1f}"
+                f" after imports, {f['rss_started_kib'] / 1024:.1f} started,"
+                f" {f['rss_joined_kib'] / 1024:.1f} with the leases",
                 f"<= {RSS_GOAL_MB:g} MB",
                 at_most(rss_mb, RSS_GOAL_MB, "MB"),
             )

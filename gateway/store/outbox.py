@@ -3,9 +3,7 @@
 Writes are group-committed: ``add`` queues a row in memory and a background task commits all
 queued rows (and delivery marks) in one transaction every ``commit_interval_s``, or at once
 when ``commit_rows`` rows wait, so one disk sync covers many reports. ``add_durable`` returns
-only after the commit that holds its row, so the bridge can ack on air afterwards. Such a row
-is held back only while the last commit of such rows is less than ``commit_interval_s`` ago:
-a lone report is committed at once, a burst still shares one commit per interval.
+only after the commit that holds its row, so the bridge can ack on air afterwards.
 
 Each entry carries a bitmask of the enabled upstreams that still have to deliver it; it is
 deleted when the mask reaches zero. Upstreams read their pending entries in id order (which
@@ -205,8 +203,6 @@ class Outbox:
         self._last_id = 0
         self._flusher: asyncio.Task[None]
         self._commit_in_flight: asyncio.Future[None] | None = None
-        self._last_durable_commit = float("-inf")  # loop time a commit of waited rows began
-        self._durable_due: asyncio.TimerHandle | None = None
 
     # -- public API -------------------------------------------------------------------------
 
@@ -236,7 +232,6 @@ class Outbox:
         index = self._queue(item)
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._batch.durable.append((index, future))
-        self._commit_durable_when_due()
         return await future
 
     def mark_delivered(self, upstream: str, entry_ids: Iterable[int]) -> None:
@@ -346,21 +341,6 @@ class Outbox:
         self._work.set()
         return len(self._batch.rows) - 1
 
-    def _commit_durable_when_due(self) -> None:
-        """Commit waited-for rows one interval after the previous such commit, not later."""
-        if self._durable_due is not None:
-            return
-        loop = asyncio.get_running_loop()
-        delay = self._last_durable_commit + self.commit_interval_s - loop.time()
-        if delay <= 0:
-            self._batch_full.set()
-        else:
-            self._durable_due = loop.call_later(delay, self._durable_now)
-
-    def _durable_now(self) -> None:
-        self._durable_due = None
-        self._batch_full.set()
-
     def _bit(self, upstream: str) -> int:
         try:
             return self._bits[upstream]
@@ -390,11 +370,6 @@ class Outbox:
             self._work.clear()
             self._batch_full.clear()
             batch, self._batch = self._batch, _Batch()
-            if batch.durable:
-                self._last_durable_commit = asyncio.get_running_loop().time()
-                if self._durable_due is not None:
-                    self._durable_due.cancel()
-                    self._durable_due = None
             if batch.empty():
                 _resolve(batch.durable, 0)
                 continue
