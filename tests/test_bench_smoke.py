@@ -31,11 +31,11 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert throughput["bytes_per_report"] > throughput["payload_size"]
     assert len(throughput["rounds"]) == len(throughput["baseline_rounds"]) == 1
 
-    for case in ("default", "commit_now"):
+    for case in ("default", "batched_50ms"):
         latency = figures["latency"][case]
         assert latency["samples"] == int(QUICK.latency_rate * QUICK.latency_s)
         assert 0 < latency["p50_ms"] <= latency["p99_ms"] <= latency["max_ms"]
-    assert figures["latency"]["commit_now"]["commit_interval_s"] == 0
+    assert figures["latency"]["batched_50ms"]["commit_interval_s"] == 0.05
 
     cpu = figures["cpu"]
     assert cpu["reports"] == int(QUICK.cpu_rate * QUICK.cpu_s)

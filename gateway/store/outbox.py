@@ -126,7 +126,7 @@ class Outbox:
         upstreams: Sequence[str],
         *,
         max_entries: int = 200_000,
-        commit_interval_s: float = 0.05,
+        commit_interval_s: float = 0.0,
         commit_rows: int = DEFAULT_COMMIT_ROWS,
         droppable_kinds: Collection[str] = (),
         max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS,
