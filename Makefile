@@ -50,8 +50,11 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
+# Two workers: most scenarios wait on radio time and servers, not on the CPU.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) system-deps lint
-	$(VENV)/bin/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps
 	$(PY) -m bench.run
