@@ -338,13 +338,12 @@ class LoraNetwork:
 
     async def _on_report(self, report: ReportReceived, packet: RxPacket) -> None:
         assert self._sink is not None
-        info = self.core.lease(report.device_id)
+        # The node's address is already in the state (set at join and at start-up).
         self.state.note_uplink(
             report.device_id,
             "lora",
             rssi=packet.rssi,
             snr=packet.snr,
-            address=info.address if info else None,
             data=report.body,
             duplicate=report.duplicate,
         )
