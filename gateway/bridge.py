@@ -153,7 +153,10 @@ class Bridge:
             with contextlib.suppress(Exception):
                 await upstream.stop()
         if self.outbox is not None:
-            await self.outbox.close()
+            try:
+                await self.outbox.close()
+            except STORE_ERRORS as exc:  # rows not committed were never acknowledged on air
+                log.error("outbox closed without its last commit: %s", exc)
         if self.commands is not None:
             await self.commands.close()
 

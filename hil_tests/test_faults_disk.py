@@ -2,7 +2,10 @@
 
 The data directory is a 2 MB tmpfs (``mount -t tmpfs -o size=2m``; the test needs root and
 is skipped with the reason when mounting is not permitted). A filler file takes every free
-byte; while the disk is full the gateway must not acknowledge a report it could not store
+byte. A fill bites once SQLite needs a new block; a later fill may not, while the write-ahead
+log still has room it reuses after a checkpoint (the gateway then simply keeps working; the
+first fill always bites). While the disk is full the gateway must not acknowledge a report it
+could not store
 (the node keeps it and sends it again), must keep delivering what it had stored, and must
 say so: an error in the log, ``duogate_degraded{problem="storage"} 1`` in the metrics and a
 retained ``{"state": "degraded"}`` on ``<prefix>/status/health``. When the filler is removed
@@ -124,18 +127,26 @@ async def test_disk_full_degrades_and_recovers_without_loss(
     await gateway.start()
     filler = small_disk / "filler"
     recoveries = Stopwatch()
+    noticed = 0
     try:
         assert await wait_until(lambda: len(ledger.devices()) == NODES, 60.0)
         produced = produced_by(world_nodes(radio))
-        for _ in range(repetitions):
+        for repetition in range(repetitions):
             await asyncio.sleep(rng.uniform(0.5, 3.0))
             await asyncio.to_thread(fill, filler)
-            degraded = await wait_until(lambda: gateway.state.degraded, 15.0)
-            assert degraded, "a full disk was not noticed"
+            full_at = time.monotonic()
+            if not await wait_until(lambda: gateway.state.degraded, 10.0):
+                # SQLite still had room in its write-ahead log from before (after a checkpoint
+                # it reuses the file): the gateway needs no new space, so nothing is wrong.
+                assert repetition > 0, "a full disk was not noticed"
+                await asyncio.sleep(max(0.0, full_s - (time.monotonic() - full_at)))
+                filler.unlink()
+                continue
+            noticed += 1
             assert DEGRADED_METRIC in metrics_text(gateway)
             shown = await wait_until(lambda: "degraded" in health_messages(subscriber), 10.0)
             assert shown, "the status topic did not say degraded"
-            await asyncio.sleep(full_s)
+            await asyncio.sleep(max(0.0, full_s - (time.monotonic() - full_at)))
             filler.unlink()
             ended = time.monotonic()
             assert await wait_until(lambda: not gateway.state.degraded, 20.0), "still degraded"
@@ -146,16 +157,16 @@ async def test_disk_full_degrades_and_recovers_without_loss(
         final = await settle(ledger, produced, 30.0)
         assert 'duogate_degraded{problem="storage"} 0.0' in metrics_text(gateway)
     finally:
-        await gateway.stop()
-        subscriber.close()
         with contextlib.suppress(FileNotFoundError):
             filler.unlink()
+        await gateway.stop()
+        subscriber.close()
 
     logged = [r.getMessage() for r in caplog.records if r.name == "duogate.bridge"]
     assert any("degraded: cannot store" in line for line in logged), logged
     assert any("storage works again" in line for line in logged), logged
     sent, delivered, lost, duplicates = ledger.tally(final)
-    fault = f"disk full {full_s:g} s (2 MB tmpfs)"
+    fault = f"disk full {full_s:g} s (2 MB tmpfs; {noticed} of {repetitions} fills bit)"
     row = FaultRow(fault, repetitions, sent, delivered, lost, duplicates, recoveries.worst)
     publish_row(request, row)
     assert sent > 0

@@ -15,8 +15,13 @@ produced minus the distinct (device, counter) pairs delivered, ``duplicates`` th
 beyond the distinct ones. A report dropped by a node because its queue overflowed while the
 gateway could not take it is lost too.
 
-Recovery time: from the moment a fault ends (process restarted, chip answering, space freed)
-until the subscriber holds every report the nodes had produced at that moment.
+Recovery time: from the moment a fault ends (process restarted, space freed) until the
+subscriber holds every report the nodes had produced at that moment. A chip fault ends only
+by the driver's own reset, so there it runs from the moment the fault began.
+
+The in-process scenarios run the nodes with ``FAST_NODES`` timing, powered up one after the
+other across a report interval, on 500 kHz channels (short frames): the channel stays quiet
+enough that what is measured is the fault.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ from tests.servers import Mosquitto
 
 PREFIX = "duogate/rel"
 NODES = 3
+# A chip that answers nothing but 0x00 or 0xFF, even after a reset. (A DIO0 line stuck for
+# good is not among them: the chip answers, every reset succeeds, and the driver resets it
+# again at each probe that finds RxDone set with the line low.)
+DEAD_MODES = ("zeros", "ones")
 
 
 async def start_gateway(mosquitto: Mosquitto, tmp_path: Path, ledger: Ledger):
@@ -136,7 +140,7 @@ async def test_a_chip_dead_through_resets_stops_the_watchdog_pings(
         chip = radio.chip
         assert await wait_until(lambda: systemd.pings() > 0, 5.0), "no watchdog ping at all"
         for repetition in range(repetitions):
-            mode = FAIL_MODES[repetition % len(FAIL_MODES)]
+            mode = DEAD_MODES[repetition % len(DEAD_MODES)]
             await asyncio.sleep(rng.uniform(0.5, 3.0))
             chip.persistent = mode
             chip.fail_mode = mode

@@ -23,6 +23,10 @@ def open_database(data_dir: Path, name: str = DATABASE_NAME) -> sqlite3.Connecti
         conn = sqlite3.connect(data_dir / name, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
+        # Checkpoint every 1 MiB of log and cut the file back to that afterwards: on a small or
+        # nearly full card the log must not grow to SQLite's 4 MiB default and keep the space.
+        conn.execute("PRAGMA wal_autocheckpoint=256")
+        conn.execute("PRAGMA journal_size_limit=1048576")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
     except (OSError, sqlite3.Error) as exc:
