@@ -29,10 +29,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import fcntl
 import json
 import os
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -134,20 +136,23 @@ def publish_row(request: pytest.FixtureRequest, row: FaultRow) -> None:
     """Show the row on the terminal (also under ``pytest -q``) and append it to the results."""
     line = "reliability: " + row.line()
     print(line)
+    request.node.user_properties.append(("reliability", row.line()))
     plugins = request.config.pluginmanager
     reporter = plugins.getplugin("terminalreporter")
     capture = plugins.getplugin("capturemanager")
-    if reporter is not None:
-        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+    with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+        if reporter is not None and "PYTEST_XDIST_WORKER" not in os.environ:
             reporter.write_line("")
             reporter.write_line(line)
+        else:  # a pytest-xdist worker writes its report to a pipe; its stderr is the terminal
+            sys.stderr.write(f"\n{line}\n")
+            sys.stderr.flush()
     out = os.environ.get(RESULTS_ENV)
     if out:
-        path = Path(out)
-        new = not path.exists() or path.stat().st_size == 0
-        with path.open("a", newline="") as stream:
+        with Path(out).open("a", newline="") as stream:
+            fcntl.flock(stream, fcntl.LOCK_EX)  # pytest-xdist workers append side by side
             writer = csv.writer(stream)
-            if new:
+            if stream.tell() == 0:
                 writer.writerow(RESULT_COLUMNS)
             writer.writerow(row.csv_row())
 
