@@ -20,8 +20,8 @@ from gateway.config import Config, ModbusRegister, parse_config
 from gateway.daemon import Gateway
 from gateway.discovery import DiscoveryMessage
 from gateway.timefmt import rfc3339
+from tests.bridge_fixtures import GATEWAY_ID, PREFIX, MqttWatcher, fast_settings, running_gateway
 from tests.servers import Mosquitto
-from tests.test_bridge_mqtt import GATEWAY_ID, PREFIX, MqttWatcher, fast_settings, running_gateway
 from tests.test_discovery import check_schema
 
 BUS = "plant"

@@ -14,8 +14,7 @@ from typing import Any
 from gateway.config import Config, parse_config
 from gateway.daemon import Gateway
 from gateway.store.outbox import Outbox
-from tests.servers import Mosquitto, Prosody
-from tests.test_bridge_mqtt import (
+from tests.bridge_fixtures import (
     PREFIX,
     MqttWatcher,
     assert_no_gaps,
@@ -24,6 +23,7 @@ from tests.test_bridge_mqtt import (
     running_gateway,
     world_of,
 )
+from tests.servers import Mosquitto, Prosody
 from tests.test_bridge_xmpp import XmppWatcher, answer, wait_until, xmpp_of, xmpp_settings
 
 

@@ -11,83 +11,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
-from typing import Any
 
 from gateway.model import lora_device_id
+from tests.bridge_fixtures import (
+    MqttWatcher,
+    Process,
+    assert_no_gaps,
+    fast_settings,
+    max_counter,
+    toml_text,
+    wait_for_process_port,
+)
 from tests.servers import Mosquitto, free_port
-from tests.test_bridge_mqtt import MqttWatcher, assert_no_gaps, fast_settings, max_counter
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def toml_text(data: dict[str, Any]) -> str:
-    """Enough TOML for the flat tables of a test config."""
-    lines: list[str] = []
-    for table, values in data.items():
-        lines.append(f"[{table}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {json.dumps(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-class Process:
-    """A ``python -m gateway ...`` child with its output in a file."""
-
-    def __init__(self, name: str, args: list[str], workdir: Path) -> None:
-        self.name = name
-        self.args = args
-        self.log_path = workdir / f"{name}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *self.args],
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def signal(self, sig: int, timeout: float = 15.0) -> int | None:
-        """Send ``sig``; wait up to ``timeout`` for the exit (0: do not wait, e.g. SIGSTOP)."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-        if timeout == 0:
-            return None
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-
-def wait_for_port(port: int, process: Process, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert process.alive(), f"{process.name} exited:\n{process.output()}"
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"{process.name} is not listening on {port}:\n{process.output()}")
 
 
 async def test_gateway_killed_and_restarted_loses_no_report_and_settles_open_commands(
@@ -109,7 +46,7 @@ async def test_gateway_killed_and_restarted_loses_no_report_and_settles_open_com
     watcher.connect()
     world.start()
     try:
-        wait_for_port(world_port, world)
+        wait_for_process_port(world_port, world)
         gateway.start()
         devices = [lora_device_id(0x0016_C001_0000_0000 + n) for n in (1, 2)]
         await watcher.wait_for_counters(devices, 2, timeout=40)

@@ -23,8 +23,7 @@ from gateway.protocol import frames
 from gateway.timefmt import rfc3339
 from gateway.upstreams.xmpp import XmppUpstream
 from gateway.upstreams.xmpp_stanzas import NS
-from tests.servers import Prosody
-from tests.test_bridge_mqtt import (
+from tests.bridge_fixtures import (
     AckDropper,
     assert_no_gaps,
     fast_settings,
@@ -32,6 +31,7 @@ from tests.test_bridge_mqtt import (
     running_gateway,
     world_of,
 )
+from tests.servers import Prosody
 from tests.test_upstreams_xmpp import Peer, refused
 
 TIMEOUT = 30.0

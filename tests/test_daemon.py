@@ -9,9 +9,16 @@ import sys
 from pathlib import Path
 
 from gateway.model import lora_device_id
+from tests.bridge_fixtures import (
+    PREFIX,
+    ROOT,
+    MqttWatcher,
+    Process,
+    assert_no_gaps,
+    fast_settings,
+    toml_text,
+)
 from tests.servers import Mosquitto, free_port
-from tests.test_bridge_mqtt import PREFIX, MqttWatcher, assert_no_gaps, fast_settings
-from tests.test_bridge_restart import ROOT, Process, toml_text
 
 
 def write_config(tmp_path: Path, broker_port: int, **radio: object) -> Path:

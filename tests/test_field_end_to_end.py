@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
+from tests.bridge_fixtures import fast_settings, running_gateway, world_of
 from tests.servers import Mosquitto
-from tests.test_bridge_mqtt import fast_settings, running_gateway, world_of
 from tests.test_console import PROMPT, Terminal
 
 ROOT = Path(__file__).resolve().parents[1]

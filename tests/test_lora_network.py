@@ -8,8 +8,7 @@ from pathlib import Path
 from gateway.lora import REF_RESERVATION, CommandRefs
 from gateway.protocol.frames import Flag
 from gateway.store.db import open_database
-from tests.servers import Mosquitto
-from tests.test_bridge_mqtt import (
+from tests.bridge_fixtures import (
     AckDropper,
     MqttWatcher,
     assert_no_gaps,
@@ -18,6 +17,7 @@ from tests.test_bridge_mqtt import (
     running_gateway,
     world_of,
 )
+from tests.servers import Mosquitto
 
 
 async def test_reports_the_outbox_refuses_are_not_acked_and_arrive_later(
@@ -92,7 +92,7 @@ async def test_a_silent_node_goes_offline_and_comes_back_online(
     import asyncio
 
     from gateway.config import parse_config
-    from tests.test_bridge_mqtt import fast_settings
+    from tests.bridge_fixtures import fast_settings
 
     settings = fast_settings(tmp_path / "data", mosquitto.port, nodes=1)
     settings["join"]["offline_after_s"] = 2

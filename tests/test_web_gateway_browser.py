@@ -22,8 +22,8 @@ from gateway.daemon import Gateway
 from gateway.web import WebServer
 from gateway.web.live import resolve_device
 from gateway.web.views import frame_view
+from tests.bridge_fixtures import TIMEOUT, fast_settings, running_gateway, world_of
 from tests.servers import Mosquitto
-from tests.test_bridge_mqtt import TIMEOUT, fast_settings, running_gateway, world_of
 from tests.test_web_browser import CHROMIUM, SCREENSHOT_COPY, chromium, watch_errors
 
 REPORT_INTERVAL_S = 2.0  # well above the short ttl below, so it cannot meet a receive window
