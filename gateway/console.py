@@ -16,6 +16,7 @@ import asyncio
 import codecs
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import math
@@ -41,6 +42,9 @@ log = logging.getLogger(__name__)
 
 PROMPT = "duogate> "
 BANNER = "duogate console; type 'help' for commands\n"
+# After quit the socket connection is closed; the serial console waits for Enter.
+FAREWELL = "bye\n"
+SERIAL_FAREWELL = "bye; press Enter for a new session\n"
 MAX_LINE = 2048
 MAX_QUEUED_LINES = 64
 MAX_OUTPUT_BUFFER = 256 * 1024
@@ -151,6 +155,17 @@ RADIO_ALIASES = {
 }
 
 _ACTION = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+_WORD = re.compile(r"\S+")
+# A word that starts like a JSON value is taken as the params (and must then be valid JSON).
+_JSON_START = re.compile(r'[{\["0-9-]|(?:true|false|null|NaN|Infinity)(?![A-Za-z0-9_])')
+_JSON_TYPES: dict[type, str] = {
+    list: "an array",
+    str: "a string",
+    int: "a number",
+    float: "a number",
+    bool: "true/false",
+    type(None): "null",
+}
 _TTL = re.compile(r"^ttl=(\S*)$", re.IGNORECASE)
 _HERTZ = re.compile(r"^(\d+(?:\.\d+)?)(hz|khz|mhz)$")
 _HERTZ_SCALE = {"hz": 1, "khz": 1_000, "mhz": 1_000_000}
@@ -196,29 +211,38 @@ def _shown(text: str, limit: int = 40) -> str:
 
 
 def _parse_send(line: str) -> SendRequest:
+    """``send <device> <action> [json] [ttl=S]``, read from the line itself so that an error
+    can give the column in the line as typed (the JSON may hold spaces)."""
     usage = "usage: send <device> <action> [json-object] [ttl=SECONDS]"
-    words = line.split(maxsplit=3)
+    words = list(itertools.islice(_WORD.finditer(line), 3))
     if len(words) < 3:
         raise ConsoleInputError(usage)
-    device, action = words[1], words[2]
-    rest = words[3].strip() if len(words) > 3 else ""
+    device, action = words[1].group(), words[2].group()
     try:
         device_kind(device)
     except ValueError:
         raise ConsoleInputError(f"not a device id: {_shown(device)}") from None
     if not _ACTION.match(action):
         raise ConsoleInputError(f"not an action name: {_shown(action)}")
+    params: dict[str, Any] | None = None
     ttl_s: float | None = None
-    if rest and not rest.endswith("}"):
-        *before, last = rest.rsplit(maxsplit=1)
-        head = before[0] if before else ""
-        ttl_match = _TTL.match(last)
-        if ttl_match is None:
-            raise ConsoleInputError(f"expected a JSON object or ttl=SECONDS, got {_shown(last)}")
-        ttl_s = _parse_ttl(ttl_match.group(1))
-        rest = head.strip()
-    params = _parse_params(rest) if rest else {}
-    return SendRequest(device, action, params, ttl_s)
+    position = words[2].end()
+    while (word := _WORD.search(line, position)) is not None:
+        text = word.group()
+        ttl_match = _TTL.match(text)
+        if ttl_match is not None:
+            if ttl_s is not None:
+                raise ConsoleInputError(f"ttl given twice (column {word.start() + 1})")
+            ttl_s = _parse_ttl(ttl_match.group(1))
+            position = word.end()
+        elif params is None and _JSON_START.match(text):
+            params, position = _parse_params(line, word.start())
+        else:
+            wanted = "a JSON object or ttl=SECONDS" if params is None else "ttl=SECONDS"
+            raise ConsoleInputError(
+                f"expected {wanted} at column {word.start() + 1}, got {_shown(text)}"
+            )
+    return SendRequest(device, action, params if params is not None else {}, ttl_s)
 
 
 def _parse_ttl(text: str) -> float:
@@ -242,18 +266,45 @@ def _finite_float(text: str) -> float:
     return value
 
 
-def _parse_params(text: str) -> dict[str, Any]:
+_PARAMS_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def _parse_params(line: str, start: int) -> tuple[dict[str, Any], int]:
+    """The JSON object that starts at ``line[start]`` and where it ends.
+
+    Errors name the column in the whole line (counted from 1) and quote the JSON text.
+    """
     try:
-        params = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        params, end = _PARAMS_DECODER.raw_decode(line, start)
     except json.JSONDecodeError as exc:
         raise ConsoleInputError(
-            f"params are not valid JSON: {exc.msg} at column {exc.colno}"
+            f"params: invalid JSON at column {exc.pos + 1} ({_json_place(line, start, exc.pos)}):"
+            f" {exc.msg}"
         ) from None
-    except (ValueError, RecursionError) as exc:
-        raise ConsoleInputError(f"params are not valid JSON: {exc}") from None
+    except RecursionError:
+        raise ConsoleInputError(
+            f"params: invalid JSON at column {start + 1}: nested too deeply"
+        ) from None
+    except ValueError as exc:  # NaN, Infinity or a number out of range
+        raise ConsoleInputError(f"params: invalid JSON at column {start + 1}: {exc}") from None
     if not isinstance(params, dict):
-        raise ConsoleInputError(f"params must be a JSON object, got {type(params).__name__}")
-    return params
+        raise ConsoleInputError(
+            f"params must be a JSON object, got {_JSON_TYPES.get(type(params), 'a value')}"
+            f" at column {start + 1}"
+        )
+    return params, end
+
+
+def _json_place(line: str, start: int, error: int) -> str:
+    """Where a JSON error is, in words: the text there, within the JSON as typed."""
+    text = line[start:].rstrip()
+    last = text.rsplit(maxsplit=1)
+    if len(last) == 2 and _TTL.match(last[1]) and start + len(last[0]) >= error:
+        text = last[0].rstrip()
+    here = line[error : start + len(text)]
+    if not here.strip():
+        return f"at the end of {_shown(text)}"
+    return f"at {_shown(here, 12)} in {_shown(text)}"
 
 
 def _parse_radio(words: list[str]) -> RadioShowRequest | RadioSetRequest:
@@ -555,8 +606,10 @@ class ConsoleSession:
         *,
         echo: bool,
         background: set[asyncio.Task[Any]] | None = None,
+        farewell: str = FAREWELL,
     ) -> None:
         self._state = state
+        self._farewell = farewell
         self._controls = controls
         self._out = output
         self._editor = LineEditor(echo=echo)
@@ -641,7 +694,7 @@ class ConsoleSession:
                 self._need_controls().set_log_level(level)
                 self._out.write(f"log level {level}\n")
             case QuitRequest():
-                self._out.write("bye\n")
+                self._out.write(self._farewell)
                 self._quit = True
 
     @contextlib.contextmanager
@@ -918,13 +971,22 @@ class ConsoleServer:
             await asyncio.sleep(self._serial_retry_s)
 
     async def _serve_open_port(self, link: serial.Serial) -> None:
+        """Sessions on an open port until it goes away.
+
+        After ``quit`` the console stays silent and reads nothing as a command until Enter is
+        pressed (as a router's console port waits for RETURN); then a new session starts with
+        the banner. Whatever else is typed meanwhile is thrown away.
+        """
         loop = asyncio.get_running_loop()
         fd = link.fileno()
         output = _TtyOutput(loop, fd)
         gone = loop.create_future()
         session: ConsoleSession | None = None
+        parked: asyncio.Future[None] | None = None  # set while waiting for Enter after quit
+        skip_lf = False  # the Enter that woke the console was a CR; its LF may follow
 
         def on_readable() -> None:
+            nonlocal skip_lf
             try:
                 data = os.read(fd, 4096)
             except BlockingIOError:
@@ -936,6 +998,15 @@ class ConsoleServer:
                 if not gone.done():
                     gone.set_result(None)
                 return
+            if skip_lf:
+                skip_lf = False
+                data = data.removeprefix(b"\n")
+            if parked is not None:
+                enter = max(data.rfind(b"\r"), data.rfind(b"\n"))
+                if enter >= 0 and not parked.done():
+                    skip_lf = data.endswith(b"\r")
+                    parked.set_result(None)
+                return
             if session is not None:
                 session.feed(data)
 
@@ -944,9 +1015,13 @@ class ConsoleServer:
         running: asyncio.Future[None] | None = None
         try:
             while not gone.done() and not output.closed:
-                # One session after another: "quit" on the serial port starts afresh.
                 session = ConsoleSession(
-                    self._state, self._controls, output, echo=True, background=self._background
+                    self._state,
+                    self._controls,
+                    output,
+                    echo=True,
+                    background=self._background,
+                    farewell=SERIAL_FAREWELL,
                 )
                 running = asyncio.ensure_future(session.run())
                 await asyncio.wait({running, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -954,8 +1029,14 @@ class ConsoleServer:
                     running.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await running
-                else:
-                    running.result()
+                    break
+                running.result()
+                session = None
+                if output.closed:
+                    break
+                parked = loop.create_future()
+                await asyncio.wait({parked, gone}, return_when=asyncio.FIRST_COMPLETED)
+                parked = None
         finally:
             if running is not None and not running.done():
                 running.cancel()
@@ -1096,34 +1177,59 @@ async def _read_until_prompt(reader: asyncio.StreamReader, write: Callable[[str]
 
 
 async def run_interactive(path: Path) -> int:
-    """Line-mode session: the local terminal edits lines, the console answers."""
+    """Line-mode session: the local terminal edits lines, the console answers.
+
+    Ends with 0 when the session ends as asked (``quit``, or the end of input: Ctrl-D or the
+    end of a piped file); 1, with a line on stderr, when the gateway closes the connection on
+    its own (it stopped, or refused the session).
+    """
     reader, writer = await asyncio.open_unix_connection(str(path))
     loop = asyncio.get_running_loop()
     stdin = sys.stdin.fileno()
+    input_ended = False
+
+    def end_input() -> None:
+        nonlocal input_ended
+        input_ended = True
+        with contextlib.suppress(OSError):
+            writer.write_eof()
 
     def on_stdin() -> None:
-        data = os.read(stdin, 4096)
+        try:
+            data = os.read(stdin, 4096)
+        except OSError:  # the terminal went away
+            data = b""
         if data:
             writer.write(data)
         else:
             loop.remove_reader(stdin)
-            with contextlib.suppress(OSError):
-                writer.write_eof()
+            end_input()
 
     try:
         loop.add_reader(stdin, on_stdin)
     except (PermissionError, ValueError):  # a regular file: send it all
         writer.write(sys.stdin.buffer.read())
-        writer.write_eof()
+        end_input()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    shown = ""  # the tail of what was printed
     try:
-        while data := await reader.read(4096):
-            _write_stdout(data.decode(errors="replace"))
+        while True:
+            data = await reader.read(4096)
+            text = decoder.decode(data, final=not data)
+            _write_stdout(text)
+            shown = (shown + text)[-len(FAREWELL) :]
+            if not data:
+                break
     finally:
         with contextlib.suppress(ValueError, OSError):
             loop.remove_reader(stdin)
         writer.close()
-    _write_stdout("\n")
-    return 0
+    if shown and not shown.endswith("\n"):
+        _write_stdout("\n")
+    if input_ended or shown == FAREWELL:
+        return 0
+    print("console connection closed by the gateway", file=sys.stderr)
+    return 1
 
 
 def _write_stdout(text: str) -> None:

@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
+import logging
 import os
 import re
 import stat
@@ -10,15 +10,15 @@ import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.radio.base import RadioSettings
 from gateway.console import (
+    BANNER,
     PROMPT,
+    SERIAL_FAREWELL,
     ConsoleInputError,
     ConsoleServer,
     HelpRequest,
@@ -35,75 +35,26 @@ from gateway.console import (
     TailRequest,
     format_frame,
     parse_command,
-    run_one_shot,
 )
-from gateway.model import CommandResult, CommandStatus
-from gateway.state import (
-    Direction,
-    FrameLogEntry,
-    GatewayState,
-    LeaseRow,
-    OutboxStats,
-    radio_settings_with,
+from gateway.model import CommandStatus
+from gateway.state import Direction, FrameLogEntry, GatewayState
+from tests import console_fixtures
+from tests.console_fixtures import (
+    DEVICE,
+    TIMEOUT,
+    FakeControls,
+    Terminal,
+    connect,
+    console_program,
+    frame,
+    one_shot,
+    sample_state,
 )
-
-DEVICE = "lora-0011223344556677"
-TIMEOUT = 10.0
-
-
-class FakeControls:
-    """The bridge's side of the console, as far as the console can tell."""
-
-    def __init__(self, state: GatewayState) -> None:
-        self.state = state
-        self.sent: list[tuple[str, str, dict[str, Any], float | None]] = []
-        self.release = asyncio.Event()
-        self.release.set()
-        self.status = CommandStatus.EXECUTED
-        self.level: str | None = None
-
-    async def send_command(
-        self, device: str, action: str, params: dict[str, Any], ttl_s: float | None
-    ) -> CommandResult:
-        self.sent.append((device, action, params, ttl_s))
-        await self.release.wait()
-        return CommandResult(f"c{len(self.sent)}", device, self.status, time.time(), "relay on")
-
-    async def reconfigure_radio(self, changes: dict[str, Any]) -> RadioSettings:
-        assert self.state.radio is not None
-        self.state.radio = radio_settings_with(self.state.radio, changes)
-        return self.state.radio
-
-    def set_log_level(self, level: str) -> None:
-        if level not in ("debug", "info", "warning", "error"):
-            raise ValueError(f"unknown log level {level!r}")
-        self.level = level
-
-
-def frame(n: int, body: dict[str, Any] | str | None = None) -> FrameLogEntry:
-    return FrameLogEntry(
-        ts=time.time(),
-        direction=Direction.UP,
-        node=DEVICE,
-        type="data",
-        rssi=-87.5,
-        snr=6.25,
-        size=23,
-        body=body if body is not None else {"seq": n, "temp": 21.5},
-    )
 
 
 @pytest.fixture
 def state() -> GatewayState:
-    state = GatewayState()
-    state.radio = RadioSettings()
-    state.set_upstream("mqtt", True)
-    state.set_upstream("xmpp", False, "connection refused")
-    state.outbox_stats = lambda: OutboxStats(3, 4.5)
-    state.duty_cycle = lambda: {"g1": 0.0125}
-    state.leases = lambda: [LeaseRow(0x0001, DEVICE, time.time() - 30)]
-    state.note_uplink(DEVICE, "lora", rssi=-87.5, snr=6.25, address=1, data={"temp": 21.5})
-    return state
+    return sample_state()
 
 
 @pytest.fixture
@@ -128,6 +79,11 @@ def controls(state: GatewayState) -> FakeControls:
         ("log warn", LogLevelRequest("warning")),
         (f"send {DEVICE} reboot", SendRequest(DEVICE, "reboot", {}, None)),
         (f"send {DEVICE} reboot ttl=30", SendRequest(DEVICE, "reboot", {}, 30.0)),
+        (f"send {DEVICE} reboot TTL=30 {{}}", SendRequest(DEVICE, "reboot", {}, 30.0)),
+        (
+            f'  send  {DEVICE}  set  {{ "s": "}} ttl=9" }}  ',
+            SendRequest(DEVICE, "set", {"s": "} ttl=9"}, None),
+        ),
         (
             f'send {DEVICE} set {{"relay": true, "note": "a b"}}',
             SendRequest(DEVICE, "set", {"relay": True, "note": "a b"}, None),
@@ -171,16 +127,47 @@ def test_parse_command(line: str, request_: object) -> None:
         (f"send {DEVICE}", "usage: send"),
         ("send lora-xyz reboot", "not a device id: 'lora-xyz'"),
         (f"send {DEVICE} 9lives", "not an action name"),
-        (f"send {DEVICE} set {{relay}}", "params are not valid JSON"),
-        (f"send {DEVICE} set [1, 2]", "expected a JSON object or ttl=SECONDS"),
-        (f'send {DEVICE} set "x" ttl=3', "params must be a JSON object"),
+        (
+            f"send {DEVICE} set {{relay}}",
+            "params: invalid JSON at column 33 (at 'relay}' in '{relay}'):"
+            " Expecting property name enclosed in double quotes",
+        ),
+        (f"send {DEVICE} set [1, 2]", "params must be a JSON object, got an array at column 32"),
+        (f'send {DEVICE} set "x" ttl=3', "params must be a JSON object, got a string"),
         (f"send {DEVICE} set {{}} ttl=0", "ttl must be a positive number"),
         (f"send {DEVICE} set {{}} ttl=inf", "ttl must be a positive number"),
         (f"send {DEVICE} set {{}} ttl=soon", "ttl must be a positive number"),
-        (f'send {DEVICE} set {{"x": NaN}}', "params are not valid JSON"),
-        (f'send {DEVICE} set {{"x": 1e999}}', "params are not valid JSON"),
-        (f"send {DEVICE} set " + "[" * 1500, "expected a JSON object"),
-        (f'send {DEVICE} set {{"a":' + "[" * 1500 + "}", "params are not valid JSON"),
+        (f"send {DEVICE} set {{}} ttl=1 ttl=2", "ttl given twice (column 41)"),
+        (
+            f"send {DEVICE} reboot now",
+            "expected a JSON object or ttl=SECONDS at column 35, got 'now'",
+        ),
+        (f'send {DEVICE} set {{"a": 1}} {{"b": 2}}', "expected ttl=SECONDS at column 41, got '{"),
+        (f'send {DEVICE} set {{"a": 1}}x', "expected ttl=SECONDS at column 40, got 'x'"),
+        (
+            f'send {DEVICE} set {{"x": NaN}}',
+            "params: invalid JSON at column 32: NaN is not allowed",
+        ),
+        (f'send {DEVICE} set {{"x": 1e999}}', "params: invalid JSON at column 32: number out of"),
+        (
+            f"send {DEVICE} set " + "[" * 1500,
+            "params: invalid JSON at column 32: nested too deeply",
+        ),
+        (f'send {DEVICE} set {{"a":' + "[" * 1500 + "}", "params: invalid JSON at column 32"),
+        (
+            f'send {DEVICE} set {{"relay": true ttl=30',
+            "params: invalid JSON at column 47 (at 'ttl=30' in '{\"relay\": true ttl=30'):"
+            " Expecting ',' delimiter",
+        ),
+        (
+            f'send {DEVICE} set {{"relay": tru}}',
+            "params: invalid JSON at column 42 (at 'tru}' in '{\"relay\": tru}'): Expecting value",
+        ),
+        (
+            f'send {DEVICE} set {{"relay": true',
+            "params: invalid JSON at column 46 (at the end of '{\"relay\": true'):"
+            " Expecting ',' delimiter",
+        ),
         ("radio show", "usage: radio"),
         ("radio set", "usage: radio set"),
         ("radio set sf", "expected key=value"),
@@ -291,44 +278,6 @@ async def socket_console(
         yield server
     finally:
         await server.stop()
-
-
-async def one_shot(server: ConsoleServer, command: str) -> tuple[int, str]:
-    assert server.socket_path is not None
-    output: list[str] = []
-    code = await asyncio.wait_for(run_one_shot(server.socket_path, command, output.append), TIMEOUT)
-    return code, "".join(output)
-
-
-class Session:
-    """An open console connection read up to markers."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
-        self.buffer = ""
-
-    async def read_until(self, marker: str) -> str:
-        while marker not in self.buffer:
-            data = await asyncio.wait_for(self.reader.read(4096), TIMEOUT)
-            assert data, f"connection closed before {marker!r}; got {self.buffer!r}"
-            self.buffer += data.decode()
-        text, _, self.buffer = self.buffer.partition(marker)
-        return text + marker
-
-    def send(self, text: str) -> None:
-        self.writer.write(text.encode())
-
-
-@contextlib.asynccontextmanager
-async def connect(server: ConsoleServer) -> AsyncIterator[Session]:
-    reader, writer = await asyncio.open_unix_connection(str(server.socket_path))
-    session = Session(reader, writer)
-    try:
-        await session.read_until(PROMPT)
-        yield session
-    finally:
-        writer.close()
 
 
 async def test_socket_mode_is_0660(socket_console: ConsoleServer) -> None:
@@ -527,8 +476,9 @@ async def test_console_client(socket_console: ConsoleServer) -> None:
     async def run(*args: str) -> tuple[int, str, str]:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
-            "-c",
-            CONSOLE_MAIN,
+            "-m",
+            "gateway",
+            "console",
             *args,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -543,66 +493,65 @@ async def test_console_client(socket_console: ConsoleServer) -> None:
     assert code == 0 and out.startswith("uptime") and PROMPT not in out
     code, out, _ = await run("--socket", path, "-c", "bogus")
     assert code == 1 and out == "error: unknown command 'bogus' (try help)\n"
-    code, out, _ = await run("--socket", path)  # lines from a pipe, as typed
-    assert code == 0 and DEVICE in out and "uptime" in out
+    code, out, err = await run("--socket", path, "-c", f"send {DEVICE} relay {{bad json")
+    assert code == 1 and err == ""
+    assert out == (
+        "error: params: invalid JSON at column 35 (at 'bad json' in '{bad json'):"
+        " Expecting property name enclosed in double quotes\n"
+    )
+    code, out, err = await run("--socket", path)  # lines from a pipe, as typed
+    assert code == 0 and DEVICE in out and "uptime" in out and err == ""
     code, _, err = await run("--socket", path + ".missing", "-c", "status")
     assert code == 1 and "cannot reach the console" in err
 
 
-CONSOLE_MAIN = """
-import argparse, sys
-from gateway.console import add_console_arguments, console_main
-parser = argparse.ArgumentParser()
-add_console_arguments(parser)
-sys.exit(console_main(parser.parse_args()))
-"""
+async def test_console_program_on_a_terminal_ends_on_quit(socket_console: ConsoleServer) -> None:
+    async with console_program("--socket", str(socket_console.socket_path)) as program:
+        terminal = program.terminal
+        await terminal.read_until(PROMPT.encode())
+        terminal.type(b"status\n")
+        assert b"mqtt: connected" in await terminal.read_until(PROMPT.encode())
+        terminal.type(f"send {DEVICE} relay {{bad json\n".encode())
+        text = await terminal.read_until(PROMPT.encode())
+        assert b"error: params: invalid JSON at column 35 (at 'bad json'" in text
+        terminal.type(b"quit\n")
+        code, shown, err = await program.finish()
+    assert code == 0 and err == ""
+    assert shown == b"quit\r\nbye\r\n"  # the terminal's echo, the farewell, nothing after it
+
+
+async def test_console_program_ends_on_ctrl_d(socket_console: ConsoleServer) -> None:
+    async with console_program("--socket", str(socket_console.socket_path)) as program:
+        await program.terminal.read_until(PROMPT.encode())
+        program.terminal.type(b"\x04")  # Ctrl-D at the start of a line: end of input
+        code, shown, err = await program.finish()
+    assert code == 0 and err == ""
+    assert shown == b"\r\n"  # the cursor leaves the prompt's line
+
+
+async def test_console_program_says_when_the_gateway_goes_away(
+    tmp_path: Path, state: GatewayState, controls: FakeControls
+) -> None:
+    server = ConsoleServer(state, controls, socket_path=tmp_path / "c.sock")
+    await server.start()
+    try:
+        async with console_program("--socket", str(server.socket_path)) as program:
+            await program.terminal.read_until(PROMPT.encode())
+            await server.stop()
+            code, _, err = await program.finish()
+    finally:
+        await server.stop()
+    assert code == 1
+    assert err == "console connection closed by the gateway\n"
 
 
 # --- over a serial port (a pty pair stands in for /dev/ttyGS0 or a USB-UART) ---
 
 
-class Terminal:
-    """The technician's end of the serial line (the pty master), like picocom."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buffer = b""
-        os.set_blocking(fd, False)
-
-    async def read_until(self, marker: bytes) -> bytes:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + TIMEOUT
-        while marker not in self.buffer:
-            readable: asyncio.Future[None] = loop.create_future()
-
-            def wake(future: asyncio.Future[None] = readable) -> None:
-                if not future.done():
-                    future.set_result(None)
-
-            loop.add_reader(self.fd, wake)
-            try:
-                await asyncio.wait_for(readable, deadline - loop.time())
-            finally:
-                loop.remove_reader(self.fd)
-            with contextlib.suppress(BlockingIOError):
-                self.buffer += os.read(self.fd, 4096)
-        text, _, self.buffer = self.buffer.partition(marker)
-        return text + marker
-
-    def type(self, data: bytes) -> None:
-        os.write(self.fd, data)
-
-
 @pytest.fixture
 def pty_pair() -> Iterator[tuple[int, str]]:
-    master, slave = os.openpty()
-    path = os.ttyname(slave)
-    try:
-        yield master, path
-    finally:
-        os.close(slave)
-        with contextlib.suppress(OSError):
-            os.close(master)
+    with console_fixtures.pty_pair() as pair:
+        yield pair
 
 
 @pytest.fixture
@@ -610,15 +559,8 @@ async def serial_console(
     pty_pair: tuple[int, str], state: GatewayState, controls: FakeControls
 ) -> AsyncIterator[tuple[ConsoleServer, Terminal]]:
     master, path = pty_pair
-    server = ConsoleServer(state, controls, socket_path=None, serial_port=path, serial_retry_s=0.05)
-    await server.start()
-    terminal = Terminal(master)
-    try:
-        terminal.type(b"\r")
-        await terminal.read_until(PROMPT.encode())
-        yield server, terminal
-    finally:
-        await server.stop()
+    async with console_fixtures.serial_console(master, path, state, controls) as opened:
+        yield opened
 
 
 async def test_serial_echoes_handles_backspace_and_answers(
@@ -663,14 +605,81 @@ async def test_serial_send(
     assert controls.sent == [(DEVICE, "reboot", {}, 5.0)]
 
 
-async def test_serial_quit_starts_a_fresh_session(
+def crlf(text: str) -> bytes:
+    """``text`` as the serial console puts it on the line."""
+    return text.replace("\n", "\r\n").encode()
+
+
+async def test_serial_quit_goes_silent_until_enter(
     serial_console: tuple[ConsoleServer, Terminal],
 ) -> None:
     server, terminal = serial_console
     terminal.type(b"quit\r")
-    text = await terminal.read_until(PROMPT.encode())
-    assert b"bye\r\n" in text and b"type 'help'" in text
+    assert await terminal.read_until(crlf(SERIAL_FAREWELL)) == b"quit\r\n" + crlf(SERIAL_FAREWELL)
+    # Keys other than Enter are thrown away and nothing is shown (no echo, no prompt) ...
+    terminal.type(b"status")
+    terminal.type(b"\x1b[A x")
+    # ... until Enter: then the banner and the prompt, and nothing else, come next.
+    terminal.type(b"\r")
+    assert await terminal.read_until(PROMPT.encode()) == crlf(BANNER + PROMPT)
     assert server.serial_connected
+    # The LF of a CR LF Enter is not taken for an empty line; what was typed before it is gone.
+    terminal.type(b"\nnodes\r")
+    text = await terminal.read_until(PROMPT.encode())
+    assert text.startswith(b"nodes\r\nDEVICE")
+    terminal.type(b"quit\r\n")
+    await terminal.read_until(crlf(SERIAL_FAREWELL))
+    terminal.type(b"\r")
+    assert await terminal.read_until(PROMPT.encode()) == crlf(BANNER + PROMPT)
+
+
+async def test_serial_json_error_points_at_the_json(
+    serial_console: tuple[ConsoleServer, Terminal], state: GatewayState, controls: FakeControls
+) -> None:
+    _, terminal = serial_console
+    typed = f"send {DEVICE} relay {{bad json"
+    terminal.type(typed.encode() + b"\r")
+    text = await terminal.read_until(PROMPT.encode())
+    column = typed.index("bad") + 1  # the first character the JSON parser could not take
+    assert text == crlf(
+        f"{typed}\n"
+        f"error: params: invalid JSON at column {column} (at 'bad json' in '{{bad json'):"
+        " Expecting property name enclosed in double quotes\n" + PROMPT
+    )
+    typed = f'send {DEVICE} relay {{"on": true, }} ttl=5'
+    terminal.type(typed.encode() + b"\r")
+    text = (await terminal.read_until(PROMPT.encode())).decode()
+    column = typed.index("}") + 1
+    assert f"error: params: invalid JSON at column {column} (at '}}'" in text
+    assert text.endswith("Expecting property name enclosed in double quotes\r\n" + PROMPT)
+    assert controls.sent == [] and state.counters.console_errors == 2
+
+
+async def test_serial_bad_input_never_shows_a_traceback(
+    serial_console: tuple[ConsoleServer, Terminal],
+    state: GatewayState,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    _, terminal = serial_console
+    bad_lines = [
+        f"send {DEVICE} relay {{",
+        f"send {DEVICE} relay " + "{" * 1500,
+        f'send {DEVICE} relay {{"on": 1e999}}',
+        f"send {DEVICE} relay [" + "[" * 1500 + "]",
+        f"send {DEVICE} relay ttl=",
+        "send \x01 \x7f",
+        "radio set sf=0x",
+        "log \u202e",
+    ]
+    with caplog.at_level(logging.WARNING, logger="gateway.console"):
+        for line in bad_lines:
+            terminal.type(line.encode() + b"\r")
+            answer = (await terminal.read_until(PROMPT.encode())).decode(errors="replace")
+            printed = answer.split("\r\n")[1:]  # after the echo of the line
+            assert len(printed) == 2 and printed[0].startswith("error: "), answer
+            assert printed[1] == PROMPT
+    assert state.counters.console_errors == len(bad_lines)
+    assert not caplog.records
 
 
 async def test_serial_port_that_goes_away_is_retried(
