@@ -58,6 +58,20 @@ class NodeInfo:
 
 
 @dataclass(frozen=True, slots=True)
+class SignalSample:
+    """The signal of one uplink as the gateway heard it."""
+
+    device: str
+    kind: str
+    ts: float  # Unix time
+    rssi: float | None
+    snr: float | None
+
+
+SignalListener = Callable[[SignalSample], None]
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxStats:
     depth: int
     oldest_age_s: float | None  # None when the outbox is empty
@@ -191,6 +205,7 @@ class GatewayState:
         self.outbox_stats: Callable[[], OutboxStats] | None = None
         self.duty_cycle: Callable[[], Mapping[str, float]] | None = None  # band -> used 0..1
         self.leases: Callable[[], Sequence[LeaseRow]] | None = None
+        self._signal_listeners: list[SignalListener] = []
 
     def now(self) -> float:
         return self._clock()
@@ -233,7 +248,8 @@ class GatewayState:
         not a duplicate."""
         info = self.node(device, kind)
         info.uplinks += 1
-        info.last_seen = self._clock() if ts is None else ts
+        seen = self._clock() if ts is None else ts
+        info.last_seen = seen
         if rssi is not None:
             info.rssi = rssi
         if snr is not None:
@@ -245,7 +261,22 @@ class GatewayState:
         elif data is not None:
             info.reports += 1
             info.last_data = data
+        if (rssi is not None or snr is not None) and self._signal_listeners:
+            sample = SignalSample(device, kind, seen, rssi, snr)
+            for listener in list(self._signal_listeners):
+                listener(sample)
         return info
+
+    def watch_signal(self, listener: SignalListener) -> Callable[[], None]:
+        """Call ``listener`` with every uplink that carries an RSSI or SNR, of any device kind;
+        returns the function that stops it. Listeners run on the uplink's path: no waiting."""
+        self._signal_listeners.append(listener)
+
+        def stop() -> None:
+            if listener in self._signal_listeners:
+                self._signal_listeners.remove(listener)
+
+        return stop
 
     def note_downlink(self, device: str, kind: str = "lora") -> None:
         self.node(device, kind).downlinks += 1

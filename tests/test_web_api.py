@@ -429,6 +429,57 @@ async def test_history_backfills_and_follows_the_frame_log(
     assert (await get_json(f"{base}/api/history/{METER}"))["points"] == []
 
 
+async def test_ble_devices_get_signal_history_and_live_samples(
+    served: tuple[GatewayState, FakeControls, WebServer, str],
+) -> None:
+    state, _, _, base = served
+    assert (await get_json(f"{base}/api/history/{TAG}"))["points"] == []
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(base + "/events") as response,
+    ):
+        events = sse_events(response)
+        await next_event(events, "frames")
+        # What the bridge does with a BLE advert: an uplink with its RSSI, no frame log entry.
+        state.note_uplink(TAG, "ble", rssi=-61.0, data={"temperature": 21.5}, ts=T0 + 70)
+        state.note_uplink(TAG, "ble", rssi=-65.0, data={"temperature": 21.6}, ts=T0 + 72)
+        assert await next_event(events, "signal") == {
+            "device": TAG,
+            "ts": T0 + 70,
+            "rssi": -61.0,
+            "snr": None,
+        }
+        assert (await next_event(events, "signal"))["rssi"] == -65.0
+        # A Modbus poll carries no signal; a LoRa node's comes from its frames, once each.
+        state.note_uplink(METER, "modbus", data={"power_w": 1.0}, ts=T0 + 73)
+        state.note_uplink(LAMP, "lora", rssi=-50.0, snr=9.0, data={"on": False}, ts=T0 + 74)
+        state.log_frame(frame(LAMP, 74, rssi=-50.0))
+        lamp = await next_event(events, "signal")
+        assert (lamp["device"], lamp["rssi"], lamp["snr"]) == (LAMP, -50.0, 7.5)
+    history = await get_json(f"{base}/api/history/{TAG}")
+    assert history["points"] == [[T0 + 72, -63.0, None]]  # one 15 s bucket: the mean
+    assert (await get_json(f"{base}/api/history/{METER}"))["points"] == []
+    lamp_points = (await get_json(f"{base}/api/history/{LAMP}"))["points"]
+    assert lamp_points[-1] == [T0 + 74, -50.0, 7.5]
+
+
+async def test_a_ble_device_heard_before_the_page_started_has_its_last_sample() -> None:
+    state = filled_state()
+    state.note_uplink(TAG, "ble", rssi=-70.0, data={"battery": 90}, ts=T0 + 80)
+    server = WebServer(state, None, host="127.0.0.1", port=0)
+    port = await server.start()
+    try:
+        history = await get_json(f"http://127.0.0.1:{port}/api/history/{TAG}")
+        assert history["points"] == [[T0 + 80, -70.0, None]]
+        state.note_uplink(TAG, "ble", rssi=-74.0, data={"battery": 90}, ts=T0 + 100)
+        history = await get_json(f"http://127.0.0.1:{port}/api/history/{TAG}")
+        assert history["points"] == [[T0 + 80, -70.0, None], [T0 + 100, -74.0, None]]
+    finally:
+        await server.stop()
+    state.note_uplink(TAG, "ble", rssi=-80.0, data={"battery": 90}, ts=T0 + 130)
+    assert len(server.history.points(TAG, T0 + 130)) == 2  # stopped: no longer following
+
+
 def test_signal_history_is_bounded() -> None:
     history = SignalHistory(window_s=60, bucket_s=10, max_nodes=2)
     for second in range(0, 300, 2):

@@ -33,6 +33,7 @@ CHROMIUM_ARGS = [
 ]
 SCREENSHOT_COPY = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DEVICES = ["lora-00000000000000a1", "lora-00000000000000b2", "lora-00000000000000c3"]
+BLE_SENSOR = "ble-a4c138000001"
 PHONE = {"width": 375, "height": 740}
 
 pytestmark = pytest.mark.skipif(
@@ -83,6 +84,12 @@ def hear(state: GatewayState, index: int, ts: float) -> None:
     state.log_frame(FrameLogEntry(ts, Direction.UP, device, "data", rssi, snr, 27, data))
 
 
+def hear_ble(state: GatewayState, ts: float) -> None:
+    """What the bridge does with a BLE advert: an uplink with an RSSI and no SNR, no frame."""
+    rssi = round(-62 + 4 * math.sin(ts / 5), 1)
+    state.note_uplink(BLE_SENSOR, "ble", rssi=rssi, data={"temperature": 21.5}, ts=ts)
+
+
 def station() -> GatewayState:
     """A gateway that has been hearing three nodes for the last hour."""
     state = GatewayState()
@@ -103,6 +110,7 @@ async def produce(state: GatewayState) -> None:
         for index in range(len(DEVICES)):
             hear(state, index, time.time())
             await asyncio.sleep(0.1)
+        hear_ble(state, time.time())
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +120,11 @@ async def running(
     controls = TestControls()
     server = WebServer(state, controls, host="127.0.0.1", port=0, password=password)
     port = await server.start()
+    # LoRa history comes from the frame log, which the page reads on starting; BLE adverts are
+    # followed from then on, so the sensor's hour is heard now.
+    now = time.time()
+    for minute in range(60, 0, -1):
+        hear_ble(state, now - minute * 60)
     producer = asyncio.create_task(produce(state))
     try:
         yield server, controls, f"http://127.0.0.1:{port}/"
@@ -162,9 +175,9 @@ async def test_status_page_end_to_end(tmp_path: Path) -> None:
         await page.goto(url)
 
         await expect(page.locator("#live")).to_have_text("live")
-        await expect(page.locator("#nodes tbody tr")).to_have_count(3)
+        await expect(page.locator("#nodes tbody tr")).to_have_count(4)
         first_row = page.locator("#nodes tbody tr").first
-        await expect(first_row.locator("td").first).to_have_text(DEVICES[0])
+        await expect(first_row.locator("td").first).to_have_text(BLE_SENSOR)
         await expect(page.locator("#upstreams")).to_contain_text("mqtt connected")
         await expect(page.locator("#upstreams")).to_contain_text("xmpp disconnected")
         await expect(page.locator("#outbox-depth")).to_have_text("3")
@@ -181,9 +194,19 @@ async def test_status_page_end_to_end(tmp_path: Path) -> None:
         )
         await expect(log_lines.last).to_contain_text("lora-")
 
-        # The first node is charted; another one on a tap.
-        await expect(page.locator("#chart-device")).to_have_text(DEVICES[0])
+        # The first row is charted: a BLE sensor, heard by its adverts (no frames): RSSI over
+        # the hour, and its live samples move the last value; it has no SNR.
+        await expect(page.locator("#chart-device")).to_have_text(BLE_SENSOR)
         await expect(page.locator("#chart svg polyline.rssi")).to_have_count(1)
+        rssi_points = await page.locator("#chart polyline.rssi").get_attribute("points")
+        assert rssi_points is not None and len(rssi_points.split()) >= 50
+        await expect(page.locator("#chart svg")).to_contain_text("SNR dB: no samples")
+        last_rssi = page.locator("#chart text", has_text="last ")
+        shown_last = await last_rssi.text_content()
+        await expect(last_rssi).not_to_have_text(shown_last or "")
+        # Another node on a tap: LoRa nodes, from their frames, have both.
+        await page.locator("#nodes tbody tr", has_text=DEVICES[0]).click()
+        await expect(page.locator("#chart-device")).to_have_text(DEVICES[0])
         rssi_points = await page.locator("#chart polyline.rssi").get_attribute("points")
         assert rssi_points is not None and len(rssi_points.split()) >= 50
         await page.locator("#nodes tbody tr", has_text=DEVICES[2]).click()
@@ -218,7 +241,7 @@ async def test_status_page_end_to_end(tmp_path: Path) -> None:
         phone = await browser.new_page(viewport=PHONE, device_scale_factor=2, is_mobile=True)
         errors += watch_errors(phone)
         await phone.goto(url)
-        await expect(phone.locator("#nodes tbody tr")).to_have_count(3)
+        await expect(phone.locator("#nodes tbody tr")).to_have_count(4)
         await expect(phone.locator("#chart svg")).to_have_count(1)
         widths = await phone.evaluate(
             "() => [document.body.scrollWidth, document.documentElement.scrollWidth,"
@@ -246,7 +269,7 @@ async def test_password_protected_page_streams_with_basic_auth() -> None:
         errors = watch_errors(page)
         await page.goto(url)
         await expect(page.locator("#live")).to_have_text("live")
-        await expect(page.locator("#nodes tbody tr")).to_have_count(3)
+        await expect(page.locator("#nodes tbody tr")).to_have_count(4)
         count = await page.locator("#log div").count()
         await page.wait_for_function(
             "n => document.querySelectorAll('#log div').length > n", arg=count

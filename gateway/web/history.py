@@ -1,4 +1,7 @@
-"""Per-node RSSI/SNR over the last hour, sampled from frame log entries, in bounded memory.
+"""Per-node RSSI/SNR over the last hour, in bounded memory.
+
+Every device kind that reports a signal has a history: LoRa nodes from the frame log (join
+frames included), BLE sensors from their adverts' RSSI. Modbus has no radio, so no samples.
 
 Samples fall into fixed time buckets (15 s by default, 240 per hour); a bucket keeps the mean
 of its samples, so a node that talks every second costs no more than one that talks every
@@ -14,6 +17,10 @@ from dataclasses import dataclass
 WINDOW_S = 3600.0
 BUCKET_S = 15.0
 MAX_NODES = 1000
+
+
+def finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
 
 
 @dataclass(slots=True)
@@ -53,13 +60,13 @@ class SignalHistory:
         self._points_per_node = math.ceil(window_s / bucket_s) + 1
         self._nodes: OrderedDict[str, list[SignalPoint]] = OrderedDict()
 
-    def add(self, device: str, ts: float, rssi: float | None, snr: float | None) -> None:
-        """Record one sample; samples without a finite RSSI or SNR, or out of order by more
-        than a bucket, are ignored."""
-        rssi = rssi if rssi is not None and math.isfinite(rssi) else None
-        snr = snr if snr is not None and math.isfinite(snr) else None
+    def add(self, device: str, ts: float, rssi: float | None, snr: float | None) -> bool:
+        """Record one sample; True when it was kept. Samples without a finite RSSI or SNR, or
+        out of order by more than a bucket, are ignored."""
+        rssi = finite(rssi)
+        snr = finite(snr)
         if (rssi is None and snr is None) or not math.isfinite(ts):
-            return
+            return False
         bucket = math.floor(ts / self.bucket_s)
         points = self._nodes.get(device)
         if points is None:
@@ -70,14 +77,15 @@ class SignalHistory:
             self._nodes.move_to_end(device)
         if points and points[-1].bucket == bucket:
             points[-1].add(ts, rssi, snr)
-            return
+            return True
         if points and points[-1].bucket > bucket:
-            return
+            return False
         point = SignalPoint(bucket, ts)
         point.add(ts, rssi, snr)
         points.append(point)
         if len(points) > self._points_per_node:
             del points[: len(points) - self._points_per_node]
+        return True
 
     def points(self, device: str, now: float) -> list[list[float | None]]:
         """``[ts, rssi, snr]`` rows for ``device`` within the window ending at ``now``."""

@@ -4,8 +4,8 @@ Once a second the hub builds one snapshot of the state and sends each reader wha
 since the previous one: the status always, node rows only when they changed, and the nodes'
 "last seen" texts (which age by themselves) apart from the rows, so a node that was not heard
 costs a few bytes at most. Frame log entries go out as they happen, without the decoded body
-(their console line already shows it). Everything is serialized once, whatever the number of
-readers.
+(their console line already shows it), and so does every signal sample added to the history,
+whatever the device kind. Everything is serialized once, whatever the number of readers.
 
 A reader that falls behind by ``max_queued`` messages is disconnected rather than slowed
 down or fed a gap: the browser reconnects and starts again from a full snapshot.
@@ -18,10 +18,17 @@ import contextlib
 import json
 import logging
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
-from gateway.state import Direction, FrameLogEntry, FrameSubscription, GatewayState
-from gateway.web.history import SignalHistory
+from gateway.state import (
+    Direction,
+    FrameLogEntry,
+    FrameSubscription,
+    GatewayState,
+    SignalSample,
+)
+from gateway.web.history import SignalHistory, finite
 from gateway.web.views import StateReader, frame_view, node_view, status_view
 
 log = logging.getLogger(__name__)
@@ -31,6 +38,9 @@ FRAME_BACKLOG = 50
 MAX_CLIENTS = 8
 MAX_QUEUED = 512
 RECONNECT_MS = 2000
+# Kinds whose uplinks are radio frames in the frame log: their signal is taken from there (join
+# frames included, which are not uplinks of a report). Other kinds (BLE) from their uplinks.
+FRAME_LOGGED_KINDS = frozenset({"lora"})
 
 
 def sse_message(event: str, data: str) -> bytes:
@@ -116,6 +126,7 @@ class EventHub:
         self._rows: dict[str, str] = {}  # device -> serialized row, as last sent
         self._ages: dict[str, str] = {}  # device -> "last seen" text, as last sent
         self._subscription: FrameSubscription | None = None
+        self._stop_watching_signal: Callable[[], None] | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self.disconnected_slow = 0
 
@@ -126,6 +137,11 @@ class EventHub:
     def start(self) -> None:
         for entry in self._state.frames.recent():
             self._record_signal(entry, resolve_device(self._state, entry.node))
+        for info in list(self._state.nodes.values()):
+            # Before the page started only each device's last signal is known.
+            if info.kind not in FRAME_LOGGED_KINDS and info.last_seen is not None:
+                self._history.add(info.device, info.last_seen, info.rssi, info.snr)
+        self._stop_watching_signal = self._state.watch_signal(self._on_signal)
         self._subscription = self._state.frames.subscribe()
         loop = asyncio.get_running_loop()
         self._tasks = [
@@ -140,6 +156,9 @@ class EventHub:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        if self._stop_watching_signal is not None:
+            self._stop_watching_signal()
+            self._stop_watching_signal = None
         if self._subscription is not None:
             self._subscription.close()
             self._subscription = None
@@ -246,4 +265,19 @@ class EventHub:
 
     def _record_signal(self, entry: FrameLogEntry, device: str | None) -> None:
         if device is not None and entry.direction == Direction.UP:
-            self._history.add(device, entry.ts, entry.rssi, entry.snr)
+            self._add_sample(device, entry.ts, entry.rssi, entry.snr)
+
+    def _on_signal(self, sample: SignalSample) -> None:
+        if sample.kind in FRAME_LOGGED_KINDS:
+            return
+        try:
+            self._add_sample(sample.device, sample.ts, sample.rssi, sample.snr)
+        except Exception:  # the uplink's path must not fail because of the page
+            log.exception("web: cannot record a signal sample")
+
+    def _add_sample(self, device: str, ts: float, rssi: float | None, snr: float | None) -> None:
+        """Into the history, and to the readers as a ``signal`` event when it was kept."""
+        if self._history.add(device, ts, rssi, snr):
+            self.broadcast(
+                "signal", {"device": device, "ts": ts, "rssi": finite(rssi), "snr": finite(snr)}
+            )

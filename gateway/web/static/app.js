@@ -213,9 +213,11 @@ function showFrame(frame) {
   log.append(line);
   while (log.childElementCount > MAX_LOG_LINES) log.firstChild.remove();
   if (atBottom) log.scrollTop = log.scrollHeight;
-  if (frame.device && frame.device === view.selected && frame.direction === "up") {
-    addPoint(frame.ts, frame.rssi, frame.snr);
-  }
+}
+
+// A sample the server added to a device's signal history (LoRa frames, BLE adverts).
+function showSignal(sample) {
+  if (sample.device === view.selected) addPoint(sample.ts, sample.rssi, sample.snr);
 }
 
 // --- commands ---
@@ -304,6 +306,8 @@ function connect() {
   });
   on("snapshot", (snap) => {
     if (snap.full) { view.nodes.clear(); view.ages.clear(); $("log").replaceChildren(); }
+    // After a reconnection the chart may have missed samples: fetch its history again.
+    if (snap.full && view.selected && snap.nodes[view.selected]) selectNode(view.selected);
     for (const [device, row] of Object.entries(snap.nodes)) view.nodes.set(device, row);
     for (const [device, age] of Object.entries(snap.ages)) view.ages.set(device, age);
     for (const device of snap.gone) { view.nodes.delete(device); view.ages.delete(device); }
@@ -313,6 +317,7 @@ function connect() {
   });
   on("frames", (frames) => frames.forEach(showFrame));
   on("frame", showFrame);
+  on("signal", showSignal);
   on("result", showResult);
 }
 
