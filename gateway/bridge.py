@@ -592,11 +592,18 @@ class Bridge:
     # ------------------------------------------------------------------ discovery
 
     def _setup_discovery(self, mqtt: Any) -> None:
+        from gateway.discovery import HA_COMMAND_QOS, HA_STATUS_QOS
+        from gateway.ha_commands import HaCommands
+
         self._discovery = DiscoveryPublisher(
             topic_prefix=self.config.topic_prefix,
             gateway_id=self.config.gateway.id,
             discovery_prefix=self.config.mqtt.discovery_prefix,
-            command_ttl_s=self.config.commands.default_ttl_s,
+        )
+        ha_commands = HaCommands(
+            topic_prefix=self.config.topic_prefix,
+            ttl_s=self.config.commands.default_ttl_s,
+            devices=self._all_devices,
         )
 
         async def on_ha_status(_topic: str, payload: bytes) -> None:
@@ -606,7 +613,26 @@ class Bridge:
             )
             await self._publish_messages(mqtt, messages)
 
-        mqtt.subscribe_extra(self._discovery.status_topic, on_ha_status)
+        in_order = asyncio.Lock()  # taken in arrival order: ON then OFF is never OFF, ON
+
+        async def on_ha_command(topic: str, payload: bytes) -> None:
+            """Home Assistant's plain payload on an entity's command topic: a command as any
+            other from MQTT, or ``rejected`` on the device's result topic."""
+            received = self._mono()
+            async with in_order:
+                outcome = ha_commands.incoming(
+                    topic, payload, received_mono=received, now_wall=self._wall()
+                )
+                if isinstance(outcome, IncomingCommand):
+                    await self.on_command(outcome)
+                elif outcome is not None:
+                    self.counters["commands_rejected"] += 1
+                    self.state.count_command(CommandStatus.REJECTED)
+                    log.info("home assistant command on %s rejected: %s", topic, outcome.detail)
+                    await self._send_result(ha_commands.origin, {}, outcome)
+
+        mqtt.subscribe_extra(self._discovery.status_topic, on_ha_status, qos=HA_STATUS_QOS)
+        mqtt.subscribe_extra(ha_commands.topic_filter, on_ha_command, qos=HA_COMMAND_QOS)
 
     async def _on_mqtt_ready(self) -> None:
         """After every (re)connection: discovery configs, then device availability.

@@ -4,13 +4,20 @@ Each reading of a device (``DeviceInfo.fields``) becomes one entity, configured 
 retained message on ``<discovery_prefix>/<component>/<node_id>/<object_id>/config``:
 
 * ``sensor`` for readings, ``binary_sensor`` for read-only booleans,
-* ``switch`` for writable booleans, ``number`` for writable numbers,
-* ``button`` for each parameterless device action other than ``write``.
+* ``switch`` for writable booleans, ``number`` for writable numbers, ``select`` for writable
+  readings with a list of options,
+* ``button`` for each parameterless device action other than ``write``, ``number`` for an
+  action that takes one number (LoRa ``set_interval``).
 
-State comes from the device's report topic (``value_json.data.<field>``); commands go to the
-device's command topic as our command envelope with a ``ttl_s``. Availability needs both the
-gateway (``<prefix>/status``) and the device (``<prefix>/devices/<device>/availability``,
-retained ``online``/``offline``, published by the bridge on device events).
+Names, units, device classes, state classes and entity categories come from
+``gateway.ha_catalogue``. State comes from the device's report topic
+(``value_json.data.<field>``). Each control has its own command topic
+(``<prefix>/devices/<device>/ha/<entity>/set``) taking Home Assistant's plain payloads
+(``ON``/``OFF``, ``21.5``, ``PRESS``, an option), which ``gateway.ha_commands`` turns into a
+command envelope: no ``command_template``, so every Home Assistant release with MQTT
+discovery sends the same thing. Availability needs both the gateway (``<prefix>/status``)
+and the device (``<prefix>/devices/<device>/availability``, retained ``online``/``offline``,
+published by the bridge on device events).
 
 ``DiscoveryPublisher`` says what to publish and when; the MQTT upstream does the publishing.
 """
@@ -23,122 +30,34 @@ from collections.abc import Iterable
 from typing import Any, Final, NamedTuple
 
 from gateway.devices import DeviceInfo
+from gateway.ha_catalogue import (
+    DEVICE_CLASSES,
+    describe_action,
+    describe_reading,
+    platform_for,
+)
+from gateway.ha_commands import (
+    PAYLOAD_OFF,
+    PAYLOAD_ON,
+    PAYLOAD_PRESS,
+    Control,
+    command_topic,
+    controls_for,
+    safe_id,
+)
 from gateway.model import DeviceEvent, EventKind
 
 MANUFACTURER: Final = "duogate"
 MODELS: Final = {"lora": "LoRa node", "modbus": "Modbus device", "ble": "BLE sensor"}
 AVAILABLE, NOT_AVAILABLE = "online", "offline"
-
-# Device classes Home Assistant accepts per component; anything else is left out.
-SENSOR_DEVICE_CLASSES: Final = frozenset(
-    [
-        "absolute_humidity",
-        "apparent_power",
-        "aqi",
-        "area",
-        "atmospheric_pressure",
-        "battery",
-        "blood_glucose_concentration",
-        "carbon_dioxide",
-        "carbon_monoxide",
-        "conductivity",
-        "current",
-        "data_rate",
-        "data_size",
-        "date",
-        "distance",
-        "duration",
-        "energy",
-        "energy_distance",
-        "energy_storage",
-        "enum",
-        "frequency",
-        "gas",
-        "humidity",
-        "illuminance",
-        "irradiance",
-        "moisture",
-        "monetary",
-        "nitrogen_dioxide",
-        "nitrogen_monoxide",
-        "nitrous_oxide",
-        "ozone",
-        "ph",
-        "pm1",
-        "pm10",
-        "pm25",
-        "power",
-        "power_factor",
-        "precipitation",
-        "precipitation_intensity",
-        "pressure",
-        "reactive_energy",
-        "reactive_power",
-        "signal_strength",
-        "sound_pressure",
-        "speed",
-        "sulphur_dioxide",
-        "temperature",
-        "timestamp",
-        "volatile_organic_compounds",
-        "volatile_organic_compounds_parts",
-        "voltage",
-        "volume",
-        "volume_flow_rate",
-        "volume_storage",
-        "water",
-        "weight",
-        "wind_direction",
-        "wind_speed",
-    ]
-)
-BINARY_SENSOR_DEVICE_CLASSES: Final = frozenset(
-    [
-        "battery",
-        "battery_charging",
-        "carbon_monoxide",
-        "cold",
-        "connectivity",
-        "door",
-        "garage_door",
-        "gas",
-        "heat",
-        "light",
-        "lock",
-        "moisture",
-        "motion",
-        "moving",
-        "occupancy",
-        "opening",
-        "plug",
-        "power",
-        "presence",
-        "problem",
-        "running",
-        "safety",
-        "smoke",
-        "sound",
-        "tamper",
-        "update",
-        "vibration",
-        "window",
-    ]
-)
-NUMBER_DEVICE_CLASSES: Final = SENSOR_DEVICE_CLASSES - {"date", "enum", "timestamp"}
-SWITCH_DEVICE_CLASSES: Final = frozenset({"outlet", "switch"})
-DEVICE_CLASSES: Final = {
-    "sensor": SENSOR_DEVICE_CLASSES,
-    "binary_sensor": BINARY_SENSOR_DEVICE_CLASSES,
-    "number": NUMBER_DEVICE_CLASSES,
-    "switch": SWITCH_DEVICE_CLASSES,
-    "button": frozenset({"identify", "restart", "update"}),
-}
-# Sensor device classes that must not carry state_class "measurement".
-_NOT_MEASUREMENT: Final = frozenset(
-    {"date", "enum", "timestamp", "energy", "gas", "monetary", "volume", "water"}
-)
-_TEXT_TYPES: Final = frozenset({"str", "string", "text"})
-_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+# Subscription QoS for Home Assistant's birth message on ``<discovery>/status``: a birth Home
+# Assistant sends at QoS 1 (a setting of its MQTT integration) then arrives at least once; a
+# repeat only republishes the retained configs. Its default birth is QoS 0 and arrives as such.
+HA_STATUS_QOS: Final = 1
+# Subscription QoS for the entities' command topics: 0, as for ``<prefix>/devices/+/command``,
+# so the broker does not queue commands for a gateway that is offline (see upstreams/mqtt.py).
+HA_COMMAND_QOS: Final = 0
+NUMBER_LIMIT: Final = 1e9  # min/max of a number whose range is not known
 
 
 class DiscoveryMessage(NamedTuple):
@@ -160,31 +79,9 @@ def availability_for_event(event: DeviceEvent) -> str | None:
     return None
 
 
-def _safe(text: str) -> str:
-    return _UNSAFE.sub("_", text)
-
-
-def _title(name: str) -> str:
-    words = name.replace("_", " ").strip()
-    return words[:1].upper() + words[1:]
-
-
 def _json_key(name: str) -> str:
     """``value_json.data.x`` when ``x`` is a plain identifier, else ``value_json.data['x']``."""
     return f".{name}" if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name) else f"[{json.dumps(name)}]"
-
-
-def _is_bool(meta: dict[str, Any]) -> bool:
-    return meta.get("type") == "bool"
-
-
-def component_for(meta: dict[str, Any]) -> str:
-    writable = bool(meta.get("writable"))
-    if _is_bool(meta):
-        return "switch" if writable else "binary_sensor"
-    if writable and meta.get("type") not in _TEXT_TYPES:
-        return "number"
-    return "sensor"
 
 
 def _number_limits(meta: dict[str, Any]) -> dict[str, float]:
@@ -194,8 +91,8 @@ def _number_limits(meta: dict[str, Any]) -> dict[str, float]:
     low = meta.get("min")
     high = meta.get("max")
     return {
-        "min": float(low) if low is not None else -1e9,
-        "max": float(high) if high is not None else 1e9,
+        "min": float(low) if low is not None else -NUMBER_LIMIT,
+        "max": float(high) if high is not None else NUMBER_LIMIT,
         "step": max(float(step), 0.001),  # the smallest step Home Assistant accepts
     }
 
@@ -217,13 +114,11 @@ class DiscoveryPublisher:
         topic_prefix: str,
         gateway_id: str,
         discovery_prefix: str = "homeassistant",
-        command_ttl_s: float = 30.0,
         sw_version: str | None = None,
     ) -> None:
         self.topic_prefix = topic_prefix.rstrip("/")
         self.discovery_prefix = discovery_prefix.rstrip("/")
         self.gateway_id = gateway_id
-        self.command_ttl_s = command_ttl_s
         self.sw_version = sw_version
         self._published: dict[str, str] = {}
 
@@ -240,20 +135,21 @@ class DiscoveryPublisher:
 
     @property
     def gateway_identifier(self) -> str:
-        return f"duogate_{_safe(self.gateway_id)}"
+        return f"duogate_{safe_id(self.gateway_id)}"
 
     def state_topic(self, device: str) -> str:
         return f"{self.topic_prefix}/devices/{device}/report"
 
-    def command_topic(self, device: str) -> str:
-        return f"{self.topic_prefix}/devices/{device}/command"
+    def command_topic(self, device: str, object_id: str) -> str:
+        """The command topic of one control (``object_id`` as in its config topic)."""
+        return command_topic(self.topic_prefix, device, object_id)
 
     def node_id(self, device: str) -> str:
-        return _safe(f"{self.gateway_id}_{device}")
+        return safe_id(f"{self.gateway_id}_{device}")
 
     def config_topic(self, component: str, device: str, object_id: str) -> str:
         node = self.node_id(device)
-        return f"{self.discovery_prefix}/{component}/{node}/{_safe(object_id)}/config"
+        return f"{self.discovery_prefix}/{component}/{node}/{safe_id(object_id)}/config"
 
     # -- when -------------------------------------------------------------------------------
 
@@ -287,11 +183,14 @@ class DiscoveryPublisher:
     def _build(self, devices: Iterable[DeviceInfo]) -> list[DiscoveryMessage]:
         messages = [self._gateway_message()]
         for info in sorted(devices, key=lambda item: item.device):
+            controls = controls_for(info)
             for name, meta in sorted(info.fields.items()):
-                messages.append(self._field_message(info, name, meta or {}))
+                control = controls.get(safe_id(name))
+                messages.append(self._field_message(info, name, meta or {}, control))
             for action in info.actions:
-                if action != "write":
-                    messages.append(self._button_message(info, action))
+                control = controls.get(f"action_{safe_id(action)}")
+                if control is not None:
+                    messages.append(self._action_message(info, control))
         return messages
 
     def _gateway_message(self) -> DiscoveryMessage:
@@ -330,7 +229,7 @@ class DiscoveryPublisher:
 
     def _device_block(self, info: DeviceInfo) -> dict[str, Any]:
         return {
-            "identifiers": [f"{self.gateway_identifier}_{_safe(info.device)}"],
+            "identifiers": [f"{self.gateway_identifier}_{safe_id(info.device)}"],
             "name": info.name,
             "manufacturer": MANUFACTURER,
             "model": MODELS.get(info.kind, info.kind),
@@ -340,7 +239,7 @@ class DiscoveryPublisher:
     def _common(self, info: DeviceInfo, object_id: str, name: str) -> dict[str, Any]:
         return {
             "name": name,
-            "unique_id": f"{self.gateway_identifier}_{_safe(info.device)}_{_safe(object_id)}",
+            "unique_id": f"{self.gateway_identifier}_{safe_id(info.device)}_{safe_id(object_id)}",
             "availability": [
                 {"topic": self.gateway_status_topic},
                 {"topic": availability_topic(self.topic_prefix, info.device)},
@@ -350,59 +249,59 @@ class DiscoveryPublisher:
             "origin": self._origin(),
         }
 
-    def _envelope_template(self, action: str, params_json: str) -> str:
-        """A Jinja template rendering our command envelope; ids are milliseconds since 1970."""
-        ttl = f"{self.command_ttl_s:g}"
-        return (
-            '{"id": "ha-{{ (now().timestamp() * 1000) | int }}", '
-            f'"action": {json.dumps(action)}, "params": {params_json}, "ttl_s": {ttl}}}'
-        )
-
     def _field_message(
-        self, info: DeviceInfo, field: str, meta: dict[str, Any]
+        self, info: DeviceInfo, field: str, meta: dict[str, Any], control: Control | None
     ) -> DiscoveryMessage:
-        component = component_for(meta)
-        config = self._common(info, field, str(meta.get("name") or _title(field)))
+        platform = platform_for(meta)
+        shown = describe_reading(field, meta, platform)
+        config = self._common(info, field, shown.name)
         value = f"value_json.data{_json_key(field)}"
         config["state_topic"] = self.state_topic(info.device)
-        if component in ("binary_sensor", "switch"):
-            config["value_template"] = f"{{{{ 'ON' if {value} else 'OFF' }}}}"
+        if platform in ("binary_sensor", "switch"):
+            # Nothing (no state change) when a report lacks the reading, never a false OFF.
+            config["value_template"] = (
+                f"{{% if {value} is defined %}}{{{{ 'ON' if {value} else 'OFF' }}}}{{% endif %}}"
+            )
         else:
             config["value_template"] = f"{{{{ {value} }}}}"
-        device_class = meta.get("device_class")
-        if device_class in DEVICE_CLASSES[component]:
-            config["device_class"] = device_class
-        if component in ("sensor", "number") and meta.get("unit"):
-            config["unit_of_measurement"] = meta["unit"]
-        if component == "sensor" and meta.get("type") not in _TEXT_TYPES:
-            state_class = meta.get("state_class")
-            if state_class is None and device_class not in _NOT_MEASUREMENT:
-                state_class = "measurement"
-            if state_class:
-                config["state_class"] = state_class
-        if component in ("switch", "number"):
-            action = str(meta.get("action") or "write")
-            config["command_topic"] = self.command_topic(info.device)
-            if component == "switch":
-                written = "{{ 'true' if value == 'ON' else 'false' }}"
-            else:
-                written = "{{ value }}"
-            param = meta.get("param")  # the action's own parameter name, e.g. relay's "on"
-            if isinstance(param, str):
-                params = f"{{{json.dumps(param)}: {written}}}"
-            else:
-                params = f'{{"register": {json.dumps(field)}, "value": {written}}}'
-            config["command_template"] = self._envelope_template(action, params)
-        if component == "number":
+        for key, given in (
+            ("device_class", shown.device_class),
+            ("unit_of_measurement", shown.unit),
+            ("state_class", shown.state_class),
+            ("entity_category", shown.category),
+        ):
+            if given is not None:
+                config[key] = given
+        if control is not None:
+            config["command_topic"] = self.command_topic(info.device, control.object_id)
+        if platform == "switch":
+            config["payload_on"], config["payload_off"] = PAYLOAD_ON, PAYLOAD_OFF
+        elif platform == "number":
             config.update(_number_limits(meta))
             config["mode"] = "box"
-        topic = self.config_topic(component, info.device, field)
+        elif platform == "select" and control is not None:
+            config["options"] = list(control.options)
+        topic = self.config_topic(platform, info.device, field)
         return DiscoveryMessage(topic, json.dumps(config, sort_keys=True), True)
 
-    def _button_message(self, info: DeviceInfo, action: str) -> DiscoveryMessage:
-        object_id = f"action_{action}"
-        config = self._common(info, object_id, _title(action))
-        config["command_topic"] = self.command_topic(info.device)
-        config["command_template"] = self._envelope_template(_safe(action), "{}")
-        topic = self.config_topic("button", info.device, object_id)
+    def _action_message(self, info: DeviceInfo, control: Control) -> DiscoveryMessage:
+        """A button for an action, or a number for an action taking one number (no state:
+        Home Assistant shows the value last set)."""
+        entry = describe_action(control.action)
+        config = self._common(info, control.object_id, entry.name)
+        config["command_topic"] = self.command_topic(info.device, control.object_id)
+        if control.platform == "button":
+            config["payload_press"] = PAYLOAD_PRESS
+        else:
+            low = entry.minimum if entry.minimum is not None else -NUMBER_LIMIT
+            high = entry.maximum if entry.maximum is not None else NUMBER_LIMIT
+            config.update({"min": float(low), "max": float(high), "step": entry.step})
+            config["mode"] = "box"
+            if entry.unit is not None:
+                config["unit_of_measurement"] = entry.unit
+        if entry.device_class in DEVICE_CLASSES[control.platform]:
+            config["device_class"] = entry.device_class
+        if entry.category is not None:
+            config["entity_category"] = entry.category
+        topic = self.config_topic(control.platform, info.device, control.object_id)
         return DiscoveryMessage(topic, json.dumps(config, sort_keys=True), True)

@@ -47,9 +47,9 @@ from gateway.store.leases import LeaseStore, open_core
 log = logging.getLogger("duogate.lora")
 
 LORA_ACTIONS = ("relay", "set_interval", "ping")
-# Offered as controls (Home Assistant buttons): the actions that take no parameters. The relay
-# is switched through its field; set_interval needs a number and has no reading to show.
-LORA_CONTROL_ACTIONS = ("ping",)
+# Offered as controls in Home Assistant: ping (a button) and set_interval (a number, with no
+# reading to show). The relay is switched through its field.
+LORA_CONTROL_ACTIONS = ("ping", "set_interval")
 LORA_FIELDS: dict[str, dict[str, Any]] = {
     "temperature_c": {"unit": "°C", "device_class": "temperature", "type": "float"},
     "relay": {"type": "bool", "writable": True, "action": "relay", "param": "on"},

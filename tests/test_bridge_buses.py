@@ -21,8 +21,8 @@ from gateway.daemon import Gateway
 from gateway.discovery import DiscoveryMessage
 from gateway.timefmt import rfc3339
 from tests.bridge_fixtures import GATEWAY_ID, PREFIX, MqttWatcher, fast_settings, running_gateway
+from tests.ha_schema import check_schema
 from tests.servers import Mosquitto
-from tests.test_discovery import check_schema
 
 BUS = "plant"
 METER = f"modbus-{BUS}-1"
@@ -269,7 +269,7 @@ async def test_home_assistant_discovery_for_modbus_and_ble_devices(
     for message in configs.values():
         check_schema(DiscoveryMessage(message.topic, message.payload.decode(), message.retain))
     setpoint = json.loads(configs[f"homeassistant/number/{node(METER)}/setpoint/config"].payload)
-    assert setpoint["command_topic"] == f"{PREFIX}/devices/{METER}/command"
+    assert setpoint["command_topic"] == f"{PREFIX}/devices/{METER}/ha/setpoint/set"
     assert setpoint["state_topic"] == report_topic(METER)
     assert (setpoint["min"], setpoint["max"], setpoint["unit_of_measurement"]) == (5.0, 30.0, "°C")
     temperature = json.loads(

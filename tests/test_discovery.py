@@ -1,113 +1,84 @@
-"""Home Assistant MQTT discovery messages checked against HA's discovery schema rules.
+"""Home Assistant MQTT discovery messages checked against Home Assistant's schema.
 
-The schema facts used here (topic pattern, components, abbreviation table, device keys,
-availability modes) are Home Assistant's MQTT discovery rules; templates are rendered with
-jinja2 the way Home Assistant renders them (``value_json``, ``value``, ``now()``).
+Every config is checked with ``tests/ha_schema.check_schema`` (keys, required keys, device
+classes, units and state classes per platform, written from Home Assistant's docs and
+platform schemas); templates are rendered with jinja2 the way Home Assistant renders them.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from drivers.ble.advert import BleAdvert
+from drivers.ble.bthome import decode_bthome
+from drivers.ble.driver import IBEACON_FIELDS
+from drivers.ble.sim import BTHOME_UUID16, encode_bthome_v2, sig_uuid
 from gateway.devices import DeviceInfo
 from gateway.discovery import (
-    DEVICE_CLASSES,
+    HA_COMMAND_QOS,
+    HA_STATUS_QOS,
     DiscoveryMessage,
     DiscoveryPublisher,
     availability_for_event,
 )
+from gateway.lora import LORA_CONTROL_ACTIONS, LORA_FIELDS
 from gateway.model import DeviceEvent, EventKind, Report
+from tests.ha_schema import check_schema, topic_match
 
-# Home Assistant's discovery topic pattern, after its configured prefix.
-TOPIC_AFTER_PREFIX = (
-    r"/(?P<component>\w+)/(?:(?P<node_id>[a-zA-Z0-9_-]+)/)?(?P<object_id>[a-zA-Z0-9_-]+)/config$"
-)
+ROOT = Path(__file__).resolve().parents[1]
 
-
-def topic_match(topic: str, prefix: str = "homeassistant") -> re.Match[str]:
-    match = re.match("^" + re.escape(prefix) + TOPIC_AFTER_PREFIX, topic)
-    assert match, topic
-    return match
-
-
-COMMON_KEYS = {
-    "availability", "availability_mode", "availability_template", "availability_topic",
-    "device", "enabled_by_default", "encoding", "entity_category", "icon", "json_attributes_topic",
-    "json_attributes_template", "name", "object_id", "default_entity_id", "origin", "qos",
-    "unique_id", "payload_available", "payload_not_available",
-}  # fmt: skip
-COMPONENT_KEYS = {
-    "sensor": {"state_topic", "value_template", "unit_of_measurement", "device_class",
-               "state_class", "expire_after", "force_update", "suggested_display_precision",
-               "last_reset_value_template", "options"},
-    "binary_sensor": {"state_topic", "value_template", "device_class", "payload_on",
-                      "payload_off", "expire_after", "force_update", "off_delay"},
-    "switch": {"state_topic", "value_template", "command_topic", "command_template",
-               "device_class", "payload_on", "payload_off", "state_on", "state_off",
-               "optimistic", "retain"},
-    "number": {"state_topic", "value_template", "command_topic", "command_template",
-               "device_class", "unit_of_measurement", "min", "max", "step", "mode",
-               "optimistic", "retain", "payload_reset"},
-    "button": {"command_topic", "command_template", "device_class", "payload_press", "retain"},
-}  # fmt: skip
-REQUIRED = {
-    "sensor": {"state_topic"},
-    "binary_sensor": {"state_topic"},
-    "switch": {"command_topic"},
-    "number": {"command_topic"},
-    "button": {"command_topic"},
-}
-# Home Assistant's abbreviation table, for the keys a payload here may use.
-ABBREVIATIONS = {
-    "avty": "availability", "avty_mode": "availability_mode", "cmd_t": "command_topic",
-    "cmd_tpl": "command_template", "dev": "device", "dev_cla": "device_class",
-    "ent_cat": "entity_category", "max": "max", "min": "min", "mode": "mode", "name": "name",
-    "o": "origin", "pl_off": "payload_off", "pl_on": "payload_on", "stat_cla": "state_class",
-    "stat_t": "state_topic", "step": "step", "t": "topic", "uniq_id": "unique_id",
-    "unit_of_meas": "unit_of_measurement", "val_tpl": "value_template",
-}  # fmt: skip
-DEVICE_KEYS = {
-    "configuration_url", "connections", "hw_version", "identifiers", "manufacturer", "model",
-    "model_id", "name", "serial_number", "suggested_area", "sw_version", "via_device",
-}  # fmt: skip
-STATE_CLASSES = {"measurement", "measurement_angle", "total", "total_increasing"}
-
-DEVICES = [
-    DeviceInfo(
-        "modbus-plant-3", "modbus", "Heat pump",
-        {
-            "flow_temp": {"type": "int16", "unit": "°C", "device_class": "temperature",
-                          "writable": False, "state_class": None},
-            "energy": {"type": "uint32", "unit": "kWh", "device_class": "energy",
-                       "writable": False, "state_class": "total_increasing"},
-            "setpoint": {"type": "int16", "unit": "°C", "device_class": "temperature",
-                         "writable": True, "min": 5.0, "max": 30.0, "step": 0.1},
-            "limit": {"type": "float32", "writable": True},
-            "relay": {"type": "bool", "writable": True},
-            "alarm": {"type": "bool", "writable": False, "device_class": "problem"},
-        },
-        ("write",),
-    ),
-    DeviceInfo(
-        "ble-a4c138000001", "ble", "Living room",
-        {
-            "temperature": {"type": "float", "unit": "°C", "device_class": "temperature"},
-            "packet_id": {"type": "int", "device_class": "packet_id"},
-            "uuid": {"type": "str"},
-        },
-    ),
-    DeviceInfo(
-        "lora-0011223344556677", "lora", "Field node 7",
-        {"soil moisture": {"type": "float", "unit": "%", "device_class": "moisture"}},
-        ("reboot", "write"),
-    ),
-]  # fmt: skip
+HEAT_PUMP = DeviceInfo(
+    "modbus-plant-3", "modbus", "Heat pump",
+    {
+        "flow_temp": {"type": "int16", "unit": "°C", "device_class": "temperature",
+                      "writable": False, "state_class": None},
+        "energy": {"type": "uint32", "unit": "kWh", "device_class": "energy",
+                   "writable": False, "state_class": "total_increasing"},
+        "setpoint": {"type": "int16", "unit": "°C", "device_class": "temperature",
+                     "writable": True, "min": 5.0, "max": 30.0, "step": 0.1},
+        "limit": {"type": "float32", "writable": True},
+        "relay": {"type": "bool", "writable": True},
+        "alarm": {"type": "bool", "writable": False, "device_class": "problem"},
+        "return_temp_c": {"type": "int16", "writable": False, "unit": None,
+                          "device_class": None, "state_class": None},
+        "line_pressure": {"type": "uint16", "unit": "bar", "device_class": "temperature",
+                          "writable": False},
+        "mode": {"type": "str", "writable": True, "options": ["eco", "comfort", "off"]},
+        "serial_number": {"type": "uint32", "writable": False},
+        "starts_total": {"type": "uint32", "writable": False},
+    },
+    ("write",),
+)  # fmt: skip
+ROOM = DeviceInfo(
+    "ble-a4c138000001", "ble", "Living room",
+    {
+        "temperature": {"type": "float", "unit": "°C", "device_class": "temperature"},
+        "humidity": {"type": "float", "unit": "%", "device_class": "humidity"},
+        "battery": {"type": "int", "unit": "%", "device_class": "battery"},
+        "pressure": {"type": "float", "unit": "mbar", "device_class": "pressure"},
+        "count": {"type": "int", "device_class": "count"},
+        "dew_point": {"type": "float", "unit": "°C", "device_class": "dew_point"},
+        "window": {"type": "bool", "device_class": "window"},
+        "packet_id": {"type": "int", "device_class": "packet_id"},
+    },
+)  # fmt: skip
+BEACON = DeviceInfo("ble-f0000000beac", "ble", "Beacon", dict(IBEACON_FIELDS))
+FIELD_NODE = DeviceInfo(
+    "lora-0011223344556677", "lora", "Field node 7",
+    {"soil moisture": {"type": "float", "unit": "%", "device_class": "moisture"}},
+    ("reboot", "write"),
+)  # fmt: skip
+LORA_NODE = DeviceInfo(
+    "lora-8899aabbccddeeff", "lora", "lora-8899aabbccddeeff",
+    dict(LORA_FIELDS), LORA_CONTROL_ACTIONS,
+)  # fmt: skip
+DEVICES = [HEAT_PUMP, ROOM, BEACON, FIELD_NODE, LORA_NODE]
 
 
 def publisher(**settings: Any) -> DiscoveryPublisher:
@@ -115,52 +86,23 @@ def publisher(**settings: Any) -> DiscoveryPublisher:
 
 
 def render(template: str, **variables: Any) -> str:
-    environment = ImmutableSandboxedEnvironment()
-    environment.globals["now"] = lambda: dt.datetime(2024, 5, 1, 12, 0, 0, 250000, tzinfo=dt.UTC)
-    return environment.from_string(template).render(**variables)
+    return ImmutableSandboxedEnvironment().from_string(template).render(**variables)
 
 
-def check_schema(message: DiscoveryMessage, discovery_prefix: str = "homeassistant") -> None:
-    match = topic_match(message.topic, discovery_prefix)
-    assert match["node_id"], "every entity is grouped under its device's node id"
-    component = match["component"]
-    assert component in COMPONENT_KEYS
-    assert message.retain is True
-    config = json.loads(message.payload)
-    assert isinstance(config, dict)
-    expanded = {ABBREVIATIONS.get(key, key) for key in config}
-    assert len(expanded) == len(config), "a key given both abbreviated and in full"
-    unknown = expanded - COMMON_KEYS - COMPONENT_KEYS[component]
-    assert not unknown, f"{message.topic}: keys Home Assistant does not know: {unknown}"
-    assert REQUIRED[component] <= expanded
-    assert isinstance(config["unique_id"], str) and config["unique_id"]
-    device = config["device"]
-    assert set(device) <= DEVICE_KEYS
-    assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
-    assert config["origin"]["name"] == "duogate"
-    if "device_class" in config:
-        assert config["device_class"] in DEVICE_CLASSES[component]
-    if "state_class" in config:
-        assert component == "sensor" and config["state_class"] in STATE_CLASSES
-    if "availability" in config:
-        assert all(set(item) == {"topic"} for item in config["availability"])
-        assert config["availability_mode"] in {"all", "any", "latest"}
-    if component == "number":
-        assert config["min"] < config["max"] and config["step"] >= 0.001
-        assert config["mode"] in {"auto", "box", "slider"}
-    for key in ("state_topic", "command_topic"):
-        if key in config:
-            assert "+" not in config[key] and "#" not in config[key]
-
-
-def by_object(
-    messages: list[DiscoveryMessage], prefix: str = "homeassistant"
-) -> dict[str, tuple[str, dict[str, Any]]]:
+def entities(
+    devices: list[DeviceInfo], prefix: str = "homeassistant", **settings: Any
+) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """(node id, object id) -> (platform, config), every message checked on the way."""
     found = {}
-    for message in messages:
+    for message in publisher(**settings).messages(devices):
+        platform, config = check_schema(message, prefix)
         match = topic_match(message.topic, prefix)
-        found[match["object_id"]] = (match["component"], json.loads(message.payload))
+        found[(match["node_id"], match["object_id"])] = (platform, config)
     return found
+
+
+def entity(device: DeviceInfo, object_id: str) -> tuple[str, dict[str, Any]]:
+    return entities([device])[(f"gw1_{device.device}", object_id)]
 
 
 def test_every_message_follows_the_schema() -> None:
@@ -170,31 +112,37 @@ def test_every_message_follows_the_schema() -> None:
     unique_ids = [json.loads(m.payload)["unique_id"] for m in messages]
     assert len(unique_ids) == len(set(unique_ids))
     assert len({m.topic for m in messages}) == len(messages)
+    used = {topic_match(m.topic)["component"] for m in messages}
+    assert used == {"sensor", "binary_sensor", "switch", "number", "select", "button"}
 
 
-def test_components_chosen_per_field() -> None:
-    entities = by_object(publisher().messages(DEVICES))
-    assert {name: component for name, (component, _) in entities.items()} == {
-        "connectivity": "binary_sensor",
-        "flow_temp": "sensor",
-        "energy": "sensor",
-        "setpoint": "number",
-        "limit": "number",
-        "relay": "switch",
-        "alarm": "binary_sensor",
-        "temperature": "sensor",
-        "packet_id": "sensor",
-        "uuid": "sensor",
-        "soil_moisture": "sensor",
-        "action_reboot": "button",
+def test_platforms_chosen_per_reading_and_action() -> None:
+    platforms = {
+        (node.removeprefix("gw1_"), object_id): platform
+        for (node, object_id), (platform, _) in entities(DEVICES).items()
+        if node != "duogate_gw1"
     }
+    pump, node = HEAT_PUMP.device, LORA_NODE.device
+    assert {k[1]: v for k, v in platforms.items() if k[0] == pump} == {
+        "flow_temp": "sensor", "energy": "sensor", "setpoint": "number", "limit": "number",
+        "relay": "switch", "alarm": "binary_sensor", "return_temp_c": "sensor",
+        "line_pressure": "sensor", "mode": "select", "serial_number": "sensor",
+        "starts_total": "sensor",
+    }  # fmt: skip
+    assert {k[1]: v for k, v in platforms.items() if k[0] == node} == {
+        "temperature_c": "sensor",
+        "relay": "switch",
+        "counter": "sensor",
+        "action_ping": "button",
+        "action_set_interval": "number",
+    }
+    assert platforms[(FIELD_NODE.device, "action_reboot")] == "button"
+    assert (FIELD_NODE.device, "action_write") not in platforms
 
 
 def test_sensor_config_in_detail() -> None:
-    messages = publisher().messages(DEVICES)
-    [flow] = [m for m in messages if m.topic.endswith("/flow_temp/config")]
-    assert flow.topic == "homeassistant/sensor/gw1_modbus-plant-3/flow_temp/config"
-    config = json.loads(flow.payload)
+    platform, config = entity(HEAT_PUMP, "flow_temp")
+    assert platform == "sensor"
     assert config == {
         "name": "Flow temp",
         "unique_id": "duogate_gw1_modbus-plant-3_flow_temp",
@@ -219,65 +167,139 @@ def test_sensor_config_in_detail() -> None:
     }
 
 
-def test_state_classes_and_device_classes_fit_home_assistant() -> None:
-    entities = by_object(publisher().messages(DEVICES))
-    assert entities["energy"][1]["state_class"] == "total_increasing"
-    assert "device_class" not in entities["packet_id"][1]  # not a Home Assistant class
-    assert "state_class" not in entities["uuid"][1]  # text has no statistics
-    assert entities["alarm"][1]["device_class"] == "problem"
+def shown(device: DeviceInfo, object_id: str) -> tuple[Any, ...]:
+    _, config = entity(device, object_id)
+    keys = ("name", "unit_of_measurement", "device_class", "state_class", "entity_category")
+    return tuple(config.get(key) for key in keys)
+
+
+@pytest.mark.parametrize(
+    ("device", "object_id", "expected"),
+    [
+        # LoRa readings named as they come off the air
+        (LORA_NODE, "temperature_c", ("Temperature", "°C", "temperature", "measurement", None)),
+        (LORA_NODE, "counter", ("Report counter", None, None, "total_increasing", "diagnostic")),
+        # BTHome: the driver's units and classes, names from the catalogue
+        (ROOM, "humidity", ("Humidity", "%", "humidity", "measurement", None)),
+        (ROOM, "battery", ("Battery", "%", "battery", "measurement", "diagnostic")),
+        (ROOM, "pressure", ("Pressure", "mbar", "pressure", "measurement", None)),
+        (ROOM, "dew_point", ("Dew point", "°C", "temperature", "measurement", None)),
+        (ROOM, "count", ("Count", None, None, "measurement", None)),
+        (ROOM, "packet_id", ("Packet id", None, None, None, "diagnostic")),
+        # iBeacon identifiers are never statistics
+        (BEACON, "major", ("Major", None, None, None, "diagnostic")),
+        (BEACON, "minor", ("Minor", None, None, None, "diagnostic")),
+        (BEACON, "uuid", ("UUID", None, None, None, "diagnostic")),
+        (BEACON, "tx_power", ("Transmit power", "dBm", "signal_strength", "measurement",
+                              "diagnostic")),
+        # Modbus: the register map's word wins; the name's unit suffix fills a gap
+        (HEAT_PUMP, "energy", ("Energy", "kWh", "energy", "total_increasing", None)),
+        (HEAT_PUMP, "return_temp_c", ("Return temp", "°C", "temperature", "measurement", None)),
+        (HEAT_PUMP, "serial_number", ("Serial number", None, None, None, "diagnostic")),
+        (HEAT_PUMP, "starts_total", ("Starts total", None, None, "total_increasing", None)),
+        # a unit the device class does not allow: Home Assistant would refuse the entity
+        (HEAT_PUMP, "line_pressure", ("Line pressure", "bar", None, "measurement", None)),
+        (FIELD_NODE, "soil_moisture", ("Soil moisture", "%", "moisture", "measurement", None)),
+    ],
+)  # fmt: skip
+def test_names_units_and_classes_from_the_catalogue(
+    device: DeviceInfo, object_id: str, expected: tuple[Any, ...]
+) -> None:
+    assert shown(device, object_id) == expected
+
+
+def test_bthome_readings_as_the_decoder_describes_them_fit_home_assistant() -> None:
+    measurements = [(0x01, 88), (0x02, 23.45), (0x03, 51.5), (0x04, 1013.25), (0x05, 300.5),
+                    (0x0C, 3.1), (0x12, 600), (0x2D, 1)]  # fmt: skip
+    advert = BleAdvert(
+        "A4:C1:38:00:00:09", -60, None,
+        {sig_uuid(BTHOME_UUID16): encode_bthome_v2(measurements)}, {}, 1.0,
+    )  # fmt: skip
+    reading = decode_bthome(advert)
+    assert reading is not None
+    sensor = DeviceInfo("ble-a4c138000009", "ble", "Sensor", reading.fields)
+    found = {object_id: config for (_, object_id), (_, config) in entities([sensor]).items()}
+    assert {name: found[name].get("device_class") for name in reading.fields} == {
+        "battery": "battery", "temperature": "temperature", "humidity": "humidity",
+        "pressure": "pressure", "illuminance": "illuminance", "voltage": "voltage",
+        "carbon_dioxide": "carbon_dioxide", "window": "window",
+    }  # fmt: skip
+    assert found["carbon_dioxide"]["name"] == "CO₂"
+    assert found["pressure"]["unit_of_measurement"] == "mbar"
+
+
+def test_no_device_class_home_assistant_does_not_know() -> None:
+    _, packet = entity(ROOM, "packet_id")
+    _, count = entity(ROOM, "count")
+    assert "device_class" not in packet and "device_class" not in count
+    _, alarm = entity(HEAT_PUMP, "alarm")
+    assert alarm["device_class"] == "problem"
+    _, uuid = entity(BEACON, "uuid")
+    assert "state_class" not in uuid and "unit_of_measurement" not in uuid
 
 
 def test_value_templates_read_the_report() -> None:
     wire = Report(
         "r1", "modbus-plant-3", "reading", 1.7e9, 4,
-        {"flow_temp": 41.5, "relay": True, "alarm": False, "soil moisture": 33.0},
+        {"flow_temp": 41.5, "relay": True, "alarm": False, "soil moisture": 33.0,
+         "mode": "eco"},
     ).to_wire()  # fmt: skip
     value_json = json.loads(json.dumps(wire))
-    entities = by_object(publisher().messages(DEVICES))
-    assert render(entities["flow_temp"][1]["value_template"], value_json=value_json) == "41.5"
-    assert render(entities["relay"][1]["value_template"], value_json=value_json) == "ON"
-    assert render(entities["alarm"][1]["value_template"], value_json=value_json) == "OFF"
-    soil = entities["soil_moisture"][1]["value_template"]
-    assert render(soil, value_json=value_json) == "33.0"
-
-
-def test_command_templates_build_our_envelope() -> None:
-    entities = by_object(publisher(command_ttl_s=45).messages(DEVICES))
-    _, setpoint = entities["setpoint"]
-    assert setpoint["command_topic"] == "duogate/gw1/devices/modbus-plant-3/command"
-    assert (setpoint["min"], setpoint["max"], setpoint["step"]) == (5.0, 30.0, 0.1)
-    envelope = json.loads(render(setpoint["command_template"], value=21.5))
-    assert envelope == {
-        "id": "ha-1714564800250",
-        "action": "write",
-        "params": {"register": "setpoint", "value": 21.5},
-        "ttl_s": 45,
+    pump = {
+        object_id: config
+        for (node, object_id), (_, config) in entities([HEAT_PUMP, FIELD_NODE]).items()
     }
-    _, relay = entities["relay"]
-    assert json.loads(render(relay["command_template"], value="ON"))["params"] == {
-        "register": "relay", "value": True
-    }  # fmt: skip
-    assert json.loads(render(relay["command_template"], value="OFF"))["params"]["value"] is False
-    _, limit = entities["limit"]
+    assert render(pump["flow_temp"]["value_template"], value_json=value_json) == "41.5"
+    assert render(pump["relay"]["value_template"], value_json=value_json) == "ON"
+    assert render(pump["alarm"]["value_template"], value_json=value_json) == "OFF"
+    assert render(pump["mode"]["value_template"], value_json=value_json) == "eco"
+    assert render(pump["soil_moisture"]["value_template"], value_json=value_json) == "33.0"
+    # A report without the reading (a BTHome advert carries only some) changes nothing:
+    # Home Assistant ignores a switch or binary sensor state that is neither ON nor OFF.
+    partial = {"data": {"flow_temp": 40.0}}
+    assert render(pump["relay"]["value_template"], value_json=partial) == ""
+    assert render(pump["alarm"]["value_template"], value_json=partial) == ""
+
+
+def test_controls_take_plain_payloads_on_their_own_topics() -> None:
+    found = entities(DEVICES)
+    configs = [config for _, config in found.values()]
+    assert not any("command_template" in config for config in configs)
+    pump = f"gw1_{HEAT_PUMP.device}"
+    _, relay = found[(pump, "relay")]
+    assert relay["command_topic"] == "duogate/gw1/devices/modbus-plant-3/ha/relay/set"
+    assert (relay["payload_on"], relay["payload_off"]) == ("ON", "OFF")
+    _, setpoint = found[(pump, "setpoint")]
+    assert setpoint["command_topic"] == "duogate/gw1/devices/modbus-plant-3/ha/setpoint/set"
+    assert (setpoint["min"], setpoint["max"], setpoint["step"]) == (5.0, 30.0, 0.1)
+    _, limit = found[(pump, "limit")]
     assert (limit["min"], limit["max"], limit["step"]) == (-1e9, 1e9, 0.001)
-    _, reboot = entities["action_reboot"]
-    assert json.loads(render(reboot["command_template"]))["action"] == "reboot"
+    _, mode = found[(pump, "mode")]
+    assert mode["options"] == ["eco", "comfort", "off"]
+    _, reboot = found[(f"gw1_{FIELD_NODE.device}", "action_reboot")]
+    assert reboot["payload_press"] == "PRESS"
+    assert reboot["device_class"] == "restart"
+    node = f"gw1_{LORA_NODE.device}"
+    _, interval = found[(node, "action_set_interval")]
+    assert "state_topic" not in interval  # no reading: Home Assistant shows the value it set
+    assert (interval["min"], interval["max"], interval["unit_of_measurement"]) == (1, 86400, "s")
+    assert interval["entity_category"] == "config"
+    _, ping = found[(node, "action_ping")]
+    assert ping["command_topic"] == f"duogate/gw1/devices/{LORA_NODE.device}/ha/action_ping/set"
 
 
 def test_gateway_entity_and_custom_prefix() -> None:
     custom = publisher(discovery_prefix="ha-test", sw_version="0.1.0")
-    messages = custom.messages(DEVICES)
-    for message in messages:
-        check_schema(message, discovery_prefix="ha-test")
     assert custom.status_topic == "ha-test/status"
-    entities = by_object(messages, "ha-test")
-    component, gateway = entities["connectivity"]
+    found = entities(DEVICES, "ha-test", discovery_prefix="ha-test", sw_version="0.1.0")
+    component, gateway = found[("duogate_gw1", "connectivity")]
     assert component == "binary_sensor"
     assert gateway["state_topic"] == "duogate/gw1/status"
     assert (gateway["payload_on"], gateway["payload_off"]) == ("online", "offline")
     assert gateway["device"]["identifiers"] == ["duogate_gw1"]
-    assert entities["flow_temp"][1]["device"]["via_device"] == "duogate_gw1"
     assert gateway["origin"] == {"name": "duogate", "sw_version": "0.1.0"}
+    _, flow = found[(f"gw1_{HEAT_PUMP.device}", "flow_temp")]
+    assert flow["device"]["via_device"] == "duogate_gw1"
 
 
 def test_republish_when_home_assistant_comes_online() -> None:
@@ -290,25 +312,25 @@ def test_republish_when_home_assistant_comes_online() -> None:
 
 def test_only_new_or_changed_configs_are_republished() -> None:
     discovery = publisher()
-    discovery.messages(DEVICES[:1])
-    assert discovery.changed(DEVICES[:1]) == []
-    fresh = discovery.changed(DEVICES[:2])
-    assert {topic_match(m.topic)["node_id"] for m in fresh} == {"gw1_ble-a4c138000001"}
-    renamed = DeviceInfo("ble-a4c138000001", "ble", "Kitchen", DEVICES[1].fields)
-    again = discovery.changed([DEVICES[0], renamed])
-    assert len(again) == 3 and all('"Kitchen"' in m.payload for m in again)
+    discovery.messages([ROOM])
+    assert discovery.changed([ROOM]) == []
+    fresh = discovery.changed([ROOM, BEACON])
+    assert {topic_match(m.topic)["node_id"] for m in fresh} == {f"gw1_{BEACON.device}"}
+    renamed = DeviceInfo(BEACON.device, "ble", "Hallway", BEACON.fields)
+    again = discovery.changed([ROOM, renamed])
+    assert len(again) == len(BEACON.fields) and all('"Hallway"' in m.payload for m in again)
 
 
 def test_removed_devices_get_empty_retained_configs() -> None:
     discovery = publisher()
-    discovery.messages(DEVICES)
-    removals = discovery.removed(DEVICES[:2])
+    discovery.messages([ROOM, FIELD_NODE])
+    removals = discovery.removed([ROOM])
     assert [m.topic for m in removals] == [
         "homeassistant/button/gw1_lora-0011223344556677/action_reboot/config",
         "homeassistant/sensor/gw1_lora-0011223344556677/soil_moisture/config",
     ]
     assert all(m.payload == "" and m.retain for m in removals)
-    assert discovery.removed(DEVICES[:2]) == []
+    assert discovery.removed([ROOM]) == []
 
 
 @pytest.mark.parametrize(
@@ -323,3 +345,29 @@ def test_removed_devices_get_empty_retained_configs() -> None:
 )
 def test_availability_follows_device_events(event: EventKind, published: str | None) -> None:
     assert availability_for_event(DeviceEvent("modbus-plant-3", event, 1.0)) == published
+
+
+def test_the_guide_gives_the_subscription_qos_the_code_uses() -> None:
+    guide = (ROOT / "docs" / "HOME_ASSISTANT.md").read_text()
+    call = r"subscribe_extra\(\s*{},(?:(?!subscribe_extra).)*?qos=(\d)"
+    status = re.search(call.format(r"discovery\.status_topic"), guide, re.S)
+    commands = re.search(call.format(r"commands\.topic_filter"), guide, re.S)
+    assert status is not None and commands is not None
+    assert (int(status[1]), int(commands[1])) == (HA_STATUS_QOS, HA_COMMAND_QOS)
+    assert f"QoS {HA_STATUS_QOS}" in guide
+
+
+def test_schema_check_refuses_what_home_assistant_refuses() -> None:
+    """The fixture itself: a config Home Assistant would refuse fails the check."""
+    [good] = [m for m in publisher().messages([HEAT_PUMP]) if m.topic.endswith("/flow_temp/config")]
+    config = json.loads(good.payload)
+    refused = [
+        {**config, "unit_of_measurement": "bar"},  # not a temperature unit
+        {**config, "state_class": "total_increasing"},  # temperature: measurement only
+        {**config, "entity_category": "config"},  # no configuration sensors
+        {**config, "command_topic": "x"},  # not a sensor key
+        {key: value for key, value in config.items() if key != "state_topic"},
+    ]
+    for bad in refused:
+        with pytest.raises(AssertionError):
+            check_schema(DiscoveryMessage(good.topic, json.dumps(bad), True))
