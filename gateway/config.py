@@ -8,6 +8,7 @@ inline: each secret field has a ``*_file`` and a ``*_env`` form, resolved at loa
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
@@ -19,12 +20,38 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
 
+# A config file is a few KiB; this bounds what a mistaken path (a log, a disk image) costs.
+MAX_TOML_BYTES = 1024 * 1024
+# The deepest legitimate table is a Modbus register (8 levels); far deeper is not a config.
+MAX_TOML_DEPTH = 20
+# Longest shown excerpt of a refused value: the line names it, it need not repeat all of it.
+_SHOWN_CHARS = 80
+
+
 class ConfigError(Exception):
     """A configuration file that cannot be used; ``problems`` holds one line per problem."""
 
     def __init__(self, problems: list[str]) -> None:
+        # Keys and values come from the file: a quoted key can hold a newline, and every
+        # problem must stay one line.
+        problems = [one_line(problem) for problem in problems]
         super().__init__("\n".join(problems))
         self.problems = problems
+
+
+# Unicode's Cc category: C0, DEL and C1.
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def one_line(text: str) -> str:
+    """``text`` with control characters escaped, so it prints as exactly one line."""
+    return CONTROL_CHARACTERS.sub(lambda match: repr(match.group())[1:-1], text)
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, cut to a readable length."""
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 5]}...{text[-2:]}"
 
 
 class Section(BaseModel):
@@ -44,8 +71,9 @@ class Secret(Section):
         return self
 
     def read(self) -> str:
+        """The secret, stripped; OSError, KeyError (env unset) or UnicodeDecodeError."""
         if self.file is not None:
-            return self.file.read_text().strip()
+            return self.file.read_bytes().decode("utf-8").strip()
         assert self.env is not None
         return os.environ[self.env]
 
@@ -365,19 +393,19 @@ def _reason(error: dict[str, Any]) -> str:
     if kind == "missing":
         return "required"
     if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {got!r}"
+        return f"must be one of {ctx.get('expected')}, got {shown(got)}"
     if kind == "string_pattern_mismatch":
-        return f"does not match {ctx.get('pattern')}, got {got!r}"
+        return f"does not match {ctx.get('pattern')}, got {shown(got)}"
     if kind in ("model_type", "model_attributes_type", "dict_type"):
         if error["loc"] and error["loc"][-1] == "password":
             return "must be a table {file = PATH} or {env = NAME}; secrets are never inline"
-        return f"must be a table, got {type(got).__name__} {got!r}"
+        return f"must be a table, got {type(got).__name__} {shown(got)}"
     if kind.endswith("_type") or kind.endswith("_parsing"):
         expected = kind.split("_")[0]
-        return f"must be {_article(expected)} {expected}, got {type(got).__name__} {got!r}"
+        return f"must be {_article(expected)} {expected}, got {type(got).__name__} {shown(got)}"
     if kind == "value_error":
         return str(ctx.get("error", error["msg"]))
-    return f"{error['msg']}, got {got!r}"
+    return f"{error['msg']}, got {shown(got)}"
 
 
 def _article(word: str) -> str:
@@ -393,10 +421,10 @@ def _range_reason(error: dict[str, Any], got: Any) -> str:
             low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
             high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
             if getattr(meta, "gt", None) is not None:
-                return f"must be greater than {meta.gt}, got {got!r}"
+                return f"must be greater than {meta.gt}, got {shown(got)}"
     if low is not None and high is not None:
-        return f"must be {low}..{high}, got {got!r}"
-    return f"{error['msg'].lower()}, got {got!r}"
+        return f"must be {low}..{high}, got {shown(got)}"
+    return f"{error['msg'].lower()}, got {shown(got)}"
 
 
 def _field_for(loc: tuple[Any, ...]) -> Any:
@@ -436,7 +464,7 @@ def parse_config(data: dict[str, Any], *, check_files: bool = True) -> Config:
     return config
 
 
-def _secrets(config: Config) -> list[tuple[str, Secret | None]]:
+def secret_fields(config: Config) -> list[tuple[str, Secret | None]]:
     return [
         ("mqtt.password", config.mqtt.password),
         ("xmpp.password", config.xmpp.password),
@@ -447,7 +475,7 @@ def _secrets(config: Config) -> list[tuple[str, Secret | None]]:
 
 def _secret_problems(config: Config) -> list[str]:
     problems = []
-    for name, secret in _secrets(config):
+    for name, secret in secret_fields(config):
         if secret is None:
             continue
         if secret.file is not None and not secret.file.is_file():
@@ -478,7 +506,9 @@ def _tls_files(config: Config) -> list[tuple[str, Path | None]]:
 def secret_file_warnings(config: Config) -> list[str]:
     """Secret files that others can read: worth a warning, not a refusal."""
     warnings = []
-    candidates = [(n, s.file) for n, s in _secrets(config) if s is not None and s.file is not None]
+    candidates = [
+        (n, s.file) for n, s in secret_fields(config) if s is not None and s.file is not None
+    ]
     if config.join.registry is not None:
         candidates.append(("join.registry", config.join.registry))
     for name, path in candidates:
@@ -498,17 +528,22 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         key, sep, text = item.partition("=")
         path = [part.strip() for part in key.split(".")]
         if not sep or not all(path):
-            problems.append(f"--set {item!r}: expected KEY.PATH=VALUE")
+            problems.append(f"--set {shown(item)}: expected KEY.PATH=VALUE")
             continue
         try:
             value = tomllib.loads(f"v = {text}")["v"]
         except tomllib.TOMLDecodeError:
             value = text
+        except RecursionError:
+            value = None
+        if value is None or _depth({"v": value}) > MAX_TOML_DEPTH - len(path):
+            problems.append(f"--set {shown(item)}: nested more than {MAX_TOML_DEPTH} levels deep")
+            continue
         block = data
         for part in path[:-1]:
             child = block.setdefault(part, {})
             if not isinstance(child, dict):
-                problems.append(f"--set {item!r}: {part} is not a table")
+                problems.append(f"--set {shown(item)}: {part} is not a table")
                 break
             block = child
         else:
@@ -517,26 +552,73 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> None:
         raise ConfigError(problems)
 
 
-def load_config(
-    path: str | Path, *, check_files: bool = True, overrides: list[str] | None = None
-) -> Config:
-    """Read and validate a TOML config file; relative paths in it resolve against its folder."""
-    path = Path(path)
+def read_toml(path: Path, label: str = "", *, missing: str | None = None) -> dict[str, Any]:
+    """Decode a TOML file; ConfigError with one line (``{label}{path}: reason``) if unusable.
+
+    ``missing`` is the reason given for an absent file (default: the system's wording).
+    Refuses files over ``MAX_TOML_BYTES`` and documents nested deeper than ``MAX_TOML_DEPTH``.
+    """
+    where = f"{label}{path}"
     try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        with path.open("rb") as file:
+            raw = file.read(MAX_TOML_BYTES + 1)
+    except FileNotFoundError as exc:
+        raise ConfigError([f"{where}: {missing or f'cannot read: {exc.strerror}'}"]) from None
     except OSError as exc:
-        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+        raise ConfigError([f"{where}: cannot read: {exc.strerror or exc}"]) from None
+    if len(raw) > MAX_TOML_BYTES:
+        raise ConfigError([f"{where}: larger than {MAX_TOML_BYTES >> 20} MiB"])
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+        raise ConfigError([f"{where}: not UTF-8 text"]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: TOML syntax error: {exc}"]) from None
+        raise ConfigError([f"{where}: TOML syntax error: {exc}"]) from None
+    except RecursionError:
+        raise ConfigError([f"{where}: nested more than {MAX_TOML_DEPTH} levels deep"]) from None
+    if _depth(data) > MAX_TOML_DEPTH:
+        raise ConfigError([f"{where}: nested more than {MAX_TOML_DEPTH} levels deep"])
+    return data
+
+
+def _depth(document: dict[str, Any]) -> int:
+    """How deeply tables and arrays nest (the document itself is level 1), without recursion."""
+    deepest = 0
+    pending: list[tuple[Any, int]] = [(document, 1)]
+    while pending:
+        value, level = pending.pop()
+        deepest = max(deepest, level)
+        if deepest > MAX_TOML_DEPTH:
+            break
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
+
+
+def load_config(
+    path: str | Path,
+    *,
+    check_files: bool = True,
+    overrides: list[str] | None = None,
+    sim_world: bool = False,
+) -> Config:
+    """Read and validate a TOML config file; relative paths in it resolve against its folder.
+
+    This is the one validation path of ``run``, ``sim`` and ``check-config``: the schema, then
+    every cross-section check of ``gateway.config_checks`` (files and secrets only with
+    ``check_files``; the simulated world's node plan when ``radio.driver = "sim"`` or with
+    ``sim_world``, as ``duogate sim`` asks).
+    """
+    # config_checks builds on this module (and on the registry, which does too).
+    from gateway.config_checks import check_config
+
+    path = Path(path)
+    data = read_toml(path, missing="no such file")
     apply_overrides(data, overrides or [])
     _resolve_relative_paths(data, path.parent)
-    return parse_config(data, check_files=check_files)
+    config = parse_config(data, check_files=check_files)
+    check_config(config, check_files=check_files, sim_world=sim_world)
+    return config
 
 
 _PATH_KEYS = {

@@ -19,7 +19,7 @@ from typing import Any
 from drivers.radio.base import Radio
 from gateway import __version__
 from gateway.bridge import Bridge
-from gateway.config import Config, ConfigError
+from gateway.config import Config
 from gateway.devices import DeviceDriver
 from gateway.lora import LoraNetwork
 from gateway.sdnotify import Notifier, Watchdog
@@ -97,9 +97,8 @@ class Gateway:
                 for info in driver.devices()
             ]
 
+        # load_config refuses a file with no upstream (gateway.config_checks).
         upstreams = build_upstreams(config, list_devices)
-        if not upstreams:
-            raise ConfigError(["mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"])
         gateway.lora = LoraNetwork(config, gateway.radio, gateway.state)
         drivers: list[DeviceDriver] = [gateway.lora, *build_bus_drivers(config)]
         gateway.bridge = Bridge(config, gateway.state, upstreams, drivers, radio=gateway.radio)

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from gateway.config import Config, ConfigError
+from gateway.config import Config, ConfigError, read_toml
 from gateway.protocol.join import PUBLIC_LAB_KEY, DeviceCredentials, JoinSettings
 
 HEX_EUI = re.compile(r"^[0-9a-fA-F]{16}$")
@@ -119,17 +118,7 @@ def parse_registry(data: dict[str, Any], base: Path) -> Registry:
 def load_registry(path: str | Path) -> Registry:
     """Read the registry file; ConfigError with one line per problem."""
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as exc:
-        raise ConfigError([f"registry {path}: cannot read: {exc.strerror}"]) from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError([f"registry {path}: not UTF-8 text"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"registry {path}: TOML syntax error: {exc}"]) from None
-    return parse_registry(data, path.parent)
+    return parse_registry(read_toml(path, "registry "), path.parent)
 
 
 def join_settings(config: Config) -> JoinSettings:

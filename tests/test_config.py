@@ -7,12 +7,23 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, parse_config, secret_file_warnings
+from gateway.config import (
+    MAX_TOML_BYTES,
+    ConfigError,
+    load_config,
+    parse_config,
+    secret_file_warnings,
+)
+from gateway.config_checks import exposure_warnings, is_loopback, parse_listen, topic_problem
+
+# The default radio driver runs a simulated world of 5 nodes, which needs devices to join;
+# files that test something else run without nodes.
+NO_NODES = "[sim]\nnodes = 0\n"
 
 
 def problems_of(text: str, tmp_path: Path) -> list[str]:
     path = tmp_path / "c.toml"
-    path.write_text(text)
+    path.write_text(NO_NODES + text)
     with pytest.raises(ConfigError) as info:
         load_config(path)
     return info.value.problems
@@ -113,7 +124,7 @@ def test_secret_from_file_relative_to_config_and_from_env(tmp_path, monkeypatch)
     monkeypatch.setenv("DUOGATE_TEST_PW", "fromenv")
     path = tmp_path / "c.toml"
     path.write_text(
-        '[mqtt]\npassword = {file = "secret.txt"}\n'
+        NO_NODES + '[mqtt]\nusername = "gw"\npassword = {file = "secret.txt"}\n'
         '[xmpp]\nenabled = true\npassword = {env = "DUOGATE_TEST_PW"}\n'
     )
     config = load_config(path)
@@ -127,20 +138,20 @@ def test_world_readable_secret_is_warned(tmp_path):
     secret.write_text("pw")
     os.chmod(secret, 0o644)
     path = tmp_path / "c.toml"
-    path.write_text('[mqtt]\npassword = {file = "secret.txt"}\n')
+    path.write_text(NO_NODES + '[mqtt]\nusername = "gw"\npassword = {file = "secret.txt"}\n')
     warnings = secret_file_warnings(load_config(path))
     assert warnings == [f"mqtt.password: {secret} is readable by other users (chmod 600 it)"]
 
 
 def test_relative_data_dir_resolves_against_config(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[gateway]\ndata_dir = "state"\n')
+    path.write_text(NO_NODES + '[gateway]\ndata_dir = "state"\n')
     assert load_config(path).gateway.data_dir == tmp_path / "state"
 
 
 def test_overrides_from_the_command_line(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text("[mqtt]\nport = 1883\n")
+    path.write_text(NO_NODES + "[mqtt]\nport = 1883\n")
     config = load_config(path, overrides=["mqtt.port=1884", "gateway.id=lab", "sim.loss=0.5"])
     assert (config.mqtt.port, config.gateway.id, config.sim.loss) == (1884, "lab", 0.5)
     with pytest.raises(ConfigError) as info:
@@ -160,3 +171,202 @@ def test_open_join_key_is_a_secret_resolved_like_the_others(tmp_path):
     (tmp_path / "lab.key").chmod(0o600)
     config = load_config(tmp_path / "c.toml")
     assert config.join.open_join_key.read() == "00" * 16
+
+
+# --- checks across sections (gateway.config_checks), run by load_config for every command ---
+
+
+def test_an_empty_file_means_the_defaults_and_their_simulated_world_needs_devices(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    assert info.value.problems == [
+        "sim.nodes: 5 simulated nodes but 0 registry devices and join.open_join is off "
+        "(set join.open_join = true, add devices, or lower sim.nodes)"
+    ]
+    path.write_text("[join]\nopen_join = true\n")
+    config = load_config(path)
+    assert (config.mqtt.enabled, config.mqtt.host, config.radio.driver) == (
+        True,
+        "127.0.0.1",
+        "sim",
+    )
+
+
+def test_the_simulated_world_is_checked_when_it_runs(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[radio]\ndriver = "sx127x"\nspi = "sim://127.0.0.1:7100"\n')
+    assert load_config(path).sim.nodes == 5  # `run` talks to a world served elsewhere
+    with pytest.raises(ConfigError, match=r"^sim.nodes: 5 simulated nodes"):
+        load_config(path, sim_world=True)  # as `duogate sim` and `check-config --sim` ask
+
+
+def test_the_console_reads_no_secrets_but_gets_the_other_checks(tmp_path):
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"\xff\xfe")
+    path = tmp_path / "c.toml"
+    path.write_text(NO_NODES + '[mqtt]\nusername = "gw"\npassword = { file = "pw" }\n')
+    assert load_config(path, check_files=False).mqtt.username == "gw"
+    with pytest.raises(ConfigError, match=r"^mqtt.password.file: .* is not UTF-8 text$"):
+        load_config(path)
+    path.write_text(NO_NODES + '[mqtt]\ntopic_prefix = "a/+/b"\n')
+    with pytest.raises(ConfigError, match=r"^mqtt.topic_prefix: "):
+        load_config(path, check_files=False)
+
+
+def test_a_binary_secret_is_never_decoded_loosely(tmp_path):
+    from gateway.config import Secret
+
+    secret = tmp_path / "pw"
+    secret.write_bytes(b"pw\xff\n")
+    with pytest.raises(UnicodeDecodeError):
+        Secret(file=secret).read()
+    secret.write_bytes(" sécret \n".encode())
+    assert Secret(file=secret).read() == "sécret"
+
+
+def test_toml_nested_thousands_deep_is_one_line(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("a = " + "[" * 5000 + "]" * 5000 + "\n")
+    assert problems_of_file(path) == [f"{path}: nested more than 20 levels deep"]
+    path.write_text("a = " + "{ b = " * 3000 + "1" + " }" * 3000 + "\n")
+    assert problems_of_file(path) == [f"{path}: nested more than 20 levels deep"]
+    path.write_text(NO_NODES)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides=["gateway.id=" + "[" * 5000 + "]" * 5000])
+    assert len(info.value.problems) == 1
+    assert info.value.problems[0].endswith("nested more than 20 levels deep")
+
+
+def test_files_over_a_mebibyte_are_refused_unread(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_bytes(b"#" * (MAX_TOML_BYTES + 1))
+    assert problems_of_file(path) == [f"{path}: larger than 1 MiB"]
+    path.write_bytes(b"#" * MAX_TOML_BYTES)  # the limit itself is fine (and all defaults)
+    assert problems_of_file(path)[0].startswith("sim.nodes:")
+
+
+def test_the_registry_has_the_same_limits(tmp_path):
+    registry = tmp_path / "devices.toml"
+    registry.write_text("device = " + "[" * 5000 + "]" * 5000 + "\n")
+    path = tmp_path / "c.toml"
+    path.write_text(NO_NODES + '[join]\nregistry = "devices.toml"\n')
+    assert problems_of_file(path) == [
+        f"join.registry: registry {registry}: nested more than 20 levels deep"
+    ]
+
+
+def test_every_problem_is_one_line_and_long_values_are_cut(tmp_path):
+    problems = problems_of(
+        '["evil\\nkey"]\nx = 1\n[gateway]\nid = "' + "x" * 10_000 + '"\n', tmp_path
+    )
+    assert all("\n" not in problem for problem in problems)
+    assert "evil\\nkey: unknown key" in problems
+    (too_long,) = [problem for problem in problems if problem.startswith("gateway.id")]
+    assert len(too_long) < 200 and too_long.endswith("...x'")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:7100", ("127.0.0.1", 7100)),
+        (":7100", ("127.0.0.1", 7100)),
+        ("localhost:0", ("localhost", 0)),
+        ("[::1]:7100", ("::1", 7100)),
+        ("0.0.0.0:65535", ("0.0.0.0", 65535)),
+    ],
+)
+def test_listen_addresses(text, expected):
+    assert parse_listen(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("nonsense", "must be HOST:PORT"),
+        ("127.0.0.1:", "must be HOST:PORT"),
+        ("127.0.0.1:x", "must be HOST:PORT"),
+        ("127.0.0.1:٣", "must be HOST:PORT"),  # a digit, but not an ASCII one
+        ("127.0.0.1:65536", "port must be 0..65535"),
+        ("::1:7000", "in brackets"),
+        ("[nope]:7000", "not an IPv6 address"),
+        ("my host:7000", "spaces or control characters"),
+    ],
+)
+def test_bad_listen_addresses(text, reason):
+    with pytest.raises(ValueError, match=reason):
+        parse_listen(text)
+
+
+@pytest.mark.parametrize(
+    ("topic", "reason"),
+    [
+        ("duogate/gw1", None),
+        ("site a/gateways/gw-1", None),
+        ("", "must not be empty"),
+        ("site/#", "wildcards"),
+        ("site/+/gw", "wildcards"),
+        ("site\x00gw", "NUL"),
+        ("site\x1bgw", "control characters"),
+        ("/site", "empty levels"),
+        ("site/", "empty levels"),
+        ("site//gw", "empty levels"),
+        ("$SYS/gw", "reserved"),
+        ("a" * 1025, "at most 1024 bytes"),
+    ],
+)
+def test_topic_prefixes(topic, reason):
+    problem = topic_problem(topic)
+    assert (problem is None) if reason is None else (reason in (problem or "")), problem
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1", True),
+        ("127.8.9.10", True),
+        ("::1", True),
+        ("localhost", True),
+        ("0.0.0.0", False),
+        ("::", False),
+        ("192.168.1.20", False),
+        ("gateway.lan", False),
+    ],
+)
+def test_loopback_hosts(host, loopback):
+    assert is_loopback(host) is loopback
+
+
+def test_exposure_warnings():
+    assert exposure_warnings(parse_config({})) == []
+    warnings = exposure_warnings(
+        parse_config(
+            {
+                "join": {"open_join": True},
+                "metrics": {"host": "0.0.0.0"},
+                "web": {"enabled": True, "host": "192.168.1.20", "password": {"env": "PW"}},
+                "console": {"serial_port": "/dev/ttyGS0"},
+                "mqtt": {"host": "broker.lan", "username": "gw", "password": {"env": "PW"}},
+            },
+            check_files=False,
+        )
+    )
+    assert [warning.split(":")[0] for warning in warnings] == [
+        "join.open_join",
+        "metrics.host",
+        "web.host",
+        "console.serial_port",
+        "mqtt.tls",
+    ]
+    assert "public lab key" in warnings[0] and "0.0.0.0:9108" in warnings[1]
+    private = parse_config(
+        {"join": {"open_join": True, "open_join_key": {"env": "KEY"}}}, check_files=False
+    )
+    assert exposure_warnings(private) == []
+
+
+def problems_of_file(path: Path) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    return info.value.problems

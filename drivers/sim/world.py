@@ -26,6 +26,7 @@ from drivers.sim.medium import RfMedium
 from drivers.sim.node import NodeConfig, SimNode
 from drivers.sim.node_link import MediumNodeLink
 from gateway.config import Config, ConfigError
+from gateway.config_checks import parse_listen
 from gateway.protocol import crypto
 from gateway.registry import load_join
 
@@ -174,16 +175,12 @@ async def _run_after(delay: float, node: SimNode) -> None:
     await node.run()
 
 
-def _parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"sim.listen must be HOST:PORT, got {text!r}")
-    return host or "127.0.0.1", int(port)
-
-
 async def run_world(config: Config, listen: str | None = None) -> int:
     """``duogate sim``: serve the gateway chip on a socket and run the nodes until stopped."""
-    host, port = _parse_listen(listen or config.sim.listen)
+    try:
+        host, port = parse_listen(listen or config.sim.listen)
+    except ValueError as exc:
+        raise ConfigError([f"{'--listen' if listen else 'sim.listen'}: {exc}"]) from None
     world = SimWorld(config)
     server = ChipServer(world.chip, host=host, port=port)
     await server.start()

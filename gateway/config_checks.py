@@ -1,0 +1,435 @@
+"""Checks across sections, files and secrets: whether a configuration can work as a whole.
+
+``gateway.config.load_config`` runs ``check_config`` after the schema, so ``check-config``,
+``run``, ``sim`` and ``console`` refuse the same files with the same lines. Each check here
+mirrors a place where the running gateway would otherwise fail later: at start with a
+traceback, in a reconnect loop, or silently (a setting that has no effect).
+
+``exposure_warnings`` names settings that work but expose the gateway; ``run`` logs them at
+start and ``check-config`` prints them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import ssl
+import stat
+from collections.abc import Iterator
+
+from gateway.config import (
+    CONTROL_CHARACTERS,
+    Config,
+    ConfigError,
+    MqttSection,
+    Secret,
+    XmppSection,
+    secret_fields,
+    secret_file_warnings,
+    shown,
+)
+from gateway.protocol.dutycycle import REGIONS
+from gateway.registry import join_settings, load_registry
+
+# A secret is a line of text; a larger file is a wrong path (a key bundle, a log).
+MAX_SECRET_BYTES = 64 * 1024
+# Topics are at most 65535 bytes; the prefix leaves room for ".../devices/<id>/command/result".
+MAX_TOPIC_PREFIX_BYTES = 1024
+# MQTT strings (client id, user name) are at most 65535 bytes of UTF-8.
+MAX_MQTT_STRING_BYTES = 65535
+# sun_path of a Unix socket holds 108 bytes including the terminating NUL.
+MAX_SOCKET_PATH_BYTES = 107
+
+
+def check_config(config: Config, *, check_files: bool = True, sim_world: bool = False) -> None:
+    """Raise ConfigError with one line per problem when ``config`` cannot work."""
+    problems = config_problems(config, check_files=check_files, sim_world=sim_world)
+    if problems:
+        raise ConfigError(problems)
+
+
+def config_problems(
+    config: Config, *, check_files: bool = True, sim_world: bool = False
+) -> list[str]:
+    """Every problem of ``config`` beyond its schema, one line each.
+
+    ``check_files`` reads secrets, the registry and TLS files (the console client, which only
+    needs the socket path, skips them). ``sim_world`` adds the checks of ``duogate sim``; they
+    apply anyway when ``radio.driver = "sim"`` runs the world inside the gateway.
+    """
+    problems = [
+        *_upstream_problems(config),
+        *_mqtt_problems(config.mqtt),
+        *_xmpp_problems(config.xmpp),
+        *_radio_problems(config),
+        *_listener_problems(config),
+        *_serial_port_problems(config),
+        *_modbus_problems(config),
+        *_other_problems(config),
+    ]
+    if check_files:
+        secret_lines = {
+            name: secret_problem(name, secret)
+            for name, secret in secret_fields(config)
+            if secret is not None
+        }
+        problems += [line for line in secret_lines.values() if line is not None]
+        problems += _file_problems(config)
+        if secret_lines.get("join.open_join_key") is None:
+            try:
+                join_settings(config)
+            except ConfigError as exc:
+                problems += exc.problems
+        registry_size = _registry_size(config, problems)
+        if registry_size is not None and (sim_world or config.radio.driver == "sim"):
+            problems += _sim_world_problems(config, registry_size)
+    return problems
+
+
+# --- upstreams -------------------------------------------------------------------------------
+
+
+def _upstream_problems(config: Config) -> Iterator[str]:
+    if not config.mqtt.enabled and not config.xmpp.enabled:
+        yield "mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"
+
+
+def topic_problem(topic: str) -> str | None:
+    """Why ``topic`` cannot prefix the gateway's publish topics, or None when it can."""
+    if not topic:
+        return "must not be empty"
+    if "+" in topic or "#" in topic:
+        return f"must not hold the wildcards '+' or '#', got {shown(topic)}"
+    if _has_control(topic):
+        return f"must not hold NUL or control characters, got {shown(topic)}"
+    if topic.startswith("/") or topic.endswith("/") or "//" in topic:
+        return f"must not start or end with '/' or have empty levels, got {shown(topic)}"
+    if topic.startswith("$"):
+        return f"must not start with '$' (reserved for the broker), got {shown(topic)}"
+    if len(topic.encode()) > MAX_TOPIC_PREFIX_BYTES:
+        return f"must be at most {MAX_TOPIC_PREFIX_BYTES} bytes"
+    return None
+
+
+def _mqtt_problems(mqtt: MqttSection) -> Iterator[str]:
+    # An empty prefix would silently mean the default one: refused like any other bad one.
+    if mqtt.topic_prefix is not None and (reason := topic_problem(mqtt.topic_prefix)):
+        yield f"mqtt.topic_prefix: {reason}"
+    if reason := topic_problem(mqtt.discovery_prefix):
+        yield f"mqtt.discovery_prefix: {reason}"
+    if not mqtt.host.strip():
+        yield "mqtt.host: must not be empty"
+    if mqtt.password is not None and mqtt.username is None:
+        yield "mqtt.password: needs mqtt.username (a password alone is never sent)"
+    for name in ("username", "client_id"):
+        value = getattr(mqtt, name)
+        if value is None:
+            continue
+        if _has_control(value):
+            yield f"mqtt.{name}: must not hold NUL or control characters, got {shown(value)}"
+        elif len(value.encode()) > MAX_MQTT_STRING_BYTES:
+            yield f"mqtt.{name}: must be at most {MAX_MQTT_STRING_BYTES} bytes"
+    if mqtt.reconnect_max_s < mqtt.reconnect_min_s:
+        yield "mqtt.reconnect_max_s: must not be below mqtt.reconnect_min_s"
+    if mqtt.tls is not None and mqtt.tls.key_file is not None and mqtt.tls.cert_file is None:
+        yield "mqtt.tls.key_file: needs mqtt.tls.cert_file (a key alone is never used)"
+
+
+def _xmpp_problems(xmpp: XmppSection) -> Iterator[str]:
+    if xmpp.port is not None and xmpp.host is None:
+        yield "xmpp.port: needs xmpp.host (without it the server comes from the JID's domain)"
+    if xmpp.host is not None and not xmpp.host.strip():
+        yield "xmpp.host: must not be empty"
+    if not xmpp.enabled:
+        return
+    from slixmpp import JID
+    from slixmpp.jid import InvalidJID
+
+    try:
+        own = JID(xmpp.jid)
+    except InvalidJID as exc:
+        yield f"xmpp.jid: not a valid JID: {exc}"
+    else:
+        if not own.user:
+            yield f"xmpp.jid: needs a user part (user@domain), got {shown(xmpp.jid)}"
+    for name in ("subscribers", "allowed_jids"):
+        for index, text in enumerate(getattr(xmpp, name)):
+            try:
+                JID(text)
+            except InvalidJID as exc:
+                yield f"xmpp.{name}[{index}]: not a valid JID: {exc}"
+
+
+# --- radio, listeners, ports ----------------------------------------------------------------
+
+
+def _radio_problems(config: Config) -> Iterator[str]:
+    radio = config.radio
+    bands = REGIONS[radio.region]
+    if bands is not None and not any(band.contains(radio.frequency_hz) for band in bands):
+        yield (
+            f"radio.frequency_hz: {radio.frequency_hz} Hz is outside every {radio.region} "
+            "sub-band, so the gateway could never transmit (set radio.region or the frequency)"
+        )
+    if radio.spi.startswith("sim://"):
+        try:
+            parse_listen(radio.spi.removeprefix("sim://"), allow_any_port=False)
+        except ValueError as exc:
+            yield f"radio.spi: {exc}"
+
+
+def parse_listen(text: str, *, allow_any_port: bool = True) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT``; an empty host is 127.0.0.1) -> (host, port); ValueError.
+
+    ``allow_any_port`` admits port 0 (pick a free one), which a listener can use and a
+    client cannot.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not port_text.isascii() or not port_text.isdigit():
+        raise ValueError(f"must be HOST:PORT, got {shown(text)}")
+    port = int(port_text)
+    low = 0 if allow_any_port else 1
+    if not low <= port <= 65535:
+        raise ValueError(f"port must be {low}..65535, got {port}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"[{host}] is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"write an IPv6 address in brackets ([::1]:PORT), got {shown(text)}")
+    if not host:
+        return "127.0.0.1", port
+    if _has_control(host) or any(character.isspace() for character in host):
+        raise ValueError(f"host must not hold spaces or control characters, got {shown(text)}")
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """True for names and addresses that only this machine can reach."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _listener_problems(config: Config) -> Iterator[str]:
+    try:
+        parse_listen(config.sim.listen)
+    except ValueError as exc:
+        yield f"sim.listen: {exc}"
+    web, metrics = config.web, config.metrics
+    for name, section in (("web", web), ("metrics", metrics)):
+        if not section.host.strip():
+            yield f"{name}.host: must not be empty (0.0.0.0 listens on every address)"
+    if web.enabled and web.password is None and not is_loopback(web.host):
+        yield (
+            f"web.password: required when web.host is not loopback (web.host = {web.host!r}); "
+            "set a password or bind to 127.0.0.1"
+        )
+    if web.enabled and metrics.enabled and web.port == metrics.port != 0:
+        wildcard = {"0.0.0.0", "::", ""}
+        if web.host == metrics.host or web.host in wildcard or metrics.host in wildcard:
+            yield f"web.port: {web.port} is also metrics.port; give each its own port"
+
+
+def _serial_port_problems(config: Config) -> Iterator[str]:
+    """One serial port, one user: two would steal each other's bytes."""
+    users: list[tuple[str, str]] = []
+    if config.radio.driver == "serial" and config.radio.serial_port:
+        users.append(("radio.serial_port", config.radio.serial_port))
+    if config.console.enabled and config.console.serial_port:
+        users.append(("console.serial_port", config.console.serial_port))
+    if config.modbus.enabled:
+        for index, bus in enumerate(config.modbus.buses):
+            if bus.transport == "rtu" and bus.port:
+                users.append((f"modbus.buses[{index}].port", bus.port))
+    first: dict[str, str] = {}
+    for name, port in users:
+        if port in first:
+            yield f"{name}: {port} is already used by {first[port]}"
+        else:
+            first[port] = name
+
+
+def _modbus_problems(config: Config) -> Iterator[str]:
+    if not config.modbus.buses:
+        return
+    from drivers.modbus.codec import width
+
+    for b, bus in enumerate(config.modbus.buses):
+        for d, device in enumerate(bus.devices):
+            for r, register in enumerate(device.registers):
+                if register.address + width(register) > 65536:
+                    yield (
+                        f"modbus.buses[{b}].devices[{d}].registers[{r}].address: "
+                        f"a {register.type} at {register.address} runs past address 65535"
+                    )
+
+
+def _other_problems(config: Config) -> Iterator[str]:
+    commands = config.commands
+    if commands.default_ttl_s > commands.max_ttl_s:
+        yield (
+            f"commands.default_ttl_s: {commands.default_ttl_s:g} exceeds "
+            f"commands.max_ttl_s {commands.max_ttl_s:g}"
+        )
+    if config.console.enabled:
+        socket = config.console.socket or config.gateway.data_dir / "console.sock"
+        if len(os.fsencode(socket)) > MAX_SOCKET_PATH_BYTES:
+            name = "console.socket" if config.console.socket else "gateway.data_dir"
+            yield (
+                f"{name}: the console socket path {socket} is longer than "
+                f"{MAX_SOCKET_PATH_BYTES} bytes (a Unix socket limit); set console.socket"
+            )
+
+
+# --- files and secrets -----------------------------------------------------------------------
+
+
+def secret_problem(name: str, secret: Secret) -> str | None:
+    """Why the secret ``name`` cannot be used (unreadable, binary, empty...), or None."""
+    if secret.file is not None:
+        where, path = f"{name}.file", secret.file
+        try:
+            info = path.stat()
+        except OSError as exc:
+            return f"{where}: cannot read {path}: {exc.strerror or exc}"
+        if not stat.S_ISREG(info.st_mode):
+            return f"{where}: {path} is not a regular file"
+        if info.st_size > MAX_SECRET_BYTES:
+            return f"{where}: {path} is larger than {MAX_SECRET_BYTES // 1024} KiB"
+        try:
+            value = secret.read()
+        except OSError as exc:
+            return f"{where}: cannot read {path}: {exc.strerror or exc}"
+        except UnicodeDecodeError:
+            return f"{where}: {path} is not UTF-8 text"
+    else:
+        assert secret.env is not None
+        where = f"{name}.env"
+        if secret.env not in os.environ:
+            return f"{where}: environment variable {secret.env} is not set"
+        value = os.environ[secret.env]
+    if not value:
+        return f"{where}: the secret is empty"
+    if _has_control(value):
+        return f"{where}: the secret holds control characters (expected one line of text)"
+    return None
+
+
+def _registry_size(config: Config, problems: list[str]) -> int | None:
+    """Parse the registry as the gateway does; its size, or None when it cannot be used."""
+    if config.join.registry is None:
+        return 0
+    try:
+        return len(load_registry(config.join.registry))
+    except ConfigError as exc:
+        problems += [f"join.registry: {line}" for line in exc.problems]
+        return None
+
+
+def _file_problems(config: Config) -> Iterator[str]:
+    data_dir = config.gateway.data_dir
+    if data_dir.exists() and not data_dir.is_dir():
+        yield f"gateway.data_dir: {data_dir} exists and is not a directory"
+    tls = config.mqtt.tls
+    if tls is not None and (tls.ca_file or tls.cert_file):
+        try:
+            context = ssl.create_default_context(
+                ssl.Purpose.SERVER_AUTH, cafile=str(tls.ca_file) if tls.ca_file else None
+            )
+            if tls.cert_file is not None:
+                key = str(tls.key_file) if tls.key_file else None
+                context.load_cert_chain(str(tls.cert_file), key, password=_no_passphrase)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            yield f"mqtt.tls: cannot load the certificates: {_ssl_reason(exc)}"
+    if config.xmpp.ca_file is not None:
+        try:
+            ssl.create_default_context(cafile=str(config.xmpp.ca_file))
+        except (OSError, ValueError) as exc:
+            yield f"xmpp.ca_file: cannot load {config.xmpp.ca_file}: {_ssl_reason(exc)}"
+
+
+def _no_passphrase() -> str:
+    # A key protected by a passphrase cannot be unlocked unattended: refuse, never prompt.
+    raise ValueError("the key is protected by a passphrase")
+
+
+def _ssl_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError) and exc.reason:
+        return str(exc.reason).lower().replace("_", " ")
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _sim_world_problems(config: Config, registry_size: int) -> Iterator[str]:
+    count = config.sim.nodes
+    if count > registry_size and not config.join.open_join:
+        yield (
+            f"sim.nodes: {count} simulated nodes but {registry_size} registry "
+            f"device{'' if registry_size == 1 else 's'} and join.open_join is off "
+            "(set join.open_join = true, add devices, or lower sim.nodes)"
+        )
+
+
+# --- warnings ----------------------------------------------------------------------------
+
+
+def exposure_warnings(config: Config) -> list[str]:
+    """Settings that work but expose the gateway; one line each, ``key: what and why``."""
+    warnings = []
+    join = config.join
+    if join.open_join and join.open_join_key is None:
+        warnings.append(
+            "join.open_join: open join with the public lab key: anyone who hears a node's EUI "
+            "can take its address and forge its reports (set join.open_join_key or use a "
+            "registry with open_join = false)"
+        )
+    metrics = config.metrics
+    if metrics.enabled and not is_loopback(metrics.host):
+        warnings.append(
+            f"metrics.host: metrics on {metrics.host}:{metrics.port} have no authentication; "
+            "anyone who reaches that address reads them (bind to 127.0.0.1 or firewall it)"
+        )
+    web = config.web
+    if web.enabled and not is_loopback(web.host) and web.password is not None:
+        warnings.append(
+            f"web.host: the status page on {web.host}:{web.port} takes its password over plain "
+            "HTTP (put a TLS reverse proxy in front or bind to 127.0.0.1)"
+        )
+    console = config.console
+    if console.enabled and console.serial_port:
+        warnings.append(
+            f"console.serial_port: the console on {console.serial_port} has no login; anyone "
+            "at that serial line can send commands and change radio settings"
+        )
+    mqtt = config.mqtt
+    if mqtt.enabled and not is_loopback(mqtt.host):
+        if mqtt.tls is None and mqtt.password is not None:
+            warnings.append(
+                f"mqtt.tls: the MQTT password goes to {mqtt.host} unencrypted (set mqtt.tls)"
+            )
+        elif mqtt.tls is not None and mqtt.tls.insecure_skip_verify:
+            warnings.append(
+                f"mqtt.tls.insecure_skip_verify: the broker {mqtt.host} is not authenticated; "
+                "anyone on the path can pose as it"
+            )
+    xmpp = config.xmpp
+    server = xmpp.host or xmpp.jid.partition("@")[2].partition("/")[0]
+    if xmpp.enabled and xmpp.tls == "plaintext_lab_only" and not is_loopback(server):
+        warnings.append(
+            "xmpp.tls: plaintext_lab_only sends the XMPP password and every report unencrypted"
+        )
+    return warnings
+
+
+def startup_warnings(config: Config) -> list[str]:
+    """What ``run`` logs and ``check-config`` prints: secret file modes and exposure."""
+    return [*secret_file_warnings(config), *exposure_warnings(config)]
+
+
+def _has_control(text: str) -> bool:
+    return CONTROL_CHARACTERS.search(text) is not None
