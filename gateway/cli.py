@@ -7,12 +7,14 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from fractions import Fraction
 from pathlib import Path
+from typing import NoReturn
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load_config, secret_file_warnings
+from gateway.config import Config, ConfigError, load_config, one_line
+from gateway.config_checks import parse_listen, startup_warnings
 from gateway.logsetup import setup_logging
+from gateway.protocol.airtime import BANDWIDTHS_HZ
 
 log = logging.getLogger("duogate")
 
@@ -23,15 +25,45 @@ class UsageError(Exception):
     """A user mistake on the command line or in the environment: one line, no traceback."""
 
 
+EXIT_CODES = """\
+exit status: 0 done; 2 a mistake in the command line or the configuration (one line per
+problem on stderr, nothing started); 1 a failure of the world at run time (a radio that does
+not answer, an address already in use); 130 interrupted."""
+
+# Every spelling of a coding rate the command line documents, as the denominator 5..8.
+CODING_RATES = {
+    **{f"4/{denominator}": denominator for denominator in range(5, 9)},
+    **{str(denominator): denominator for denominator in range(5, 9)},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (``prog: error: reason``) instead of usage + error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
 def _coding_rate(text: str) -> int:
-    """Accept ``4/5``..``4/8`` (or ``5``..``8``) and return the denominator."""
+    """Accept ``4/5``..``4/8`` or ``5``..``8`` and return the denominator 5..8."""
+    rate = CODING_RATES.get(text.strip().replace(" ", ""))
+    if rate is None:
+        raise argparse.ArgumentTypeError(
+            f"coding rate must be 4/5, 4/6, 4/7 or 4/8 (or 5..8), got {text!r}"
+        )
+    return rate
+
+
+def _bandwidth(text: str) -> int:
+    """A LoRa bandwidth in Hz, one of the ten the SX127x has."""
     try:
-        value = Fraction(text) if "/" in text else Fraction(4, int(text))
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"coding rate must be 4/5..4/8, got {text!r}") from None
-    if value.numerator != 4 or value.denominator not in (5, 6, 7, 8):
-        raise argparse.ArgumentTypeError(f"coding rate must be 4/5..4/8, got {text!r}")
-    return value.denominator
+        value = int(text.strip().replace("_", ""))
+    except ValueError:
+        value = 0  # not a bandwidth either
+    if value not in BANDWIDTHS_HZ:
+        allowed = ", ".join(str(bandwidth) for bandwidth in BANDWIDTHS_HZ)
+        raise argparse.ArgumentTypeError(f"bandwidth must be one of {allowed} (Hz), got {text!r}")
+    return value
 
 
 def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
@@ -50,10 +82,12 @@ def _int_in(low: int, high: int, what: str) -> Callable[[str], int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="duogate",
         description="Gateway for LoRa SX127x, BLE and Modbus devices, relaying to MQTT and XMPP "
         "with end-to-end command expiry.",
+        epilog=EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"duogate {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="debug logging")
@@ -90,10 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser(
         "check-config",
         help="validate a config file",
-        description="Validate a config file: exit 0 when valid; otherwise one line per problem "
-        "and exit 2.",
+        description="Validate a config file with the checks `run` makes before it starts: exit "
+        "0 when `run` would accept it (warnings about exposed settings on stderr); otherwise one "
+        "line per problem and exit 2.",
     )
     check.add_argument("path", type=Path, help="TOML config file")
+    check.add_argument(
+        "--sim",
+        action="store_true",
+        help="also check it as `duogate sim` would (implied by radio.driver = 'sim')",
+    )
     check.add_argument(
         "--set",
         action="append",
@@ -107,11 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="time on air of a LoRa packet",
         description="Print the time on air in milliseconds (Semtech formula, SX1276 4.1.1.7).",
     )
-    air.add_argument("--sf", type=_int_in(6, 12, "spreading factor"), required=True)
+    air.add_argument("--sf", type=_int_in(6, 12, "spreading factor"), required=True, help="6..12")
     air.add_argument(
-        "--bw", type=_int_in(7800, 500_000, "bandwidth"), required=True, help="bandwidth in Hz"
+        "--bw",
+        type=_bandwidth,
+        required=True,
+        help=f"bandwidth in Hz: {', '.join(str(bandwidth) for bandwidth in BANDWIDTHS_HZ)}",
     )
-    air.add_argument("--cr", type=_coding_rate, default=5, help="coding rate 4/5..4/8")
+    air.add_argument(
+        "--cr",
+        type=_coding_rate,
+        default=5,
+        help="coding rate: 4/5, 4/6, 4/7 or 4/8, or just the denominator 5..8 (default 4/5)",
+    )
     air.add_argument(
         "--payload", type=_int_in(0, 255, "payload"), required=True, help="payload bytes"
     )
@@ -147,16 +195,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load(path: Path, overrides: list[str]) -> Config:
-    config = load_config(path, overrides=overrides)
-    for warning in secret_file_warnings(config):
+def _start(path: Path, overrides: list[str], verbose: int, *, sim_world: bool = False) -> Config:
+    """Load and check the config (ConfigError: nothing started), set up logging, warn."""
+    config = load_config(path, overrides=overrides, sim_world=sim_world)
+    setup_logging(config.gateway.log_level, verbose)
+    for warning in startup_warnings(config):
         log.warning("%s", warning)
     return config
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path, overrides=args.set)
-    for warning in secret_file_warnings(config):
+    config = load_config(args.path, overrides=args.set, sim_world=args.sim)
+    for warning in startup_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.path}: ok (gateway {config.gateway.id}, radio {config.radio.driver})")
     return 0
@@ -181,24 +231,36 @@ def cmd_airtime(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    config = _load(args.config, args.set)
-    setup_logging(config.gateway.log_level, args.verbose)
+    config = _start(args.config, args.set, args.verbose)
     from gateway.daemon import run_daemon
 
     return asyncio.run(run_daemon(config))
 
 
 def cmd_sim(args: argparse.Namespace) -> int:
-    config = _load(args.config, args.set)
-    setup_logging(config.gateway.log_level, args.verbose)
+    if args.listen is not None:
+        try:
+            parse_listen(args.listen)
+        except ValueError as exc:
+            raise ConfigError([f"--listen: {exc}"]) from None
+    config = _start(args.config, args.set, args.verbose, sim_world=True)
     from drivers.sim.world import run_world
 
     return asyncio.run(run_world(config, listen=args.listen))
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from gateway.console import console_main
+    from gateway.console import DEFAULT_CONFIG as CONSOLE_CONFIG
+    from gateway.console import console_main, console_socket_path
 
+    if args.socket is None:
+        # Resolved here so that a bad config is refused like every other command's.
+        if args.config is None and not CONSOLE_CONFIG.is_file():
+            raise UsageError(
+                f"no console socket: give --socket or --config ({CONSOLE_CONFIG} absent)"
+            )
+        config = load_config(args.config or CONSOLE_CONFIG, check_files=False)
+        args.socket = console_socket_path(config)
     return console_main(args)
 
 
@@ -230,15 +292,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    except UsageError as exc:
-        print(f"duogate: error: {exc}", file=sys.stderr)
+    except (UsageError, *_late_config_errors()) as exc:
+        print(f"duogate: error: {one_line(str(exc))}", file=sys.stderr)
         return 2
-    except _user_errors() as exc:
-        print(f"duogate: error: {exc}", file=sys.stderr)
+    except _world_errors() as exc:
+        print(f"duogate: error: {one_line(str(exc))}", file=sys.stderr)
         return 1
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
+def _late_config_errors() -> tuple[type[BaseException], ...]:
+    """Configuration refused by a part as it starts (config checks normally catch it first)."""
+    from gateway.web import WebConfigError
+
+    return (WebConfigError,)
+
+
+def _world_errors() -> tuple[type[BaseException], ...]:
     """Errors that describe the world, not a bug: shown in one line, never as a traceback."""
     from drivers.radio.base import RadioError
     from gateway.store.db import StoreError
