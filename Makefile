@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients prosody chromium
+APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format bench soak fuzz install system-deps clean help
@@ -24,14 +24,14 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for bin in mosquitto prosody mosquitto_sub chromium; do \
+	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium; do \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing via apt-get"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
-	    for svc in mosquitto prosody; do \
+	    for svc in mosquitto prosody ejabberd; do \
 	      (service $$svc stop || true) >/dev/null 2>&1; \
 	    done; \
 	  else \

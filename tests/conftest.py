@@ -1,4 +1,5 @@
-"""Shared fixtures: real mosquitto and prosody servers, started per test on free loopback ports.
+"""Shared fixtures: real mosquitto, prosody and ejabberd servers, started per test on free
+loopback ports.
 
 hil_tests/ imports these too (see hil_tests/conftest.py).
 """
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import Mosquitto, Prosody
+from tests.servers import Ejabberd, Mosquitto, Prosody, XmppServer
 
 
 def _require(binary: str, package: str) -> None:
@@ -41,3 +42,21 @@ def prosody(tmp_path: Path) -> Iterator[Prosody]:
         yield server
     finally:
         server.kill()
+
+
+@pytest.fixture
+def ejabberd(tmp_path: Path) -> Iterator[Ejabberd]:
+    """A private ejabberd (STARTTLS required, XEP-0198, XEP-0199, ad-hoc) on a free port."""
+    _require("ejabberdctl", "ejabberd")
+    server = Ejabberd(tmp_path / "ejabberd")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(params=["prosody", "ejabberd"])
+def xmpp_server(request: pytest.FixtureRequest) -> XmppServer:
+    """Each XMPP server users run, in turn: the test runs once against each."""
+    return request.getfixturevalue(request.param)

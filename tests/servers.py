@@ -1,4 +1,5 @@
-"""Real servers for tests: mosquitto and prosody on free 127.0.0.1 ports, private config and data.
+"""Real servers for tests: mosquitto, prosody and ejabberd on free 127.0.0.1 ports, private
+config and data.
 
 Each server can be stopped, killed with SIGKILL and started again on the same port mid-test,
 for fault tests. Nothing here is a stand-in: the gateway talks to the real daemons.
@@ -8,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from cryptography import x509
@@ -263,3 +267,166 @@ VirtualHost "{self.domain}"
         if result.returncode != 0:
             raise ServerError(f"prosodyctl register {jid} failed: {result.stdout}{result.stderr}")
         return jid
+
+
+class Ejabberd(_Daemon):
+    """ejabberd with TLS required on c2s (STARTTLS), stream management, ping and ad-hoc.
+
+    It runs as the current user straight from ``erl``, without Erlang distribution (no node
+    name, no epmd, nothing shared with a system ejabberd), its Mnesia database in ``spool/``.
+    Accounts are made through mod_http_api on a second loopback port, the one a deployment
+    reaches with ``ejabberdctl register``. ``direct_tls_port`` adds a c2s listener speaking TLS
+    from the first byte; ``stream_management=False`` leaves out mod_stream_mgmt.
+    """
+
+    name = "ejabberd"
+    domain = "localhost"
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        direct_tls_port: int | None = None,
+        stream_management: bool = True,
+    ) -> None:
+        super().__init__(workdir)
+        self.api_port = free_port()
+        self.direct_tls_port = direct_tls_port
+        self.stream_management = stream_management
+        self.spool_dir = workdir / "spool"
+        self.spool_dir.mkdir(exist_ok=True)
+        self.spool_dir.chmod(0o700)
+        self.cert_file, self.key_file = make_self_signed_cert(workdir, self.domain)
+        self.ca_file = self.cert_file
+        self.config_path = workdir / "ejabberd.yml"
+        self.ready_marker = workdir / "ready"
+        self._write_config()
+
+    def _write_config(self) -> None:
+        direct_tls = ""
+        if self.direct_tls_port is not None:
+            direct_tls = f"""
+  - port: {self.direct_tls_port}
+    ip: "{self.host}"
+    module: ejabberd_c2s
+    tls: true"""
+        stream_management = ""
+        if self.stream_management:
+            stream_management = """
+  mod_stream_mgmt:
+    resume_timeout: 120"""
+        self.config_path.write_text(
+            f"""hosts:
+  - "{self.domain}"
+loglevel: info
+log_rotate_count: 0
+certfiles:
+  - "{self.cert_file}"
+  - "{self.key_file}"
+auth_method: internal
+auth_password_format: scram
+listen:
+  - port: {self.port}
+    ip: "{self.host}"
+    module: ejabberd_c2s
+    starttls_required: true{direct_tls}
+  - port: {self.api_port}
+    ip: "{self.host}"
+    module: ejabberd_http
+    request_handlers:
+      /api: mod_http_api
+api_permissions:
+  "accounts from the test harness on loopback":
+    from:
+      - mod_http_api
+    who:
+      ip: 127.0.0.1/8
+    what:
+      - register
+modules:
+  mod_adhoc: {{}}
+  mod_disco: {{}}
+  mod_http_api: {{}}
+  mod_ping: {{}}
+  mod_roster: {{}}{stream_management}
+"""
+        )
+
+    def command(self) -> list[str]:
+        # Mnesia writes its transaction log in the background (up to ~2 s later), so an
+        # account made just before a SIGKILL would be gone after the restart: a hook syncs
+        # the log once an account exists. The marker tells start() that the hook is in place.
+        after_start = (
+            f'ejabberd_hooks:add(register_user, <<"{self.domain}">>, '
+            "fun(_User, _Server) -> mnesia:sync_log() end, 100), "
+            f'file:write_file("{self.ready_marker}", <<"ready">>).'
+        )
+        return [
+            "erl", "-noinput", "-noshell",
+            "-mnesia", "dir", f'"{self.spool_dir}"',
+            "-s", "ejabberd",
+            "-eval", after_start,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 30.0) -> None:
+        if self.running:
+            return
+        self.ready_marker.unlink(missing_ok=True)
+        env = {
+            **os.environ,
+            "ERL_LIBS": str(ejabberd_lib_dir()),
+            "EJABBERD_CONFIG_PATH": str(self.config_path),
+            "EJABBERD_LOG_PATH": str(self.workdir / "ejabberd-file.log"),
+            "ERL_CRASH_DUMP_BYTES": "0",
+        }
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+            env=env,
+            start_new_session=True,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.ready_marker.exists():
+                if self.proc.poll() is not None:
+                    raise ServerError(f"exited with {self.proc.returncode} while starting")
+                if time.monotonic() > deadline:
+                    raise ServerError(f"not started after {timeout}s")
+                time.sleep(0.05)
+            for port in (self.port, self.api_port):
+                wait_for_port(self.host, port, max(0.5, deadline - time.monotonic()), self.proc)
+        except ServerError as exc:
+            raise ServerError(f"{self.name}: {exc}\n{self.log_tail()}") from None
+
+    def create_user(self, name: str, password: str) -> str:
+        jid = f"{name}@{self.domain}"
+        body = json.dumps({"user": name, "host": self.domain, "password": password})
+        request = urllib.request.Request(
+            f"http://{self.host}:{self.api_port}/api/register",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                answer.read()
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise ServerError(f"ejabberd register {jid} failed: {exc.code} {detail}") from None
+        return jid
+
+
+def ejabberd_lib_dir() -> Path:
+    """The directory holding ejabberd-<version>/ebin (the ERL_LIBS ejabberdctl sets)."""
+    found = sorted(Path("/usr/lib").glob("*/ejabberd-*/ebin")) + sorted(
+        Path("/usr/lib").glob("ejabberd-*/ebin")
+    )
+    if not found:
+        raise ServerError("ejabberd's Erlang libraries are not under /usr/lib")
+    return found[-1].parent.parent
+
+
+XmppServer = Prosody | Ejabberd

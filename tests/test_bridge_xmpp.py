@@ -1,4 +1,4 @@
-"""The whole loop over XMPP against a real prosody (TLS with its own CA, XEP-0198):
+"""The whole loop over XMPP against real prosody and ejabberd (TLS with their own CA, XEP-0198):
 simulated nodes -> real SX127x driver -> bridge -> outbox -> XMPP subscriber, and command IQs
 from an allowed JID back down to the nodes.
 
@@ -31,8 +31,8 @@ from tests.bridge_fixtures import (
     running_gateway,
     world_of,
 )
-from tests.servers import Prosody
-from tests.test_upstreams_xmpp import Peer, refused
+from tests.servers import XmppServer
+from tests.xmpp_fixtures import Peer, refused
 
 TIMEOUT = 30.0
 STANZAS = "urn:ietf:params:xml:ns:xmpp-stanzas"
@@ -42,9 +42,9 @@ UNKNOWN = "lora-00000000000000ff"
 # -- helpers shared with the dual-upstream tests ----------------------------------------------
 
 
-def xmpp_settings(prosody: Prosody, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
+def xmpp_settings(server: XmppServer, tmp_path: Path) -> tuple[dict[str, Any], dict[str, str]]:
     """An ``[xmpp]`` section for a fresh gateway account, and the JIDs of the people."""
-    jids = {name: prosody.create_user(name, f"pw-{name}") for name in ("gw", "alice", "mallory")}
+    jids = {name: server.create_user(name, f"pw-{name}") for name in ("gw", "alice", "mallory")}
     secret = tmp_path / "xmpp-password"
     secret.write_text("pw-gw\n")
     secret.chmod(0o600)
@@ -52,10 +52,10 @@ def xmpp_settings(prosody: Prosody, tmp_path: Path) -> tuple[dict[str, Any], dic
         "enabled": True,
         "jid": f"{jids['gw']}/duogate",
         "password": {"file": str(secret)},
-        "host": prosody.host,
-        "port": prosody.port,
+        "host": server.host,
+        "port": server.port,
         "tls": "starttls",
-        "ca_file": str(prosody.ca_file),
+        "ca_file": str(server.ca_file),
         "subscribers": [jids["alice"]],
         "allowed_jids": [jids["alice"]],
         "keepalive_s": 10,
@@ -65,12 +65,12 @@ def xmpp_settings(prosody: Prosody, tmp_path: Path) -> tuple[dict[str, Any], dic
 
 
 def xmpp_config(
-    prosody: Prosody, tmp_path: Path, *, nodes: int = 1, **commands: Any
+    server: XmppServer, tmp_path: Path, *, nodes: int = 1, **commands: Any
 ) -> tuple[Config, dict[str, str]]:
     """A gateway relaying to XMPP only."""
     settings = fast_settings(tmp_path / "data", 1, nodes=nodes)
     settings["mqtt"] = {"enabled": False}
-    settings["xmpp"], jids = xmpp_settings(prosody, tmp_path)
+    settings["xmpp"], jids = xmpp_settings(server, tmp_path)
     settings["commands"] = {**settings["commands"], **commands}
     return parse_config(settings), jids
 
@@ -97,8 +97,8 @@ class XmppWatcher:
     meanwhile come from the server's offline storage).
     """
 
-    def __init__(self, prosody: Prosody, jid: str, password: str) -> None:
-        self.prosody = prosody
+    def __init__(self, server: XmppServer, jid: str, password: str) -> None:
+        self.server = server
         self.jid = jid
         self.password = password
         self.peer: Peer | None = None
@@ -106,7 +106,7 @@ class XmppWatcher:
         self.results: list[dict[str, str]] = []  # progress messages (accepted, sent)
 
     async def connect(self) -> XmppWatcher:
-        peer = Peer(self.prosody, self.jid, self.password)
+        peer = Peer(self.server, self.jid, self.password)
         peer.client.add_event_handler("message", self._on_message)
         self.peer = await peer.connect()
         return self
@@ -163,11 +163,11 @@ def condition(iq: Iq) -> tuple[str, str]:
 
 
 async def test_reports_reach_the_subscriber_and_command_iqs_get_their_outcome(
-    prosody: Prosody, tmp_path: Path
+    xmpp_server: XmppServer, tmp_path: Path
 ) -> None:
-    config, jids = xmpp_config(prosody, tmp_path, node_answer_timeout_s=1.0)
-    alice = await XmppWatcher(prosody, jids["alice"], "pw-alice").connect()
-    mallory = await XmppWatcher(prosody, jids["mallory"], "pw-mallory").connect()
+    config, jids = xmpp_config(xmpp_server, tmp_path, node_answer_timeout_s=1.0)
+    alice = await XmppWatcher(xmpp_server, jids["alice"], "pw-alice").connect()
+    mallory = await XmppWatcher(xmpp_server, jids["mallory"], "pw-mallory").connect()
     async with running_gateway(config) as gateway:
         node = world_of(gateway).nodes[0]
         device = node.device_id
@@ -251,20 +251,22 @@ async def test_reports_reach_the_subscriber_and_command_iqs_get_their_outcome(
     assert any(r["data"]["relay"] for r in reports[device]), "no report showed the relay on"
 
 
-async def test_prosody_killed_mid_stream_loses_no_report(prosody: Prosody, tmp_path: Path) -> None:
-    config, jids = xmpp_config(prosody, tmp_path, nodes=2)
-    alice = await XmppWatcher(prosody, jids["alice"], "pw-alice").connect()
+async def test_server_killed_mid_stream_loses_no_report(
+    xmpp_server: XmppServer, tmp_path: Path
+) -> None:
+    config, jids = xmpp_config(xmpp_server, tmp_path, nodes=2)
+    alice = await XmppWatcher(xmpp_server, jids["alice"], "pw-alice").connect()
     async with running_gateway(config) as gateway:
         devices = [node.device_id for node in world_of(gateway).nodes]
         await alice.wait_for_counters(devices, 2)
-        prosody.kill()
+        xmpp_server.kill()
         await alice.drop()
         before = {device: alice.counter(device) for device in devices}
         await asyncio.sleep(3.0)  # the nodes keep reporting; the outbox keeps their reports
         assert gateway.bridge is not None and gateway.bridge.outbox is not None
         assert await gateway.bridge.outbox.pending_count("xmpp") > 0
         assert not xmpp_of(gateway).connected
-        prosody.start()
+        xmpp_server.start()
         await alice.connect()
         await alice.wait_for_counters(devices, max(before.values()) + 6)
     await alice.drop()

@@ -1,253 +1,47 @@
-"""XmppUpstream against a real prosody (TLS, XEP-0198, XEP-0199, XEP-0050).
+"""XmppUpstream against real prosody and ejabberd (TLS, XEP-0198, XEP-0199).
 
 A second slixmpp client plays the subscriber and the commander; the test plays the bridge.
-Freezing prosody with SIGSTOP holds back its XEP-0198 acks, which shows that a publish
-returns only once the server has acknowledged it.
+Freezing the server with SIGSTOP holds back its XEP-0198 acks, which shows that a publish
+returns only once the server has acknowledged it. The ad-hoc commands (XEP-0050) are tested
+with another XMPP library in test_upstreams_xmpp_adhoc.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-import ssl
 import time
-import xml.etree.ElementTree as ET
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from slixmpp import ClientXMPP, Iq, Message, Presence
-from slixmpp.exceptions import IqError
 
-from gateway.config import Secret, XmppSection
-from gateway.model import CommandResult, CommandStatus, DeviceEvent, EventKind, Report
-from gateway.timefmt import parse_rfc3339, rfc3339
-from gateway.upstreams.base import IncomingCommand, UpstreamUnavailable
+from gateway.model import DeviceEvent, EventKind, Report
+from gateway.timefmt import rfc3339
+from gateway.upstreams.base import UpstreamUnavailable
 from gateway.upstreams.mqtt import UnpublishableItem
-from gateway.upstreams.xmpp import XmppUpstream
-from gateway.upstreams.xmpp_stanzas import AMP_NS, NS, register_stanza_plugins
-from tests.servers import Prosody, free_port, make_self_signed_cert
+from gateway.upstreams.xmpp_stanzas import NS
+from tests.servers import Ejabberd, Prosody, XmppServer, free_port, make_self_signed_cert
+from tests.xmpp_fixtures import (
+    KNOWN,
+    UNKNOWN,
+    Peer,
+    Rig,
+    freeze,
+    refused,
+    report,
+    running_rig,
+    thaw,
+    wait_until,
+)
 
-KNOWN = "lora-0000000000000001"
-UNKNOWN = "lora-00000000000000ff"
-DEVICES = [
-    {"device": KNOWN, "kind": "lora", "name": "greenhouse", "online": True},
-    {"device": "modbus-bus1-3", "kind": "modbus", "name": "meter", "online": False},
-]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
-def freeze(server: Prosody) -> None:
-    assert server.proc is not None
-    os.killpg(server.proc.pid, signal.SIGSTOP)
-
-
-def thaw(server: Prosody) -> None:
-    assert server.proc is not None
-    os.killpg(server.proc.pid, signal.SIGCONT)
-
-
-def report(n: int) -> Report:
-    return Report(
-        id=f"r-{n}", device=KNOWN, kind="lora", ts=1_790_000_000.0 + n, seq=n,
-        data={"t": 20.0 + n, "door": "open"}, rssi=-90.5, snr=6.25,
-    )  # fmt: skip
-
-
-class Peer:
-    """A stock XMPP client on its own account: receives reports, sends commands."""
-
-    def __init__(self, server: Prosody, jid: str, password: str) -> None:
-        register_stanza_plugins()
-        self.server = server
-        self.client = ClientXMPP(f"{jid}/desk", password)
-        self.client.ssl_context = ssl.create_default_context(cafile=str(server.ca_file))
-        self.client.enable_direct_tls = False
-        for plugin in ("xep_0030", "xep_0004", "xep_0050"):
-            self.client.register_plugin(plugin)
-        self.messages: asyncio.Queue[Message] = asyncio.Queue()
-        self.presences: asyncio.Queue[Presence] = asyncio.Queue()
-        self.client.add_event_handler("message", self.messages.put_nowait)
-        for kind in ("presence_available", "presence_unavailable", "presence_subscribed",
-                     "presence_unsubscribed"):  # fmt: skip
-            self.client.add_event_handler(kind, self.presences.put_nowait)
-        self.online = asyncio.Event()
-        self.client.add_event_handler("session_start", self._started)
-
-    def _started(self, _event: Any) -> None:
-        self.client.send_presence()
-        self.online.set()
-
-    async def connect(self) -> Peer:
-        self.client.connect(self.server.host, self.server.port)
-        await asyncio.wait_for(self.online.wait(), 10)
-        return self
-
-    async def close(self) -> None:
-        self.client.cancel_connection_attempt()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.client.disconnect(wait=1.0), 2.0)
-        self.client.abort()
-
-    async def next_with(self, element: str, timeout: float = 10.0) -> Message:
-        """The next message carrying ``<element xmlns='urn:duogate:1'/>``."""
-        while True:
-            message = await asyncio.wait_for(self.messages.get(), timeout)
-            if message.xml.find(f"{{{NS}}}{element}") is not None:
-                return message
-
-    async def next_presence(self, sender: str, kind: str, timeout: float = 10.0) -> Presence:
-        """The next presence of type ``kind`` from ``sender`` (bare JID); others are skipped."""
-        while True:
-            presence = await asyncio.wait_for(self.presences.get(), timeout)
-            if presence["from"].bare == sender and presence["type"] == kind:
-                return presence
-
-    async def command(
-        self,
-        to: Any,
-        *,
-        params: str | None = None,
-        amp_expire_at: float | None = None,
-        **attributes: str,
-    ) -> Iq:
-        iq = self.client.make_iq_set(ito=to)
-        element = iq["duogate_command"]
-        for name, value in attributes.items():
-            element[name] = value
-        if params is not None:
-            ET.SubElement(element.xml, f"{{{NS}}}params").text = params
-        if amp_expire_at is not None:
-            amp = ET.SubElement(element.xml, f"{{{AMP_NS}}}amp")
-            ET.SubElement(
-                amp, f"{{{AMP_NS}}}rule",
-                condition="expire-at", action="drop", value=rfc3339(amp_expire_at),
-            )  # fmt: skip
-        return await iq.send(timeout=10)
-
-
-async def refused(request: Any) -> Iq:
-    """The error IQ a request was answered with."""
-    with pytest.raises(IqError) as caught:
-        await request
-    return caught.value.iq
-
-
-class PlayBridge:
-    """What the bridge does with a command, reduced to a table of outcomes."""
-
-    def __init__(self) -> None:
-        self.commands: list[IncomingCommand] = []
-        self.upstream: XmppUpstream | None = None
-
-    async def on_command(self, command: IncomingCommand) -> None:
-        assert self.upstream is not None
-        self.commands.append(command)
-        status, detail = self._decide(command)
-        body = command.body if isinstance(command.body, dict) else {}
-        command_id = str(body.get("id", "?"))
-        if status is CommandStatus.EXECUTED:
-            sent = CommandResult(command_id, command.device, CommandStatus.SENT, time.time())
-            await self.upstream.publish_result(sent, command.reply_to)
-        result = CommandResult(command_id, command.device, status, time.time(), detail)
-        await self.upstream.publish_result(result, command.reply_to)
-
-    @staticmethod
-    def _decide(command: IncomingCommand) -> tuple[CommandStatus, str | None]:
-        body = command.body
-        if not isinstance(body, dict) or "action" not in body:
-            return CommandStatus.REJECTED, "action is missing"
-        if command.device not in {d["device"] for d in DEVICES}:
-            return CommandStatus.REJECTED, f"unknown device {command.device}"
-        expires_at = body.get("expires_at")
-        if expires_at is not None and parse_rfc3339(str(expires_at)) <= time.time():
-            return CommandStatus.EXPIRED, "expires_at has passed"
-        if command.expiry_s is not None and command.expiry_s <= 0:
-            return CommandStatus.EXPIRED, "transport expiry has passed"
-        return {
-            "relay": (CommandStatus.EXECUTED, None),
-            "jam": (CommandStatus.FAILED, "relay stuck"),
-            "sleep": (CommandStatus.TIMEOUT, None),
-        }.get(str(body["action"]), (CommandStatus.REJECTED, "unknown action"))
-
-
-@dataclass
-class Rig:
-    prosody: Prosody
-    upstream: XmppUpstream
-    bridge: PlayBridge
-    jids: dict[str, str]
-    peers: dict[str, Peer] = field(default_factory=dict)
-
-    async def peer(self, name: str) -> Peer:
-        peer = await Peer(self.prosody, self.jids[name], f"pw-{name}").connect()
-        self.peers[f"{name}-{len(self.peers)}"] = peer
-        return peer
-
-
-@contextlib.asynccontextmanager
-async def running_rig(
-    prosody: Prosody,
-    tmp_path: Path,
-    *,
-    wait_connected: bool = True,
-    ack_timeout_s: float = 10.0,
-    **settings: Any,
-) -> AsyncIterator[Rig]:
-    jids = {
-        name: prosody.create_user(name, f"pw-{name}") for name in ("gw", "alice", "bob", "mallory")
-    }
-    secret = tmp_path / "xmpp-password"
-    secret.write_text("pw-gw\n")
-    defaults: dict[str, Any] = {
-        "host": prosody.host,
-        "port": prosody.port,
-        "tls": "starttls",
-        "ca_file": prosody.ca_file,
-    }
-    config = XmppSection(
-        enabled=True,
-        jid=f"{jids['gw']}/duogate",
-        password=Secret(file=secret),
-        subscribers=[jids["alice"], jids["bob"]],
-        allowed_jids=[jids["alice"]],
-        keepalive_s=10,
-        reconnect_max_s=1.0,
-        **(defaults | settings),
-    )
-    bridge = PlayBridge()
-    upstream = XmppUpstream(
-        config, lambda: DEVICES, ack_timeout_s=ack_timeout_s, connect_timeout_s=10, adhoc_wait_s=5
-    )
-    bridge.upstream = upstream
-    rig = Rig(prosody, upstream, bridge, jids)
-    await upstream.start(bridge.on_command)
-    try:
-        if wait_connected:
-            await wait_until(lambda: upstream.connected, 10)
-        yield rig
-    finally:
-        if prosody.proc is not None:
-            thaw(prosody)
-        await upstream.stop()
-        for peer in rig.peers.values():
-            await peer.close()
+# Re-exported for the other test modules that drive a command peer.
+__all__ = ["Peer", "refused"]
 
 
 @pytest.fixture
-async def rig(prosody: Prosody, tmp_path: Path) -> AsyncIterator[Rig]:
-    async with running_rig(prosody, tmp_path) as rig:
+async def rig(xmpp_server: XmppServer, tmp_path: Path) -> AsyncIterator[Rig]:
+    async with running_rig(xmpp_server, tmp_path) as rig:
         yield rig
 
 
@@ -293,11 +87,11 @@ async def test_presence_is_shared_with_known_contacts_only(rig: Rig):
 
 async def test_publish_returns_only_after_the_server_ack(rig: Rig):
     alice = await rig.peer("alice")
-    freeze(rig.prosody)
+    freeze(rig.server)
     publishing = asyncio.create_task(rig.upstream.publish_report(report(2)))
     await asyncio.sleep(1.0)
     assert not publishing.done(), "publish returned while the server could not have acked"
-    thaw(rig.prosody)
+    thaw(rig.server)
     await asyncio.wait_for(publishing, 10)
     assert (await alice.next_with("report"))["duogate_report"]["id"] == "r-2"
     many = [rig.upstream.publish_report(report(n)) for n in range(10, 30)]
@@ -375,7 +169,7 @@ async def test_commands_are_answered_with_their_outcome(rig: Rig):
 
 
 async def test_server_loss_fails_pending_publishes_and_reconnects(rig: Rig):
-    upstream, server = rig.upstream, rig.prosody
+    upstream, server = rig.upstream, rig.server
     freeze(server)
     pending = [asyncio.create_task(upstream.publish_report(report(n))) for n in (1, 2, 3)]
     await asyncio.sleep(0.3)
@@ -398,15 +192,15 @@ async def test_server_loss_fails_pending_publishes_and_reconnects(rig: Rig):
 
 
 async def test_a_server_that_stops_acking_is_dropped_and_the_stream_resumed(
-    prosody: Prosody, tmp_path: Path
+    xmpp_server: XmppServer, tmp_path: Path
 ):
-    async with running_rig(prosody, tmp_path, ack_timeout_s=2.0) as rig:
+    async with running_rig(xmpp_server, tmp_path, ack_timeout_s=2.0) as rig:
         alice = await rig.peer("alice")
-        freeze(prosody)
+        freeze(xmpp_server)
         with pytest.raises(UpstreamUnavailable, match="no server ack"):
             await asyncio.wait_for(rig.upstream.publish_report(report(1)), 10)
         assert not rig.upstream.connected
-        thaw(prosody)
+        thaw(xmpp_server)
         await wait_until(lambda: rig.upstream.connected)
         assert rig.upstream.counters["resumed"] == 1
         await asyncio.wait_for(rig.upstream.publish_report(report(1)), 10)
@@ -415,7 +209,7 @@ async def test_a_server_that_stops_acking_is_dropped_and_the_stream_resumed(
 
 
 class Relay:
-    """A TCP relay in front of prosody whose connections the test can cut."""
+    """A TCP relay in front of the server whose connections the test can cut."""
 
     def __init__(self, host: str, port: int) -> None:
         self.target = (host, port)
@@ -450,11 +244,11 @@ class Relay:
             self.server.close()
 
 
-async def test_stream_is_resumed_after_a_network_cut(prosody: Prosody, tmp_path: Path):
-    relay = Relay(prosody.host, prosody.port)
+async def test_stream_is_resumed_after_a_network_cut(xmpp_server: XmppServer, tmp_path: Path):
+    relay = Relay(xmpp_server.host, xmpp_server.port)
     port = await relay.start()
     try:
-        async with running_rig(prosody, tmp_path, port=port) as rig:
+        async with running_rig(xmpp_server, tmp_path, port=port) as rig:
             alice = await rig.peer("alice")
             await asyncio.wait_for(rig.upstream.publish_report(report(1)), 10)
             relay.cut()
@@ -468,67 +262,36 @@ async def test_stream_is_resumed_after_a_network_cut(prosody: Prosody, tmp_path:
         relay.close()
 
 
-async def test_adhoc_commands_for_desktop_clients(rig: Rig):
-    alice, mallory = await rig.peer("alice"), await rig.peer("mallory")
-    gateway = rig.upstream.jid
-    adhoc = alice.client.plugin["xep_0050"]
-
-    listing = await adhoc.get_commands(gateway)
-    nodes = {item[1] for item in listing["disco_items"]["items"]}
-    assert {"list-devices", "send-command"} <= nodes
-
-    devices = await adhoc.send_command(gateway, "list-devices")
-    assert devices["command"]["status"] == "completed"
-    rows = devices["command"]["form"]["items"]
-    assert [(row["device"], row["online"]) for row in rows] == [
-        (KNOWN, "true"), ("modbus-bus1-3", "false"),
-    ]  # fmt: skip
-
-    form = await adhoc.send_command(gateway, "send-command")
-    assert form["command"]["status"] == "executing"
-    device_field = form["command"]["form"].get_fields()["device"]
-    assert KNOWN in [option["value"] for option in device_field["options"]]
-    submit = alice.client.plugin["xep_0004"].make_form(ftype="submit")
-    for var, value in (
-        ("device", KNOWN),
-        ("action", "relay"),
-        ("params", '{"on": false}'),
-        ("ttl_s", "20"),
-    ):
-        submit.add_field(var=var, value=value)
-    done = await adhoc.send_command(
-        gateway, "send-command", action="complete", payload=submit,
-        sessionid=form["command"]["sessionid"],
-    )  # fmt: skip
-    assert done["command"]["status"] == "completed"
-    level, note = done["command"]["notes"][0]
-    assert level == "info" and note == f"{KNOWN} relay: executed"
-    handed = rig.bridge.commands[-1]
-    assert handed.body["params"] == {"on": False} and handed.body["ttl_s"] == 20.0
-    assert handed.reply_to["from"] == str(alice.client.boundjid)
-
-    forbidden = await refused(
-        mallory.client.plugin["xep_0050"].send_command(gateway, "list-devices")
-    )
-    assert forbidden["error"]["condition"] == "forbidden"
-
-
-def variant_prosody(workdir: Path, edit: Callable[[str], str]) -> Prosody:
-    """The harness's prosody with its configuration edited before the first start."""
-    server = Prosody(workdir)
-    server.config_path.write_text(edit(server.config_path.read_text()))
+def variant_server(
+    kind: str, workdir: Path, *, direct_tls_port: int | None = None, stream_management: bool = True
+) -> XmppServer:
+    """The harness's prosody or ejabberd with direct TLS added or stream management left out."""
+    server: XmppServer
+    if kind == "ejabberd":
+        server = Ejabberd(
+            workdir, direct_tls_port=direct_tls_port, stream_management=stream_management
+        )
+    else:
+        server = Prosody(workdir)
+        text = server.config_path.read_text()
+        if direct_tls_port is not None:
+            text = text.replace(
+                "c2s_direct_tls_ports = { }", f"c2s_direct_tls_ports = {{ {direct_tls_port} }}"
+            )
+        if not stream_management:
+            text = text.replace('"smacks";', "")
+        server.config_path.write_text(text)
     server.start()
     return server
 
 
-async def test_direct_tls(tmp_path: Path):
+SERVER_KINDS = pytest.mark.parametrize("kind", ["prosody", "ejabberd"])
+
+
+@SERVER_KINDS
+async def test_direct_tls(kind: str, tmp_path: Path):
     direct_port = free_port()
-    server = variant_prosody(
-        tmp_path / "direct",
-        lambda text: text.replace(
-            "c2s_direct_tls_ports = { }", f"c2s_direct_tls_ports = {{ {direct_port} }}"
-        ),
-    )
+    server = variant_server(kind, tmp_path / "direct", direct_tls_port=direct_port)
     try:
         async with running_rig(server, tmp_path, port=direct_port, tls="direct") as rig:
             alice = await rig.peer("alice")
@@ -538,8 +301,9 @@ async def test_direct_tls(tmp_path: Path):
         server.kill()
 
 
-async def test_without_stream_management_a_ping_confirms_delivery(tmp_path: Path):
-    server = variant_prosody(tmp_path / "nosm", lambda text: text.replace('"smacks";', ""))
+@SERVER_KINDS
+async def test_without_stream_management_a_ping_confirms_delivery(kind: str, tmp_path: Path):
+    server = variant_server(kind, tmp_path / "nosm", stream_management=False)
     try:
         async with running_rig(server, tmp_path) as rig:
             alice = await rig.peer("alice")
@@ -555,11 +319,15 @@ async def test_without_stream_management_a_ping_confirms_delivery(tmp_path: Path
         server.kill()
 
 
-async def test_an_untrusted_server_certificate_is_refused(prosody: Prosody, tmp_path: Path):
+# What each server logs when a client logs in.
+LOGIN_LOG_LINE = {"prosody": "Authenticated", "ejabberd": "Accepted c2s"}
+
+
+async def test_an_untrusted_server_certificate_is_refused(xmpp_server: XmppServer, tmp_path: Path):
     other_ca, _ = make_self_signed_cert(tmp_path, "localhost")
-    async with running_rig(prosody, tmp_path, ca_file=other_ca, wait_connected=False) as rig:
+    async with running_rig(xmpp_server, tmp_path, ca_file=other_ca, wait_connected=False) as rig:
         await wait_until(lambda: rig.upstream.counters["reconnects"] >= 2)
         assert not rig.upstream.connected
         with pytest.raises(UpstreamUnavailable):
             await rig.upstream.publish_report(report(1))
-    assert "Authenticated" not in prosody.log_tail(200)
+    assert LOGIN_LOG_LINE[xmpp_server.name] not in xmpp_server.log_tail(200)

@@ -1,9 +1,15 @@
 """XEP-0050 ad-hoc commands on the gateway JID, for people using a stock XMPP client.
 
-"List devices" shows the device table; "Send command" takes a form (device, action, params
-JSON, ttl_s), hands the command to the bridge like an IQ command, and shows its outcome when
-it is known or after ``wait_s`` (a later outcome then follows as a message). Both are offered
-only to JIDs on ``xmpp.allowed_jids``.
+"List devices" shows the device table twice: as an XEP-0004 result form (``<reported>``
+columns and one ``<item>`` per device, drawn as a table by graphical clients) and as plain
+text in the first ``<note>`` (text clients such as Profanity print the note but not the rows
+of a form). "Send command" takes a form (device, action, params JSON, ttl_s), hands the
+command to the bridge like an IQ command, and shows its outcome when it is known or after
+``wait_s`` (a later outcome then follows as a message).
+
+Both commands exist only for JIDs on ``xmpp.allowed_jids``: anyone else gets an empty command
+list (disco#items on the commands node) and ``forbidden`` for disco#info on a command node or
+for running one, as XEP-0050 allows.
 """
 
 from __future__ import annotations
@@ -20,6 +26,8 @@ from typing import Any
 
 from slixmpp import JID, ClientXMPP
 from slixmpp.exceptions import XMPPError
+from slixmpp.plugins.xep_0030.stanza import DiscoInfo, DiscoItems
+from slixmpp.plugins.xep_0050.stanza import Command
 
 from gateway.model import CommandResult, CommandStatus
 from gateway.upstreams.base import IncomingCommand
@@ -28,6 +36,7 @@ log = logging.getLogger(__name__)
 
 LIST_DEVICES_NODE = "list-devices"
 SEND_COMMAND_NODE = "send-command"
+COMMANDS_NODE = Command.namespace  # the disco node listing the commands
 
 DeviceLister = Callable[[], list[dict[str, Any]]]
 Notifier = Callable[[str, CommandResult], None]
@@ -62,13 +71,36 @@ class AdhocCommands:
         self._offered_on: set[str] = set()
 
     def offer(self, jid: JID) -> None:
-        """Announce both commands on the bound JID (once per distinct JID)."""
+        """Announce both commands on the bound JID (once per distinct JID), to allowed JIDs."""
         if jid.full in self._offered_on:
             return
         self._offered_on.add(jid.full)
         adhoc = self._client.plugin["xep_0050"]
         adhoc.add_command(jid, LIST_DEVICES_NODE, "List devices", self._list_start)
         adhoc.add_command(jid, SEND_COMMAND_NODE, "Send command", self._send_start)
+        disco = self._client.plugin["xep_0030"]
+        disco.set_node_handler("get_items", jid, COMMANDS_NODE, self._command_list)
+        for node in (LIST_DEVICES_NODE, SEND_COMMAND_NODE):
+            disco.set_node_handler("get_info", jid, node, self._command_info)
+
+    def _command_list(
+        self, jid: JID, node: str, requester: JID | None, query: Any
+    ) -> DiscoItems | None:
+        """disco#items on the commands node: the commands, or nothing for a stranger."""
+        if requester is not None and not self._is_allowed(requester):
+            self._counters["adhoc_hidden"] += 1
+            empty = DiscoItems()
+            empty["node"] = node
+            return empty
+        return self._client.plugin["xep_0030"].static.get_items(jid, node, requester, query)
+
+    def _command_info(
+        self, jid: JID, node: str, requester: JID | None, query: Any
+    ) -> DiscoInfo | None:
+        """disco#info on one command node; a stranger learns nothing about it."""
+        if requester is not None:
+            self._check(requester)
+        return self._client.plugin["xep_0030"].static.get_info(jid, node, requester, query)
 
     def deliver(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
         """A result for a command that came in through the form."""
@@ -108,13 +140,15 @@ class AdhocCommands:
             log.exception("xmpp: list_devices failed")
             session.update(payload=None, next=None, notes=[("error", f"device list: {exc}")])
             return session
-        form = self._form("result", "Devices")
         columns = _columns(devices)
+        rows = [[_cell(device.get(column)) for column in columns] for device in devices]
+        form = self._form("result", "Devices")
         for column in columns:
-            form.add_reported(column, label=column)
-        for device in devices:
-            form.add_item({column: _cell(device.get(column)) for column in columns})
-        session.update(payload=form, next=None, notes=[("info", f"{len(devices)} devices")])
+            form.add_reported(column, ftype="text-single", label=column)
+        for row in rows:
+            form.add_item(dict(zip(columns, row, strict=True)))
+        note = f"{_count(len(devices), 'device')}\n{text_table(columns, rows)}"
+        session.update(payload=form, next=None, notes=[("info", note)])
         return session
 
     def _send_start(self, iq: Any, session: AdhocSession) -> AdhocSession:
@@ -222,15 +256,30 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
+def text_table(columns: list[str], rows: list[list[str]]) -> str:
+    """Rows as left-aligned plain-text columns under a header line (one line per row)."""
+    lines = [columns, *([_one_line(cell) for cell in row] for row in rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(columns))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def _one_line(cell: str) -> str:
+    return " ".join(cell.split())
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _columns(devices: list[dict[str, Any]]) -> list[str]:
-    columns: list[str] = []
+    columns: list[str] = ["device"]
     for device in devices:
         for key in device:
             if key not in columns:
                 columns.append(key)
-    if "device" in columns:
-        columns.remove("device")
-        columns.insert(0, "device")
     return columns
 
 
