@@ -132,6 +132,13 @@ class Demo:
         self.proc = proc
         self.output = DemoOutput(proc)
         self.children: list[Process] = []
+        self.workdir: Path | None = None
+
+    def folder(self) -> Path:
+        """The temporary folder the demo prints."""
+        found = self.output.wait_for(r"^  files: +(\S+) \(removed on exit\)$").group(1)
+        self.workdir = Path(found)
+        return self.workdir
 
     def started(self) -> list[Process]:
         """What the demo started: its broker, the simulated world and the gateway."""
@@ -174,13 +181,20 @@ def demo_process(*, under_timeout: bool) -> Iterator[Demo]:
     try:
         yield demo
     finally:
+        # After a failure: let it stop by itself first, then make sure.
         leftovers = descendants(proc.pid) + demo.children
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=WAIT_S)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
         for process in leftovers:
             if alive(process):
                 os.kill(process.pid, signal.SIGKILL)
+        if demo.workdir is not None:
+            shutil.rmtree(demo.workdir, ignore_errors=True)
 
 
 def readme_examples() -> list[list[str]]:
@@ -252,7 +266,7 @@ class ResultWatcher:
 def test_pasted_command_lines_run_and_sigterm_from_timeout_stops_everything() -> None:
     with demo_process(under_timeout=True) as demo:
         output = demo.output
-        workdir = Path(output.wait_for(r"^  files: +(\S+) \(removed on exit\)$").group(1))
+        workdir = demo.folder()
         web_url = output.wait_for(r"^  status page: +(http://127\.0\.0\.1:\d+/)$").group(1)
         joined, match = output.index_of(r"^duogate demo: (lora-[0-9a-f]{16}) has joined\.")
         device = match.group(1)
@@ -299,7 +313,7 @@ def test_pasted_command_lines_run_and_sigterm_from_timeout_stops_everything() ->
 def test_sighup_stops_everything_as_ctrl_c_does() -> None:
     with demo_process(under_timeout=False) as demo:
         output = demo.output
-        workdir = Path(output.wait_for(r"^  files: +(\S+) \(removed on exit\)$").group(1))
+        workdir = demo.folder()
         output.wait_for(r"^duogate demo: lora-[0-9a-f]{16} has joined\.")
         demo.started()
         assert workdir.is_dir()
