@@ -155,9 +155,12 @@ def _xmpp_problems(xmpp: XmppSection) -> Iterator[str]:
     for name in ("subscribers", "allowed_jids"):
         for index, text in enumerate(getattr(xmpp, name)):
             try:
-                JID(text)
+                domain = JID(text).domain
             except InvalidJID as exc:
                 yield f"xmpp.{name}[{index}]: not a valid JID: {exc}"
+                continue
+            if not domain:
+                yield f"xmpp.{name}[{index}]: not a valid JID: {shown(text)}"
 
 
 # --- radio, listeners, ports ----------------------------------------------------------------
@@ -187,10 +190,10 @@ def parse_listen(text: str, *, allow_any_port: bool = True) -> tuple[str, int]:
     host, sep, port_text = text.rpartition(":")
     if not sep or not port_text.isascii() or not port_text.isdigit():
         raise ValueError(f"must be HOST:PORT, got {shown(text)}")
-    port = int(port_text)
+    port = int(port_text) if len(port_text) <= 5 else 65536  # int() of 5,000 digits raises
     low = 0 if allow_any_port else 1
     if not low <= port <= 65535:
-        raise ValueError(f"port must be {low}..65535, got {port}")
+        raise ValueError(f"port must be {low}..65535, got {port_text[:12]}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
         try:

@@ -289,6 +289,7 @@ def test_listen_addresses(text, expected):
         ("127.0.0.1:x", "must be HOST:PORT"),
         ("127.0.0.1:٣", "must be HOST:PORT"),  # a digit, but not an ASCII one
         ("127.0.0.1:65536", "port must be 0..65535"),
+        ("127.0.0.1:" + "9" * 5000, "port must be 0..65535, got 999999999999$"),
         ("::1:7000", "in brackets"),
         ("[nope]:7000", "not an IPv6 address"),
         ("my host:7000", "spaces or control characters"),
