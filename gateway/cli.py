@@ -132,7 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "--sim",
         action="store_true",
-        help="also check it as `duogate sim` would (implied by radio.driver = 'sim')",
+        help="check it as `duogate sim` reads it: the simulated world's nodes too (checked "
+        "anyway when radio.driver = 'sim'), no upstream needed",
     )
     check.add_argument(
         "--set",
@@ -195,9 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _start(path: Path, overrides: list[str], verbose: int, *, sim_world: bool = False) -> Config:
+def _start(path: Path, overrides: list[str], verbose: int, *, for_sim: bool = False) -> Config:
     """Load and check the config (ConfigError: nothing started), set up logging, warn."""
-    config = load_config(path, overrides=overrides, sim_world=sim_world)
+    config = load_config(path, overrides=overrides, for_sim=for_sim)
     setup_logging(config.gateway.log_level, verbose)
     for warning in startup_warnings(config):
         log.warning("%s", warning)
@@ -205,7 +206,7 @@ def _start(path: Path, overrides: list[str], verbose: int, *, sim_world: bool = 
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = load_config(args.path, overrides=args.set, sim_world=args.sim)
+    config = load_config(args.path, overrides=args.set, for_sim=args.sim)
     for warning in startup_warnings(config):
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.path}: ok (gateway {config.gateway.id}, radio {config.radio.driver})")
@@ -243,7 +244,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
             parse_listen(args.listen)
         except ValueError as exc:
             raise ConfigError([f"--listen: {exc}"]) from None
-    config = _start(args.config, args.set, args.verbose, sim_world=True)
+    config = _start(args.config, args.set, args.verbose, for_sim=True)
     from drivers.sim.world import run_world
 
     return asyncio.run(run_world(config, listen=args.listen))

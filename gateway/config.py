@@ -600,14 +600,14 @@ def load_config(
     *,
     check_files: bool = True,
     overrides: list[str] | None = None,
-    sim_world: bool = False,
+    for_sim: bool = False,
 ) -> Config:
     """Read and validate a TOML config file; relative paths in it resolve against its folder.
 
     This is the one validation path of ``run``, ``sim`` and ``check-config``: the schema, then
     every cross-section check of ``gateway.config_checks`` (files and secrets only with
-    ``check_files``; the simulated world's node plan when ``radio.driver = "sim"`` or with
-    ``sim_world``, as ``duogate sim`` asks).
+    ``check_files``). ``for_sim`` reads the file as ``duogate sim`` does (see
+    ``config_checks.config_problems``).
     """
     # config_checks builds on this module (and on the registry, which does too).
     from gateway.config_checks import check_config
@@ -617,7 +617,7 @@ def load_config(
     apply_overrides(data, overrides or [])
     _resolve_relative_paths(data, path.parent)
     config = parse_config(data, check_files=check_files)
-    check_config(config, check_files=check_files, sim_world=sim_world)
+    check_config(config, check_files=check_files, for_sim=for_sim)
     return config
 
 

@@ -41,24 +41,25 @@ MAX_MQTT_STRING_BYTES = 65535
 MAX_SOCKET_PATH_BYTES = 107
 
 
-def check_config(config: Config, *, check_files: bool = True, sim_world: bool = False) -> None:
+def check_config(config: Config, *, check_files: bool = True, for_sim: bool = False) -> None:
     """Raise ConfigError with one line per problem when ``config`` cannot work."""
-    problems = config_problems(config, check_files=check_files, sim_world=sim_world)
+    problems = config_problems(config, check_files=check_files, for_sim=for_sim)
     if problems:
         raise ConfigError(problems)
 
 
 def config_problems(
-    config: Config, *, check_files: bool = True, sim_world: bool = False
+    config: Config, *, check_files: bool = True, for_sim: bool = False
 ) -> list[str]:
     """Every problem of ``config`` beyond its schema, one line each.
 
     ``check_files`` reads secrets, the registry and TLS files (the console client, which only
-    needs the socket path, skips them). ``sim_world`` adds the checks of ``duogate sim``; they
-    apply anyway when ``radio.driver = "sim"`` runs the world inside the gateway.
+    needs the socket path, skips them). ``for_sim`` checks the file as ``duogate sim`` reads it:
+    the world's node plan (checked anyway when ``radio.driver = "sim"`` runs the world inside
+    the gateway), and no upstream needed, since a world relays nothing.
     """
     problems = [
-        *_upstream_problems(config),
+        *([] if for_sim else _upstream_problems(config)),
         *_mqtt_problems(config.mqtt),
         *_xmpp_problems(config.xmpp),
         *_radio_problems(config),
@@ -81,7 +82,7 @@ def config_problems(
             except ConfigError as exc:
                 problems += exc.problems
         registry_size = _registry_size(config, problems)
-        if registry_size is not None and (sim_world or config.radio.driver == "sim"):
+        if registry_size is not None and (for_sim or config.radio.driver == "sim"):
             problems += _sim_world_problems(config, registry_size)
     return problems
 

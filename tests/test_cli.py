@@ -268,6 +268,10 @@ def test_check_config_with_sim_checks_as_the_sim_does(tmp_path):
     assert checked.returncode == simulated.returncode == 2
     assert checked.stderr == simulated.stderr
     assert checked.stderr.startswith("sim.nodes: 5 simulated nodes but 0 registry devices")
+    # A world-only file needs no upstream: refused for run, fine for the world.
+    path.write_text(NO_NODES + "[mqtt]\nenabled = false\n")
+    assert run_cli("check-config", str(path)).returncode == 2
+    assert run_cli("check-config", "--sim", str(path)).returncode == 0
 
 
 def test_exposure_is_warned_by_check_config_and_logged_by_run(tmp_path):

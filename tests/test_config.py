@@ -199,7 +199,15 @@ def test_the_simulated_world_is_checked_when_it_runs(tmp_path):
     path.write_text('[radio]\ndriver = "sx127x"\nspi = "sim://127.0.0.1:7100"\n')
     assert load_config(path).sim.nodes == 5  # `run` talks to a world served elsewhere
     with pytest.raises(ConfigError, match=r"^sim.nodes: 5 simulated nodes"):
-        load_config(path, sim_world=True)  # as `duogate sim` and `check-config --sim` ask
+        load_config(path, for_sim=True)  # as `duogate sim` and `check-config --sim` ask
+
+
+def test_a_world_relays_nothing_and_needs_no_upstream(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(NO_NODES + "[mqtt]\nenabled = false\n")
+    with pytest.raises(ConfigError, match=r"^mqtt.enabled: enable mqtt or xmpp"):
+        load_config(path)
+    assert not load_config(path, for_sim=True).mqtt.enabled
 
 
 def test_the_console_reads_no_secrets_but_gets_the_other_checks(tmp_path):
