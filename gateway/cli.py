@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from gateway import __version__
-from gateway.config import Config, ConfigError, load_config, one_line
+from gateway.config import Config, ConfigError, load_config, one_line, secret_file_warnings
 from gateway.config_checks import parse_listen, startup_warnings
 from gateway.logsetup import setup_logging
 from gateway.protocol.airtime import BANDWIDTHS_HZ
@@ -197,10 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _start(path: Path, overrides: list[str], verbose: int, *, for_sim: bool = False) -> Config:
-    """Load and check the config (ConfigError: nothing started), set up logging, warn."""
+    """Load and check the config (ConfigError: nothing started), set up logging, warn.
+
+    The world of ``duogate sim`` serves no gateway: only its secret files are worth a word.
+    """
     config = load_config(path, overrides=overrides, for_sim=for_sim)
     setup_logging(config.gateway.log_level, verbose)
-    for warning in startup_warnings(config):
+    warnings = secret_file_warnings(config) if for_sim else startup_warnings(config)
+    for warning in warnings:
         log.warning("%s", warning)
     return config
 
