@@ -9,6 +9,8 @@ but itself.
 Commands arrive from an upstream (or the console and web page), are validated against the
 envelope and expiry rules, recorded as ``accepted``, routed to the driver that owns the
 device and end in exactly one final result, which goes back over the way the command came.
+That result is published once when the command ends; only if that fails is it retried, by
+the retry loop alone, with a growing delay, and given up after ``MAX_RESULT_ATTEMPTS``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 
 from drivers.radio.base import Radio, RadioSettings
 from gateway.config import Config
+from gateway.config_checks import exposure_warnings
 from gateway.devices import DeviceDriver
 from gateway.discovery import DiscoveryPublisher, availability_for_event, availability_topic
 from gateway.logsetup import set_level
@@ -39,7 +42,7 @@ from gateway.model import (
 )
 from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState, OutboxStats, radio_settings_with
-from gateway.store.commands import CommandStore, CommandStoreError
+from gateway.store.commands import CommandState, CommandStore, CommandStoreError
 from gateway.store.outbox import (
     Outbox,
     OutboxClosed,
@@ -53,7 +56,9 @@ from gateway.upstreams.base import IncomingCommand, Upstream, UpstreamError, Ups
 log = logging.getLogger("duogate.bridge")
 
 LOCAL_ORIGINS = ("console", "web")
-RESULT_RETRY_S = 2.0
+RESULT_RETRY_S = 2.0  # how often due retries are looked for, and the first retry delay
+RESULT_RETRY_MAX_S = 300.0
+MAX_RESULT_ATTEMPTS = 8  # failed publications of a final result before it is given up
 STATS_INTERVAL_S = 1.0
 # A database that failed (disk full, I/O error): logged, retried, never the end of a loop.
 STORE_ERRORS = (OutboxError, CommandStoreError, sqlite3.Error, OSError)
@@ -93,6 +98,7 @@ class Bridge:
         self._discovery: DiscoveryPublisher | None = None
         self._availability: dict[str, str] = {}  # device -> last "online"/"offline" published
         self._health_unsent = False  # the retained health message is out of date
+        self.warnings = exposure_warnings(config)  # also in <prefix>/status/health
         self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
@@ -113,6 +119,9 @@ class Bridge:
         )
         self.commands = await CommandStore.open(config.gateway.data_dir)
         await self._recover_commands()
+        await self.commands.schedule_unpublished(
+            now_wall=self._wall(), max_attempts=MAX_RESULT_ATTEMPTS
+        )
         self.state.outbox_stats = self._outbox_stats
         self.state.duty_cycle = self._duty_cycle
         self.state.leases = self._lease_rows
@@ -227,7 +236,9 @@ class Bridge:
         self._spawn(self._publish_health())
 
     async def _publish_health(self) -> None:
-        """Retained ``<prefix>/status/health``: ``{"state": "ok"|"degraded", "problems"}``.
+        """Retained ``<prefix>/status/health``: ``{"state": "ok"|"degraded", "problems",
+        "warnings"}``; ``warnings`` are the settings that expose the gateway (open join with
+        the public key, metrics beyond loopback, ...), the lines ``run`` logs at start.
 
         ``<prefix>/status`` itself stays ``online``/``offline`` (the Last Will, and Home
         Assistant's availability).
@@ -236,7 +247,11 @@ class Bridge:
         if mqtt is None or not hasattr(mqtt, "publish_raw"):
             return
         problems = dict(self.state.problems)
-        body = {"state": "degraded" if problems else "ok", "problems": problems}
+        body = {
+            "state": "degraded" if problems else "ok",
+            "problems": problems,
+            "warnings": self.warnings,
+        }
         topic = f"{self.config.topic_prefix}/status/health"
         try:
             await mqtt.publish_raw(topic, json.dumps(body, sort_keys=True), qos=1, retain=True)
@@ -338,7 +353,12 @@ class Bridge:
         """Take a command from an upstream; never raises for bad input."""
         now_mono, now_wall = self._mono(), self._wall()
         outcome = envelope.validate(
-            incoming, self.known_device, self.policy, now_mono=now_mono, now_wall=now_wall
+            incoming,
+            self.known_device,
+            self.policy,
+            now_mono=now_mono,
+            now_wall=now_wall,
+            max_bytes=self.config.commands.max_message_bytes,
         )
         if isinstance(outcome, envelope.Rejection):
             self.counters["commands_rejected"] += 1
@@ -444,10 +464,22 @@ class Bridge:
             f" ({detail})" if detail else "",
         )
         result = CommandResult(command.id, command.device, status, now_wall, detail)
+        upstream = self.upstreams.get(command.origin)
+        connected = upstream is None or upstream.connected
         if await self._send_result(command.origin, command.reply_to, result):
             await self.commands.mark_result_published(
                 command.origin, command.device, command.id, status
             )
+            return
+        # From here on only the retry loop publishes this result.
+        attempts = 1 if connected else 0
+        await self.commands.schedule_result_retry(
+            command.origin,
+            command.device,
+            command.id,
+            attempts=attempts,
+            retry_at=now_wall + _retry_delay(attempts),
+        )
 
     async def _send_result(
         self, origin: str, reply_to: dict[str, Any], result: CommandResult, *, final: bool = True
@@ -469,21 +501,44 @@ class Bridge:
         return True
 
     async def _result_retry_loop(self) -> None:
-        """Final results that could not be published are retried until they are."""
+        """Final results whose first publication failed, retried when due, with a growing
+        delay; attempts made while the upstream is down do not count."""
         assert self.commands is not None
         while True:
             await asyncio.sleep(RESULT_RETRY_S)
             try:
-                for state in await self.commands.unpublished_results():
-                    upstream = self.upstreams.get(state.origin)
-                    if upstream is None or not upstream.connected:
-                        continue
-                    if await self._send_result(state.origin, state.reply_to, state.result()):
-                        await self.commands.mark_result_published(
-                            state.origin, state.device, state.id, state.status
-                        )
+                for state in await self.commands.due_results(
+                    now_wall=self._wall(), max_delay_s=RESULT_RETRY_MAX_S
+                ):
+                    await self._retry_result(state)
             except STORE_ERRORS as exc:
                 log.error("command results not republished (will retry): %s", exc)
+
+    async def _retry_result(self, state: CommandState) -> None:
+        assert self.commands is not None
+        upstream = self.upstreams.get(state.origin)
+        if upstream is not None and not upstream.connected:
+            return  # due again as soon as the upstream is back; no attempt spent
+        key = (state.origin, state.device, state.id)
+        if await self._send_result(state.origin, state.reply_to, state.result()):
+            await self.commands.mark_result_published(*key, state.status)
+            return
+        attempts = state.result_attempts + 1
+        if attempts >= MAX_RESULT_ATTEMPTS:
+            self.counters["results_given_up"] += 1
+            log.warning(
+                "%s result %s of %r for %s given up after %d attempts",
+                state.origin,
+                state.status,
+                state.id,
+                state.device,
+                attempts,
+            )
+            await self.commands.schedule_result_retry(*key, attempts=attempts, retry_at=None)
+            return
+        await self.commands.schedule_result_retry(
+            *key, attempts=attempts, retry_at=self._wall() + _retry_delay(attempts)
+        )
 
     async def _recover_commands(self) -> None:
         assert self.commands is not None
@@ -641,7 +696,7 @@ class Bridge:
         retained topics are brought up to date here.
         """
         mqtt = self.upstreams["mqtt"]
-        if self.state.problems or self._health_unsent:
+        if self.state.problems or self._health_unsent or self.warnings:
             await self._publish_health()
         await self._publish_discovery(changed_only=False)
         for device, availability in list(self._availability.items()):
@@ -710,6 +765,11 @@ class OriginControls:
 
     def set_log_level(self, level: str) -> None:
         self._bridge.set_log_level(level)
+
+
+def _retry_delay(failed_attempts: int) -> float:
+    """Seconds before the next publication of a result that failed ``failed_attempts`` times."""
+    return min(RESULT_RETRY_MAX_S, RESULT_RETRY_S * 2 ** max(failed_attempts - 1, 0))
 
 
 async def _first_of(*awaitables: Any) -> None:

@@ -168,6 +168,8 @@ class MqttSection(Section):
     session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400  # MQTT 5 only
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
+    # MQTT 5 Response Topics a command may name, besides <prefix>/responses/ (docs/COMMANDS.md).
+    response_topic_prefixes: list[str] = []
 
 
 class XmppSection(Section):
@@ -195,6 +197,8 @@ class CommandsSection(Section):
     max_ttl_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
     node_answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
     queue_per_device: Annotated[int, Field(ge=1, le=1000)] = 16
+    # Larger command messages are answered `too_large` without being parsed or stored.
+    max_message_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 4096
 
 
 class OutboxSection(Section):

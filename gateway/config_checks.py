@@ -30,6 +30,7 @@ from gateway.config import (
 )
 from gateway.protocol.dutycycle import REGIONS
 from gateway.registry import join_settings, load_registry
+from gateway.upstreams.response_topics import prefix_problems
 
 # A secret is a line of text; a larger file is a wrong path (a key bundle, a log).
 MAX_SECRET_BYTES = 64 * 1024
@@ -61,6 +62,7 @@ def config_problems(
     problems = [
         *([] if for_sim else _upstream_problems(config)),
         *_mqtt_problems(config.mqtt),
+        *prefix_problems(config.topic_prefix, config.mqtt.response_topic_prefixes),
         *_xmpp_problems(config.xmpp),
         *_radio_problems(config),
         *_listener_problems(config),

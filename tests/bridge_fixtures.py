@@ -91,9 +91,16 @@ class Message:
 class MqttWatcher:
     """A subscriber on its own thread that records everything under the given filters."""
 
-    def __init__(self, broker: Mosquitto, filters: tuple[str, ...] = ("#",)) -> None:
+    def __init__(
+        self,
+        broker: Mosquitto,
+        filters: tuple[str, ...] = ("#",),
+        *,
+        login: tuple[str, str] | None = None,
+    ) -> None:
         self.broker = broker
         self.filters = filters
+        self.login = login
         self.messages: list[Message] = []
         self._lock = threading.Lock()
         self._client: paho.Client | None = None
@@ -106,6 +113,8 @@ class MqttWatcher:
             client_id=f"watcher-{uuid.uuid4().hex[:8]}",
             protocol=paho.MQTTv5,
         )
+        if self.login is not None:
+            client.username_pw_set(*self.login)
         client.on_message = self._on_message
         client.on_subscribe = lambda *_args: subscribed.set()
         client.connect(self.broker.host, self.broker.port, keepalive=30)

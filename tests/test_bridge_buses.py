@@ -167,7 +167,7 @@ async def test_modbus_writes_over_mqtt_and_expired_ones_never_reach_the_bus(
                 METER,
                 {"id": "w-set", "action": "write",
                  "params": {"register": "setpoint", "value": 22.5}, "ttl_s": 10},
-                response_topic="app/replies",
+                response_topic=f"{PREFIX}/responses/app",
             )  # fmt: skip
             watcher.command(
                 METER,
@@ -220,7 +220,10 @@ async def test_modbus_writes_over_mqtt_and_expired_ones_never_reach_the_bus(
             assert await server.get_value(1, register("setpoint")) == 22.5
     watcher.drop()
     assert watcher.statuses(METER, "w-set") == ["accepted", "executed"]
-    assert [m.json()["status"] for m in watcher.on("app/replies")] == ["accepted", "executed"]
+    assert [m.json()["status"] for m in watcher.on(f"{PREFIX}/responses/app")] == [
+        "accepted",
+        "executed",
+    ]
     assert watcher.results(METER, "w-set")[-1]["detail"] == "setpoint=22.5"
     assert watcher.statuses(METER, "w-late") == ["expired"]
     assert watcher.statuses(METER, "w-busy") == ["accepted", "expired"]

@@ -122,7 +122,7 @@ async def test_command_results_go_back_over_the_protocol_they_came_from(
         mqtt.command(
             device,
             {"id": "m-1", "action": "relay", "params": {"on": True}, "ttl_s": 20},
-            response_topic="app/replies",
+            response_topic=f"{PREFIX}/responses/app",
             correlation=b"m-1",
         )
         assert answer(await over_xmpp) == ("result", "executed", None)
@@ -135,6 +135,6 @@ async def test_command_results_go_back_over_the_protocol_they_came_from(
     results = [m.json() for m in mqtt.snapshot() if m.topic.endswith("/command/result")]
     assert [r["id"] for r in results] == ["m-1"] * 3
     assert [r["status"] for r in results] == ["accepted", "sent", "executed"]
-    assert [m.json()["id"] for m in mqtt.on("app/replies")] == ["m-1"] * 3
+    assert [m.json()["id"] for m in mqtt.on(f"{PREFIX}/responses/app")] == ["m-1"] * 3
     assert {r["id"] for r in alice.results} == {"x-1"}
     assert alice.statuses("x-1") == ["accepted", "sent"]

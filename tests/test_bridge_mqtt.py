@@ -103,7 +103,7 @@ async def test_command_in_time_is_accepted_sent_executed_and_answered_on_its_res
         watcher.command(
             device,
             {"id": "c-on", "action": "relay", "params": {"on": True}, "ttl_s": 20},
-            response_topic="app/replies/7",
+            response_topic=f"{PREFIX}/responses/app/7",
             correlation=b"\x00req-7",
         )
         assert await watcher.wait_for_final(device, "c-on") == "executed"
@@ -116,7 +116,7 @@ async def test_command_in_time_is_accepted_sent_executed_and_answered_on_its_res
         )
     watcher.drop()
     assert watcher.statuses(device, "c-on") == ["accepted", "sent", "executed"]
-    replies = watcher.on("app/replies/7")
+    replies = watcher.on(f"{PREFIX}/responses/app/7")
     assert [m.json()["status"] for m in replies] == ["accepted", "sent", "executed"]
     assert {m.correlation for m in replies} == {b"\x00req-7"}
     on_result_topic = watcher.on(f"{PREFIX}/devices/{device}/command/result")

@@ -254,3 +254,47 @@ def test_validate_never_raises(
         assert 1 <= len(got.id) <= MAX_ID_LENGTH
         assert isinstance(got.params, dict)
         assert got.deadline <= MONO + POLICY.max_ttl_s
+
+
+# -- what can be stored and sent on --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("body", "command_id", "reason"),
+    [
+        ('{"id":"\\ud800x","action":"a"}', UNREADABLE_ID, "invalid_text"),
+        ('{"id":"c","action":"\\udc00"}', "c", "invalid_text"),
+        ('{"id":"c","action":"a","params":{"s":"\\ud83d"}}', "c", "invalid_text"),
+        ('{"id":"c","action":"a","params":{"\\udfff":1}}', "c", "invalid_text"),
+        ('{"id":"c","action":"a","params":{"l":["ok",{"s":"\\ud800"}]}}', "c", "invalid_text"),
+        ('{"id":"c","action":"a","params":{"n":NaN}}', "c", "invalid_number"),
+        ('{"id":"c","action":"a","params":{"n":[-Infinity]}}', "c", "invalid_number"),
+        ("{" + '"id":"c","action":"a","params":' + '{"a":' * 20 + "1" + "}" * 21, "c",
+         "invalid_params"),
+    ],
+)  # fmt: skip
+def test_text_and_numbers_that_cannot_be_stored_are_rejected(
+    body: str, command_id: str, reason: str
+) -> None:
+    got = rejection(body)
+    assert (got.command_id, got.reason) == (command_id, reason)
+    assert reason in REASONS
+
+
+def test_plain_unicode_and_finite_numbers_pass() -> None:
+    params = {"name": "Küche 🌡", "level": 2.5, "on": True, "list": [1, None, "x"]}
+    got = run({"id": "ü-1", "action": "sét", "params": params})
+    assert isinstance(got, Command) and got.params == params
+
+
+def test_a_message_over_the_size_limit_is_too_large_before_it_is_parsed() -> None:
+    text = json.dumps({"id": "big", "action": "a", "params": {"pad": "x" * 5000}})
+    decoded = IncomingCommand("mqtt", DEVICE, json.loads(text), MONO, size_bytes=len(text))
+    for command in (incoming(text), incoming(text.encode()), incoming("{not json" * 1000), decoded):
+        got = validate(command, KNOWN, POLICY, now_mono=MONO, now_wall=WALL, max_bytes=4096)
+        assert isinstance(got, Rejection)
+        assert (got.command_id, got.reason) == (UNREADABLE_ID, "too_large")
+    small = validate(
+        incoming(text), KNOWN, POLICY, now_mono=MONO, now_wall=WALL, max_bytes=len(text)
+    )
+    assert isinstance(small, Command)

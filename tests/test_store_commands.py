@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -154,5 +155,66 @@ async def test_prune_keeps_open_commands(tmp_path: Path) -> None:
         assert await store.get("mqtt", DEVICE, "c0") is None
         assert await store.get("mqtt", DEVICE, "c3") is not None
         assert {s.id for s in await store.open_commands()} == {"c6", "c7"}
+    finally:
+        await store.close()
+
+
+async def test_only_results_whose_first_publication_failed_are_due_and_only_when_due(
+    tmp_path: Path,
+) -> None:
+    store = await CommandStore.open(tmp_path)
+    try:
+        for name in ("in-flight", "failed", "given-up"):
+            cmd = command(name)
+            await store.accept(cmd, now_mono=MONO, now_wall=WALL)
+            await store.transition(cmd, CommandStatus.EXPIRED, now_mono=MONO, now_wall=WALL)
+        # A result whose first publication is still under way is nobody else's to publish.
+        assert await store.due_results(now_wall=WALL + 1000, max_delay_s=300) == []
+        await store.schedule_result_retry("mqtt", DEVICE, "failed", attempts=1, retry_at=WALL + 2)
+        await store.schedule_result_retry("mqtt", DEVICE, "given-up", attempts=8, retry_at=None)
+        assert await store.due_results(now_wall=WALL + 1, max_delay_s=300) == []
+        (due,) = await store.due_results(now_wall=WALL + 2, max_delay_s=300)
+        assert (due.id, due.result_attempts) == ("failed", 1)
+        # A wall clock set back by an hour does not hold the retry back for an hour.
+        assert [s.id for s in await store.due_results(now_wall=WALL - 3600, max_delay_s=300)] == [
+            "failed"
+        ]
+        await store.mark_result_published("mqtt", DEVICE, "failed", CommandStatus.EXPIRED)
+        assert await store.due_results(now_wall=WALL + 5, max_delay_s=300) == []
+    finally:
+        await store.close()
+
+    # After a restart the result cut short becomes due; the one given up stays given up.
+    reopened = await CommandStore.open(tmp_path)
+    try:
+        assert await reopened.schedule_unpublished(now_wall=WALL + 10, max_attempts=8) == 1
+        due = await reopened.due_results(now_wall=WALL + 10, max_delay_s=300)
+        assert [s.id for s in due] == ["in-flight"]
+    finally:
+        await reopened.close()
+
+
+async def test_a_store_from_before_result_retries_gains_the_columns(tmp_path: Path) -> None:
+    old = sqlite3.connect(tmp_path / "duogate.sqlite3")
+    old.executescript(
+        """
+        CREATE TABLE command_states (
+            origin TEXT NOT NULL, device TEXT NOT NULL, id TEXT NOT NULL, action TEXT NOT NULL,
+            reply_to TEXT NOT NULL, status TEXT NOT NULL, remaining_s REAL NOT NULL,
+            saved_wall REAL NOT NULL, history TEXT NOT NULL, published_status TEXT,
+            UNIQUE (origin, device, id)
+        );
+        INSERT INTO command_states VALUES ('mqtt', 'lora-0011223344556677', 'old', 'ping', '{}',
+            'executed', 0, 1780000000,
+            '[["accepted",1780000000,null],["executed",1780000001,null]]', NULL);
+        """
+    )
+    old.commit()
+    old.close()
+    store = await CommandStore.open(tmp_path)
+    try:
+        (state,) = await store.unpublished_results()
+        assert (state.id, state.result_attempts) == ("old", 0)
+        assert await store.schedule_unpublished(now_wall=WALL, max_attempts=8) == 1
     finally:
         await store.close()

@@ -373,7 +373,9 @@ async def test_mqtt311_mode(mosquitto: Mosquitto) -> None:
 
 async def test_command_with_response_topic_correlation_and_expiry(mosquitto: Mosquitto) -> None:
     app = Observer(
-        mosquitto.host, mosquitto.port, ["app/replies/#", f"{PREFIX}/devices/+/command/result"]
+        mosquitto.host,
+        mosquitto.port,
+        [f"{PREFIX}/responses/#", f"{PREFIX}/devices/+/command/result"],
     )
     received: asyncio.Queue[IncomingCommand] = asyncio.Queue()
 
@@ -387,7 +389,7 @@ async def test_command_with_response_topic_correlation_and_expiry(mosquitto: Mos
         app.publish(
             f"{PREFIX}/devices/{DEVICE}/command",
             json.dumps(body),
-            ResponseTopic="app/replies/42",
+            ResponseTopic=f"{PREFIX}/responses/42",
             CorrelationData=b"\x01\x02\xff",
             MessageExpiryInterval=30,
         )
@@ -398,7 +400,7 @@ async def test_command_with_response_topic_correlation_and_expiry(mosquitto: Mos
         assert incoming.expiry_s is not None and 25 <= incoming.expiry_s <= 30
         assert before <= incoming.received_mono <= time.monotonic()
         assert incoming.reply_to == {
-            "response_topic": "app/replies/42",
+            "response_topic": f"{PREFIX}/responses/42",
             "correlation_data_hex": "0102ff",
         }
 
@@ -408,7 +410,7 @@ async def test_command_with_response_topic_correlation_and_expiry(mosquitto: Mos
         for _ in range(2):
             msg = await app.next()
             by_topic[msg.topic] = msg
-        for topic in ("app/replies/42", f"{PREFIX}/devices/{DEVICE}/command/result"):
+        for topic in (f"{PREFIX}/responses/42", f"{PREFIX}/devices/{DEVICE}/command/result"):
             msg = by_topic[topic]
             assert json.loads(msg.payload) == result.to_wire()
             assert msg.properties.CorrelationData == b"\x01\x02\xff"

@@ -9,6 +9,12 @@ A command whose ``id`` cannot be read is rejected with ``command_id`` ``""``
 (``UNREADABLE_ID``), so the rejection can still be published on the device's result topic
 (and matched by MQTT 5 correlation data).
 
+Everything accepted here can be stored and sent on unchanged: a message larger than the
+configured limit is refused before it is parsed (``too_large``), every string must be valid
+Unicode (a lone UTF-16 surrogate from a ``"\\ud800"`` escape cannot be written as UTF-8 to
+SQLite, JSON or XML: ``invalid_text``) and every number finite (``NaN`` and ``Infinity`` are
+not JSON: ``invalid_number``).
+
 Pure: the clocks are passed in.
 """
 
@@ -27,11 +33,13 @@ from gateway.upstreams.base import IncomingCommand
 
 MAX_ID_LENGTH = 64
 MAX_ACTION_LENGTH = 64
+MAX_PARAMS_DEPTH = 16
 UNREADABLE_ID = ""
 
 ENVELOPE_KEYS = frozenset({"id", "action", "params", "expires_at", "ttl_s"})
 
 REASONS = (
+    "too_large",  # the message is longer than commands.max_message_bytes
     "invalid_json",  # body text that is not JSON (or not UTF-8)
     "not_an_object",  # JSON, but not an object
     "unknown_field",  # a key other than ENVELOPE_KEYS
@@ -40,7 +48,9 @@ REASONS = (
     "missing_action",
     "invalid_action",  # not a string of 1..64 characters
     "unknown_device",
-    "invalid_params",  # not an object
+    "invalid_params",  # not an object, or nested deeper than MAX_PARAMS_DEPTH
+    "invalid_text",  # a string (or key) that is not valid Unicode, e.g. a lone surrogate
+    "invalid_number",  # NaN or Infinity in params
     "invalid_expires_at",  # not an RFC 3339 timestamp with offset
     "invalid_ttl_s",  # not a number > 0
     "invalid_transport_expiry",  # negative or NaN transport expiry from the upstream
@@ -88,8 +98,18 @@ class Envelope:
     ttl_s: float | None
 
 
-def parse_envelope(body: object) -> Envelope:
-    """Check the envelope's shape and fields; raise EnvelopeRejected on the first problem."""
+def parse_envelope(body: object, *, max_bytes: int | None = None) -> Envelope:
+    """Check the envelope's shape and fields; raise EnvelopeRejected on the first problem.
+
+    ``max_bytes`` limits a body given as text or bytes; a decoded body is measured by the
+    upstream that decoded it (``IncomingCommand.size_bytes``).
+    """
+    if (
+        max_bytes is not None
+        and isinstance(body, str | bytes | bytearray | memoryview)
+        and len(body) > max_bytes
+    ):
+        raise EnvelopeRejected("too_large")
     obj = _as_object(body)
     command_id = _read_id(obj)
     try:
@@ -100,6 +120,7 @@ def parse_envelope(body: object) -> Envelope:
         params = obj.get("params", {})
         if not isinstance(params, dict):
             raise EnvelopeRejected("invalid_params")
+        _check_plain(params, MAX_PARAMS_DEPTH)
         expires_at = _read_expires_at(obj.get("expires_at"))
         ttl_s = _read_ttl(obj.get("ttl_s"))
     except EnvelopeRejected as exc:
@@ -114,8 +135,11 @@ def validate(
     *,
     now_mono: float,
     now_wall: float,
+    max_bytes: int | None = None,
 ) -> Command | Rejection:
     """Validate ``incoming`` into a Command with a monotonic deadline, or a Rejection.
+
+    ``max_bytes`` is the largest command message taken (``commands.max_message_bytes``).
 
     The deadline counts from ``incoming.received_mono``; the wall time of arrival is derived
     from ``now_wall``/``now_mono`` read together. A command whose deadline has already passed
@@ -126,8 +150,10 @@ def validate(
     def reject(reason: str, command_id: str = UNREADABLE_ID) -> Rejection:
         return Rejection(command_id, incoming.device, reason, incoming.origin, incoming.reply_to)
 
+    if max_bytes is not None and (incoming.size_bytes or 0) > max_bytes:
+        return reject("too_large")
     try:
-        envelope = parse_envelope(incoming.body)
+        envelope = parse_envelope(incoming.body, max_bytes=max_bytes)
     except EnvelopeRejected as exc:
         return reject(exc.reason, exc.command_id)
     if not _is_known(known_devices, incoming.device):
@@ -185,6 +211,8 @@ def _read_id(obj: Mapping[str, Any]) -> str:
     value = obj["id"]
     if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_LENGTH:
         raise EnvelopeRejected("invalid_id")
+    if not _is_unicode(value):
+        raise EnvelopeRejected("invalid_text")  # an id that cannot be echoed is unreadable
     return value
 
 
@@ -194,7 +222,38 @@ def _bounded_text(obj: Mapping[str, Any], key: str, max_length: int) -> str:
     value = obj[key]
     if not isinstance(value, str) or not 1 <= len(value) <= max_length:
         raise EnvelopeRejected(f"invalid_{key}")
+    if not _is_unicode(value):
+        raise EnvelopeRejected("invalid_text")
     return value
+
+
+def _is_unicode(text: str) -> bool:
+    """False for text holding a lone surrogate, which no UTF-8 encoder accepts."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _check_plain(value: object, depth: int) -> None:
+    """Raise EnvelopeRejected unless ``value`` is plain JSON that can be stored and sent on."""
+    if isinstance(value, str):
+        if not _is_unicode(value):
+            raise EnvelopeRejected("invalid_text")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise EnvelopeRejected("invalid_number")
+    elif isinstance(value, dict | list):
+        if depth <= 0:
+            raise EnvelopeRejected("invalid_params")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str) and not _is_unicode(key):
+                raise EnvelopeRejected("invalid_text")
+            _check_plain(item, depth - 1)
+    elif value is not None and not isinstance(value, bool | int):
+        raise EnvelopeRejected("invalid_params")
 
 
 def _read_expires_at(value: object) -> float | None:

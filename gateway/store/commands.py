@@ -11,8 +11,13 @@ settles every command that was still open when the gateway stopped:
 * ``sent`` (transmitted, no answer yet) becomes ``timeout`` with detail ``gateway_restart``:
   the node may or may not have executed it.
 
-The bridge publishes those results and calls ``mark_result_published``; a final result whose
-publication was not confirmed is listed again by ``unpublished_results`` after a restart.
+The bridge publishes each final result once, as soon as it is final, and calls
+``mark_result_published``. Only when that first attempt fails does it ``schedule_result_retry``;
+``due_results`` lists the results whose retry is due, so a result is never published by two
+hands at once. Retries back off and end after ``max_result_attempts``: a result the server
+keeps refusing is given up, not retried forever. After a restart, ``schedule_unpublished``
+makes every final result that was not confirmed published (a first attempt cut short by the
+stop included) due again.
 
 Each operation is one transaction on the store's own worker thread; final states beyond
 ``max_states`` are pruned oldest first.
@@ -51,15 +56,23 @@ CREATE TABLE IF NOT EXISTS command_states (
     saved_wall REAL NOT NULL,
     history TEXT NOT NULL,
     published_status TEXT,
+    result_attempts INTEGER NOT NULL DEFAULT 0,
+    retry_at REAL,
     UNIQUE (origin, device, id)
 );
 CREATE INDEX IF NOT EXISTS command_states_status ON command_states(status);
 """
+# Columns added after the first release: (name, definition) for ALTER TABLE on older files.
+_ADDED_COLUMNS = (
+    ("result_attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("retry_at", "REAL"),
+)
+_UNPUBLISHED = "status NOT IN (?, ?) AND (published_status IS NULL OR published_status != status)"
 
 _OPEN_STATUSES = (CommandStatus.ACCEPTED.value, CommandStatus.SENT.value)
 _COLUMNS = (
     "origin, device, id, action, reply_to, status, remaining_s, saved_wall, history, "
-    "published_status"
+    "published_status, result_attempts"
 )
 
 
@@ -94,6 +107,7 @@ class CommandState:
     saved_wall: float  # wall time of the last save
     history: tuple[HistoryEntry, ...]
     published_status: CommandStatus | None = None
+    result_attempts: int = 0  # failed attempts to publish the final result
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -122,6 +136,7 @@ class CommandStore:
         try:
             self._conn = await loop.run_in_executor(self._worker, open_database, data_dir)
             await self._run(self._conn.executescript, _SCHEMA)
+            await self._run(self._add_missing_columns)
         except BaseException:
             conn = getattr(self, "_conn", None)
             if conn is not None:
@@ -148,6 +163,7 @@ class CommandStore:
             now_wall,
             history,
             None,
+            0,
         )
         inserted = await self._run(self._insert, row)
         if inserted:
@@ -197,10 +213,37 @@ class CommandStore:
 
     async def unpublished_results(self) -> list[CommandState]:
         """Final states whose result has not been confirmed published."""
+        return await self._run(self._select, _UNPUBLISHED, _OPEN_STATUSES)
+
+    async def due_results(self, *, now_wall: float, max_delay_s: float) -> list[CommandState]:
+        """Unpublished final results whose scheduled retry is due at ``now_wall``.
+
+        A retry more than ``max_delay_s`` away can only come from a wall clock that was set
+        back since: it is due now, not after the clock catches up.
+        """
         return await self._run(
             self._select,
-            "status NOT IN (?, ?) AND (published_status IS NULL OR published_status != status)",
-            _OPEN_STATUSES,
+            f"{_UNPUBLISHED} AND (retry_at <= ? OR retry_at > ?)",
+            (*_OPEN_STATUSES, now_wall, now_wall + max_delay_s),
+        )
+
+    async def schedule_result_retry(
+        self, origin: str, device: str, command_id: str, *, attempts: int, retry_at: float | None
+    ) -> None:
+        """Record ``attempts`` failed attempts; retry at ``retry_at`` (None: given up)."""
+        await self._run(
+            self._write,
+            "UPDATE command_states SET result_attempts = ?, retry_at = ? "
+            "WHERE origin = ? AND device = ? AND id = ?",
+            (attempts, retry_at, origin, device, command_id),
+        )
+
+    async def schedule_unpublished(self, *, now_wall: float, max_attempts: int) -> int:
+        """At start: make every unpublished final result not given up due now; how many."""
+        return await self._run(
+            self._write,
+            f"UPDATE command_states SET retry_at = ? WHERE {_UNPUBLISHED} AND result_attempts < ?",
+            (now_wall, *_OPEN_STATUSES, max_attempts),
         )
 
     async def mark_result_published(
@@ -208,7 +251,7 @@ class CommandStore:
     ) -> None:
         await self._run(
             self._write,
-            "UPDATE command_states SET published_status = ? "
+            "UPDATE command_states SET published_status = ?, retry_at = NULL "
             "WHERE origin = ? AND device = ? AND id = ?",
             (CommandStatus(status).value, origin, device, command_id),
         )
@@ -234,9 +277,16 @@ class CommandStore:
 
     # -- worker thread ----------------------------------------------------------------------
 
+    def _add_missing_columns(self) -> None:
+        present = {row[1] for row in self._conn.execute("PRAGMA table_info(command_states)")}
+        for name, definition in _ADDED_COLUMNS:
+            if name not in present:
+                self._conn.execute(f"ALTER TABLE command_states ADD COLUMN {name} {definition}")
+
     def _insert(self, row: tuple[Any, ...]) -> bool:
         cur = self._conn.execute(
-            f"INSERT OR IGNORE INTO command_states ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)", row
+            f"INSERT OR IGNORE INTO command_states ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            row,
         )
         return cur.rowcount == 1
 
@@ -296,6 +346,7 @@ class CommandStore:
                         now_wall,
                         history,
                         state.published_status,
+                        state.result_attempts,
                     )
                 )
             conn.execute("COMMIT")
@@ -319,8 +370,8 @@ class CommandStore:
                 )
         return states
 
-    def _write(self, sql: str, args: tuple[Any, ...]) -> None:
-        self._conn.execute(sql, args)
+    def _write(self, sql: str, args: tuple[Any, ...]) -> int:
+        return self._conn.execute(sql, args).rowcount
 
     def _prune(self) -> int:
         excess = (
@@ -346,7 +397,19 @@ def _history_from_json(text: str) -> tuple[HistoryEntry, ...]:
 
 
 def _state_from_row(row: tuple[Any, ...]) -> CommandState:
-    origin, device, command_id, action, reply_to, status, remaining, saved, history, published = row
+    (
+        origin,
+        device,
+        command_id,
+        action,
+        reply_to,
+        status,
+        remaining,
+        saved,
+        history,
+        published,
+        attempts,
+    ) = row
     return CommandState(
         origin=origin,
         device=device,
@@ -358,4 +421,5 @@ def _state_from_row(row: tuple[Any, ...]) -> CommandState:
         saved_wall=saved,
         history=_history_from_json(history),
         published_status=CommandStatus(published) if published else None,
+        result_attempts=attempts,
     )

@@ -33,6 +33,8 @@ class IncomingCommand:
     ``ttl_s``) or the raw text if it was not a JSON object. ``expiry_s`` is a transport-level
     expiry (MQTT 5 Message Expiry Interval, XEP-0079) when one was given. ``reply_to`` is
     what the upstream needs to route the result back (response topic, correlation data, IQ).
+    ``size_bytes`` is the length of the message as it arrived, when ``body`` was decoded from
+    it, so the envelope check can refuse an oversized command (``too_large``).
     """
 
     origin: str
@@ -41,6 +43,7 @@ class IncomingCommand:
     received_mono: float
     expiry_s: float | None = None
     reply_to: dict[str, Any] = field(default_factory=dict)
+    size_bytes: int | None = None
 
 
 CommandHandler = Callable[[IncomingCommand], Awaitable[None]]

@@ -15,17 +15,26 @@ so a command sent during an outage is not executed minutes later when the gatewa
 its sender sees no ``accepted`` result and the gateway's ``offline`` status instead. Retained
 commands are never executed (MQTT 5 retain handling 2, and any message with the retain flag
 is dropped and counted).
+
+A command message longer than ``commands.max_message_bytes`` is not decoded: the bridge
+answers it ``too_large``. Over MQTT 5 the gateway also tells the broker the largest packet it
+takes (``MAX_PACKET_FACTOR`` times that limit), so a huge message never reaches its memory.
+A Response Topic is used only when ``response_topics.ResponseTopicPolicy`` allows it; results
+go to the canonical ``command/result`` topic first and to the Response Topic once, after.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import inspect
 import json
 import logging
 import random
 import ssl
+import struct
+import termios
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -41,12 +50,14 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.config import Config, MqttSection
 from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import (
     CommandHandler,
     IncomingCommand,
     UpstreamError,
     UpstreamUnavailable,
 )
+from gateway.upstreams.response_topics import ResponseTopicPolicy
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +65,8 @@ ORIGIN = "mqtt"
 DEFAULT_INBOX_SIZE = 256
 COMMAND_QOS = 0
 STOP_TIMEOUT_S = 3.0
+MAX_PACKET_FACTOR = 16  # MQTT 5 Maximum Packet Size = this x commands.max_message_bytes
+MIN_MAX_PACKET_BYTES = 65_536
 _MAX_BUFFERED_READS = 1000
 
 ExtraCallback = Callable[[str, bytes], Awaitable[None] | None]
@@ -101,6 +114,11 @@ class MqttUpstream:
         self.status_topic = f"{self.prefix}/status"
         self.command_filter = f"{self.prefix}/devices/+/command"
         self.mqtt5 = self.settings.protocol == "5"
+        self.max_command_bytes = config.commands.max_message_bytes
+        self.response_topics = ResponseTopicPolicy.of(
+            self.prefix, self.settings.response_topic_prefixes
+        )
+        self.arrival = ArrivalClock()
         self.stats: dict[str, int] = dict.fromkeys(
             (
                 "connects",
@@ -111,6 +129,9 @@ class MqttUpstream:
                 "commands_received",
                 "inbox_dropped",
                 "retained_commands_dropped",
+                "oversized_commands",
+                "response_topics_refused",
+                "response_publishes_failed",
                 "handler_errors",
                 "extra_messages",
             ),
@@ -123,6 +144,7 @@ class MqttUpstream:
         self._pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._early_acks: dict[int, ReasonCode] = {}
         self._inside_publish = False
+        self._read_arrival = time.monotonic()  # stamp of the messages being read now
         self._ready = asyncio.Event()
         self._lost = asyncio.Event()
         self._connack: asyncio.Future[bool] | None = None
@@ -152,6 +174,7 @@ class MqttUpstream:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._client = self._make_client()
+        self.arrival.start(self._loop)
         self._consumer = asyncio.create_task(self._consume(on_command), name="mqtt-commands")
         self._supervisor = asyncio.create_task(self._supervise(), name="mqtt-connection")
 
@@ -181,6 +204,7 @@ class MqttUpstream:
                 job.exception()  # retrieved: a failed last attempt is not worth a warning
         for task in (self._consumer, self._misc, *self._tasks):
             await _cancel(task)
+        self.arrival.stop()
         self._unwatch_socket()
         sock = client.socket()
         if sock is not None:
@@ -197,8 +221,12 @@ class MqttUpstream:
         await self._publish(topic, _json(event.to_wire()), self.settings.qos_events)
 
     async def publish_result(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
-        """Publish on ``<prefix>/devices/<device>/command/result`` and, when the command gave
-        one, on its MQTT 5 Response Topic, both carrying its Correlation Data."""
+        """Publish on ``<prefix>/devices/<device>/command/result`` and then, when the command
+        gave one, once on its MQTT 5 Response Topic, both carrying its Correlation Data.
+
+        Raises when the canonical topic did not take the result (the bridge retries that);
+        a Response Topic that fails is logged, counted and given up, never retried.
+        """
         payload = _json(result.to_wire())
         properties = None
         correlation = _correlation_data(reply_to)
@@ -207,14 +235,26 @@ class MqttUpstream:
             properties.CorrelationData = correlation
         qos = self.settings.qos_results
         topic = f"{self.prefix}/devices/{result.device}/command/result"
-        sends = [self._publish(topic, payload, qos, properties=properties)]
+        await self._publish(topic, payload, qos, properties=properties)
         response_topic = reply_to.get("response_topic")
-        if self.mqtt5 and isinstance(response_topic, str) and response_topic != topic:
-            sends.append(self._publish(response_topic, payload, qos, properties=properties))
-        outcomes = await asyncio.gather(*sends, return_exceptions=True)
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
+        if not (self.mqtt5 and isinstance(response_topic, str) and response_topic != topic):
+            return
+        if self.response_topics.refusal(response_topic) is not None:
+            return  # stored before the policy changed: never published there now
+        try:
+            await self._publish(response_topic, payload, qos, properties=properties)
+        except UpstreamError as exc:
+            self.stats["response_publishes_failed"] += 1
+            failed = self.stats["response_publishes_failed"]
+            if failed == 1 or failed % 100 == 0:
+                log.warning(
+                    "mqtt: %s result of %r not published to its response topic, given up: %s "
+                    "(%d so far)",
+                    result.status,
+                    result.id,
+                    exc,
+                    failed,
+                )
 
     # -- extras for other parts of the gateway ----------------------------------------------
 
@@ -326,6 +366,9 @@ class MqttUpstream:
         if self.mqtt5:
             properties = Properties(PacketTypes.CONNECT)
             properties.SessionExpiryInterval = settings.session_expiry_s
+            properties.MaximumPacketSize = max(
+                MIN_MAX_PACKET_BYTES, MAX_PACKET_FACTOR * self.max_command_bytes
+            )
             kwargs = {"clean_start": False, "properties": properties}
         # connect() blocks on the TCP (and TLS) handshake: run it off the loop.
         self._connect_job = self._loop.run_in_executor(
@@ -538,18 +581,25 @@ class MqttUpstream:
             if hasattr(properties, "MessageExpiryInterval"):
                 expiry_s = float(properties.MessageExpiryInterval)
             response_topic = getattr(properties, "ResponseTopic", None)
-            if isinstance(response_topic, str) and _valid_publish_topic(response_topic):
-                reply_to["response_topic"] = response_topic
+            if isinstance(response_topic, str):
+                self._take_response_topic(response_topic, device, reply_to)
             correlation = getattr(properties, "CorrelationData", None)
             if isinstance(correlation, bytes | bytearray):
                 reply_to["correlation_data_hex"] = bytes(correlation).hex()
+        size = len(message.payload)
+        if size > self.max_command_bytes:
+            self.stats["oversized_commands"] += 1
+            body: dict[str, Any] | str | bytes = b""  # not decoded: answered too_large
+        else:
+            body = _decode_body(message.payload)
         incoming = IncomingCommand(
             origin=ORIGIN,
             device=device,
-            body=_decode_body(message.payload),
-            received_mono=time.monotonic(),
+            body=body,
+            received_mono=self._read_arrival,
             expiry_s=expiry_s,
             reply_to=reply_to,
+            size_bytes=size,
         )
         self.stats["commands_received"] += 1
         try:
@@ -561,6 +611,23 @@ class MqttUpstream:
                 self._inbox.maxsize,
                 device,
                 self.stats["inbox_dropped"],
+            )
+
+    def _take_response_topic(self, topic: str, device: str, reply_to: dict[str, Any]) -> None:
+        refusal = self.response_topics.refusal(topic)
+        if refusal is None:
+            reply_to["response_topic"] = topic
+            return
+        self.stats["response_topics_refused"] += 1
+        refused = self.stats["response_topics_refused"]
+        if refused == 1 or refused % 1000 == 0:
+            log.warning(
+                "mqtt: response topic %r of a command for %s not used (%s); results go to the "
+                "device's command/result topic only (%d refused so far)",
+                topic[:200],
+                device,
+                refusal,
+                refused,
             )
 
     async def _consume(self, on_command: CommandHandler) -> None:
@@ -627,6 +694,7 @@ class MqttUpstream:
         client = self._client
         if client is None:
             return
+        self._read_arrival = self.arrival.arrival()
         self._drive(client.loop_read)
         # TLS may hold decrypted bytes the socket no longer signals: read them out now.
         sock = client.socket()
@@ -636,6 +704,8 @@ class MqttUpstream:
             if sock.pending() <= 0:
                 break
             self._drive(client.loop_read)
+        if sock is not None and client.socket() is sock and _unread_bytes(sock) == 0:
+            self.arrival.drained()
 
     def _writable(self) -> None:
         self._drive(self._client.loop_write if self._client else None)
@@ -693,6 +763,17 @@ async def _call(callback: Callable[..., Any], *args: Any) -> None:
         await outcome
 
 
+def _unread_bytes(sock: Any) -> int:
+    """Bytes waiting to be read on ``sock`` (decrypted TLS bytes included); -1 if unknown."""
+    try:
+        waiting = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+    except (OSError, ValueError):
+        return -1
+    if isinstance(sock, ssl.SSLSocket):
+        waiting += sock.pending()
+    return waiting
+
+
 def _json(wire: dict[str, Any]) -> bytes:
     try:
         return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
@@ -721,10 +802,6 @@ def _correlation_data(reply_to: dict[str, Any]) -> bytes | None:
         return bytes.fromhex(value)
     except ValueError:
         return None
-
-
-def _valid_publish_topic(topic: str) -> bool:
-    return bool(topic) and "+" not in topic and "#" not in topic and "\x00" not in topic
 
 
 def _tls_context(settings: MqttSection) -> ssl.SSLContext:

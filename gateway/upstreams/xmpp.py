@@ -33,6 +33,7 @@ from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
 from gateway.config import XmppSection
 from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import (
     CommandHandler,
     IncomingCommand,
@@ -96,6 +97,7 @@ class XmppUpstream:
         self._adhoc_wait_s = adhoc_wait_s
         self._progress_messages = progress_messages
         self.counters: Counter[str] = Counter()
+        self.arrival = ArrivalClock()
         try:
             jid = JID(config.jid)
             self._allowed = {JID(j).bare for j in config.allowed_jids}
@@ -146,9 +148,11 @@ class XmppUpstream:
         self._on_command = on_command
         self._session_ready = asyncio.Event()
         self._client = self._make_client(password)
+        self.arrival.start(asyncio.get_running_loop())
         self._supervisor = asyncio.create_task(self._supervise(), name="xmpp-supervisor")
 
     async def stop(self) -> None:
+        self.arrival.stop()
         supervisor, self._supervisor = self._supervisor, None
         if supervisor is not None:
             supervisor.cancel()
@@ -525,7 +529,7 @@ class XmppUpstream:
     # ---------------------------------------------------------------------- commands
 
     def _on_command_iq(self, iq: Iq) -> None:
-        received_mono = time.monotonic()
+        received_mono = self.arrival.arrival()
         sender = iq["from"]
         if not self._is_allowed(sender):
             self.counters["commands_forbidden"] += 1
@@ -549,6 +553,7 @@ class XmppUpstream:
             received_mono=received_mono,
             expiry_s=parsed.expiry_s,
             reply_to={"iq_id": iq["id"], "from": sender.full},
+            size_bytes=len(str(iq)),
         )
         self._spawn(self._hand_over_iq(command))
 

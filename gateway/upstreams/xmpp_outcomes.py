@@ -2,7 +2,8 @@
 
 Only final statuses answer the IQ; ``accepted`` and ``sent`` give ``None`` (they may travel
 as progress messages instead). ``rejected`` splits on the bridge's reason: a detail that names
-an unknown device becomes ``item-not-found``, any other rejection ``bad-request``.
+an unknown device becomes ``item-not-found``, a command too large ``not-acceptable`` (RFC 6120
+8.3.3.9: it does not meet the gateway's criteria), any other rejection ``bad-request``.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ def iq_answer_for(result: CommandResult) -> IqAnswer | None:
     if status is CommandStatus.REJECTED:
         if is_unknown_device(detail):
             return IqAnswer("error", "item-not-found", "cancel", detail)
+        if detail == "too_large":
+            return IqAnswer("error", "not-acceptable", "modify", detail)
         return IqAnswer("error", "bad-request", "modify", detail or "malformed command")
     if status is CommandStatus.TIMEOUT:
         return IqAnswer(
