@@ -661,7 +661,7 @@ class Bridge:
             devices=self._all_devices,
         )
 
-        async def on_ha_status(_topic: str, payload: bytes) -> None:
+        async def on_ha_status(_topic: str, payload: bytes, _arrival: float) -> None:
             assert self._discovery is not None
             messages = self._discovery.on_ha_status(
                 payload.decode(errors="replace"), self._all_devices()
@@ -670,13 +670,12 @@ class Bridge:
 
         in_order = asyncio.Lock()  # taken in arrival order: ON then OFF is never OFF, ON
 
-        async def on_ha_command(topic: str, payload: bytes) -> None:
+        async def on_ha_command(topic: str, payload: bytes, arrival: float) -> None:
             """Home Assistant's plain payload on an entity's command topic: a command as any
             other from MQTT, or ``rejected`` on the device's result topic."""
-            received = self._mono()
             async with in_order:
                 outcome = ha_commands.incoming(
-                    topic, payload, received_mono=received, now_wall=self._wall()
+                    topic, payload, received_mono=arrival, now_wall=self._wall()
                 )
                 if isinstance(outcome, IncomingCommand):
                     await self.on_command(outcome)
@@ -687,7 +686,9 @@ class Bridge:
                     await self._send_result(ha_commands.origin, {}, outcome)
 
         mqtt.subscribe_extra(self._discovery.status_topic, on_ha_status, qos=HA_STATUS_QOS)
-        mqtt.subscribe_extra(ha_commands.topic_filter, on_ha_command, qos=HA_COMMAND_QOS)
+        mqtt.subscribe_extra(
+            ha_commands.topic_filter, on_ha_command, qos=HA_COMMAND_QOS, commands=True
+        )
 
     async def _on_mqtt_ready(self) -> None:
         """After every (re)connection: discovery configs, then device availability.

@@ -526,7 +526,8 @@ async def test_publish_raw_and_subscribe_extra(mosquitto: Mosquitto) -> None:
     upstream = await started(make_config(mosquitto.host, mosquitto.port))
     calls: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
 
-    async def on_ha_status(topic: str, payload: bytes) -> None:
+    async def on_ha_status(topic: str, payload: bytes, arrival: float) -> None:
+        assert 0 < time.monotonic() - arrival < TIMEOUT
         await calls.put((topic, payload))
 
     try:
@@ -540,6 +541,28 @@ async def test_publish_raw_and_subscribe_extra(mosquitto: Mosquitto) -> None:
         assert msg.payload == b'{"name": "x"}'
         with pytest.raises(ValueError):
             await upstream.publish_raw("homeassistant/#", b"", 1)
+    finally:
+        await upstream.stop()
+        app.close()
+
+
+async def test_extra_command_topics_drop_retained_messages_under_mqtt_311(
+    mosquitto: Mosquitto,
+) -> None:
+    """MQTT 3.1.1 has no retain handling: a retained command on an extra command topic (Home
+    Assistant's entity topics) would run again at every reconnect; it is dropped instead."""
+    app = Observer(mosquitto.host, mosquitto.port, [])
+    app.publish("site/lamp/set", "ON", retain=True)
+    upstream = await started(make_config(mosquitto.host, mosquitto.port, protocol="3.1.1"))
+    calls: asyncio.Queue[bytes] = asyncio.Queue()
+    try:
+        upstream.subscribe_extra(
+            "site/+/set", lambda _t, payload, _a: calls.put_nowait(payload), commands=True
+        )
+        await wait_until(lambda: upstream.stats["retained_commands_dropped"] == 1)
+        app.publish("site/lamp/set", "OFF")
+        assert await asyncio.wait_for(calls.get(), TIMEOUT) == b"OFF"
+        assert calls.empty()
     finally:
         await upstream.stop()
         app.close()

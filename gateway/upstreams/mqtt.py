@@ -69,7 +69,9 @@ MAX_PACKET_FACTOR = 16  # MQTT 5 Maximum Packet Size = this x commands.max_messa
 MIN_MAX_PACKET_BYTES = 65_536
 _MAX_BUFFERED_READS = 1000
 
-ExtraCallback = Callable[[str, bytes], Awaitable[None] | None]
+# callback(topic, payload, arrival): arrival is the monotonic time the message reached us
+# (``arrival.ArrivalClock``), for subscriptions that carry commands.
+ExtraCallback = Callable[[str, bytes, float], Awaitable[None] | None]
 ReadyCallback = Callable[[], Awaitable[None] | None]
 
 
@@ -100,6 +102,7 @@ class _ExtraSubscription:
     topic_filter: str
     qos: int
     callback: ExtraCallback
+    commands: bool  # retained messages are dropped, as on the command topics
 
 
 class MqttUpstream:
@@ -270,12 +273,17 @@ class MqttUpstream:
         data = payload.encode() if isinstance(payload, str) else bytes(payload)
         await self._publish(topic, data, qos, retain=retain)
 
-    def subscribe_extra(self, topic_filter: str, callback: ExtraCallback, qos: int = 0) -> None:
+    def subscribe_extra(
+        self, topic_filter: str, callback: ExtraCallback, qos: int = 0, *, commands: bool = False
+    ) -> None:
         """Also subscribe to ``topic_filter`` (now and after every reconnect).
 
-        ``callback(topic, payload)`` runs on the event loop; it may be a coroutine function.
+        ``callback(topic, payload, arrival)`` runs on the event loop; it may be a coroutine
+        function. ``arrival`` is the monotonic time the message reached the gateway (the start
+        of a stall it waited through). With ``commands``, the topics carry commands: a message
+        with the retain flag (possible under MQTT 3.1.1) is dropped, counted and logged.
         """
-        extra = _ExtraSubscription(topic_filter, qos, callback)
+        extra = _ExtraSubscription(topic_filter, qos, callback, commands)
         self._extras.append(extra)
         if self._ready.is_set():
             self._spawn(self._subscribe([(topic_filter, qos)]))
@@ -555,7 +563,11 @@ class MqttUpstream:
         for extra in self._extras:
             if paho.topic_matches_sub(extra.topic_filter, topic):
                 self.stats["extra_messages"] += 1
-                self._spawn(_call(extra.callback, topic, bytes(message.payload)))
+                if extra.commands and message.retain:
+                    self._drop_retained_command(topic)
+                    continue
+                arrival = self._read_arrival
+                self._spawn(_call(extra.callback, topic, bytes(message.payload), arrival))
 
     def _command_device(self, topic: str) -> str | None:
         head = f"{self.prefix}/devices/"
@@ -566,13 +578,7 @@ class MqttUpstream:
 
     def _take_command(self, device: str, message: paho.MQTTMessage) -> None:
         if message.retain:
-            self.stats["retained_commands_dropped"] += 1
-            log.warning(
-                "mqtt: retained command on %s ignored (%d so far); clear it with an empty "
-                "retained message",
-                message.topic,
-                self.stats["retained_commands_dropped"],
-            )
+            self._drop_retained_command(message.topic)
             return
         properties = getattr(message, "properties", None)
         expiry_s: float | None = None
@@ -612,6 +618,15 @@ class MqttUpstream:
                 device,
                 self.stats["inbox_dropped"],
             )
+
+    def _drop_retained_command(self, topic: str) -> None:
+        self.stats["retained_commands_dropped"] += 1
+        log.warning(
+            "mqtt: retained command on %s ignored (%d so far); clear it with an empty "
+            "retained message",
+            topic,
+            self.stats["retained_commands_dropped"],
+        )
 
     def _take_response_topic(self, topic: str, device: str, reply_to: dict[str, Any]) -> None:
         refusal = self.response_topics.refusal(topic)
