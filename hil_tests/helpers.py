@@ -504,7 +504,7 @@ async def _after(delay_s: float, run: Callable[[], Awaitable[None]]) -> None:
 
 
 async def _probe(config_path: str, url: str) -> None:
-    config = load_config(config_path)
+    config = load_config(config_path, for_sim=True)  # a bare radio probe relays nothing
     radio = Sx127xRadio(settings_from_config(config.radio), spi_url=url)
 
     def show(packet: RxPacket) -> None:

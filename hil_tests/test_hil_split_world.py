@@ -159,7 +159,9 @@ async def test_world_outlives_a_killed_gateway_and_the_driver_comes_back(
     assert world_process.process.poll() is None, "the world died with the gateway"
 
     # The real driver connects again, under the real LoRa stack.
-    config = load_config(config_file, overrides=[f"gateway.data_dir={str(tmp_path / 'gw')!r}"])
+    config = load_config(
+        config_file, overrides=[f"gateway.data_dir={str(tmp_path / 'gw')!r}"], for_sim=True
+    )
     radio = Sx127xRadio(settings_from_config(config.radio), spi_url=url)
     gateway = GatewayUnderTest(config, radio)
     await gateway.start()
