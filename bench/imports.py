@@ -28,7 +28,7 @@ STAGES = (
         ("gateway.daemon", "gateway.upstreams.mqtt"),
     ),
     ("aiohttp and prometheus_client (metrics)", ("gateway.metrics",)),
-    ("console", ("gateway.console",)),
+    ("console", ("gateway.console.server",)),
 )
 
 

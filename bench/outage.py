@@ -30,7 +30,7 @@ from bench.harness import (
 from gateway.daemon import Gateway
 from gateway.store.outbox import Outbox
 
-DAEMON_MODULES = ("gateway.console", "gateway.metrics", "gateway.upstreams.mqtt")
+DAEMON_MODULES = ("gateway.console.server", "gateway.metrics", "gateway.upstreams.mqtt")
 CHUNK = 1000  # frames built and injected at a time (the benchmark keeps no more than that)
 SETTLE_S = 2.0
 RECONNECT_TIMEOUT_S = 30.0

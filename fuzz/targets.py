@@ -38,7 +38,8 @@ from pathlib import Path
 from drivers.radio.serial_link import FrameDecoder, FrameError, decode_body
 from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.config import ConfigError, load_config
-from gateway.console import ConsoleInputError, LineEditor, parse_command
+from gateway.console.editor import LineEditor
+from gateway.console.parser import ConsoleInputError, parse_command
 from gateway.model import Command
 from gateway.protocol import crypto, envelope, expiry, frames
 from gateway.protocol.frames import FrameRejected, JoinAccept, JoinAnswerKey

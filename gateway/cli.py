@@ -255,8 +255,8 @@ def cmd_sim(args: argparse.Namespace) -> int:
 
 
 def cmd_console(args: argparse.Namespace) -> int:
-    from gateway.console import DEFAULT_CONFIG as CONSOLE_CONFIG
-    from gateway.console import console_main, console_socket_path
+    from gateway.console.client import DEFAULT_CONFIG as CONSOLE_CONFIG
+    from gateway.console.client import console_main, console_socket_path
 
     if args.socket is None:
         # Resolved here so that a bad config is refused like every other command's.

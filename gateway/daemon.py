@@ -111,7 +111,7 @@ class Gateway:
         await self.bridge.start()
         config = self.config
         if config.console.enabled:
-            from gateway.console import ConsoleServer
+            from gateway.console.server import ConsoleServer
 
             console = ConsoleServer.from_config(config, self.state, self.bridge)
             await console.start()

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from drivers.radio.base import RadioSettings
-from gateway.console import PROMPT, ConsoleServer, run_one_shot
+from gateway.console.client import run_one_shot
+from gateway.console.server import ConsoleServer
+from gateway.console.wire import PROMPT
 from gateway.model import CommandResult, CommandStatus
 from gateway.state import (
     Direction,

@@ -15,16 +15,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.console import (
-    BANNER,
-    PROMPT,
-    SERIAL_FAREWELL,
+from gateway.console.editor import LineEditor, LineTooLong
+from gateway.console.formatting import format_frame
+from gateway.console.parser import (
     ConsoleInputError,
-    ConsoleServer,
     HelpRequest,
     LeasesRequest,
-    LineEditor,
-    LineTooLong,
     LogLevelRequest,
     NodesRequest,
     QuitRequest,
@@ -33,9 +29,10 @@ from gateway.console import (
     SendRequest,
     StatusRequest,
     TailRequest,
-    format_frame,
     parse_command,
 )
+from gateway.console.server import SERIAL_FAREWELL, ConsoleServer
+from gateway.console.wire import BANNER, PROMPT
 from gateway.model import CommandStatus
 from gateway.state import Direction, FrameLogEntry, GatewayState
 from tests import console_fixtures

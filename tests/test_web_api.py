@@ -12,7 +12,7 @@ import pytest
 
 from drivers.radio.base import RadioSettings
 from gateway.config import Config, Secret, WebSection
-from gateway.console import format_age, format_frame, format_nodes, format_status
+from gateway.console.formatting import format_age, format_frame, format_nodes, format_status
 from gateway.model import CommandResult, CommandStatus
 from gateway.state import Direction, FrameLogEntry, GatewayState, OutboxStats
 from gateway.web import WebConfigError, WebServer, page_weight

@@ -28,7 +28,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Config
-from gateway.console import ConsoleInputError, SendRequest, parse_command
+from gateway.console.parser import ConsoleInputError, SendRequest, parse_command
 from gateway.model import CommandResult
 from gateway.state import FRAME_LOG_SIZE, Controls, GatewayState
 from gateway.web.history import SignalHistory

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gateway.console import (
+from gateway.console.formatting import (
     format_age,
     format_duration,
     format_duty_cycle,
