@@ -1,13 +1,23 @@
 """gateway/lora.py on the simulated radio: ack only what is stored, resend lost commands,
-command references that never repeat."""
+command references that never repeat across restarts."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.lora import REF_RESERVATION, CommandRefs
+from gateway.model import Command
+from gateway.protocol.downlink import (
+    REF_RESERVATION,
+    CommandQueued,
+    DownlinkScheduler,
+    DownlinkSettings,
+    ReserveCommandRefs,
+)
+from gateway.protocol.dutycycle import DutyCycle
 from gateway.protocol.frames import Flag
-from gateway.store.db import open_database
+from gateway.protocol.join import JoinSettings
+from gateway.protocol.session import NetworkCore
+from gateway.store.command_refs import CommandRefStore
 from tests.bridge_fixtures import (
     AckDropper,
     MqttWatcher,
@@ -74,16 +84,41 @@ async def test_a_command_whose_downlink_is_lost_is_sent_again_and_executed_once(
     assert watcher.statuses(device, "again") == ["accepted", "sent", "executed", "executed"]
 
 
+def scheduler_on(store: CommandRefStore) -> DownlinkScheduler:
+    return DownlinkScheduler(
+        NetworkCore(JoinSettings(), {}),
+        DownlinkSettings(),
+        time_on_air=lambda size: 0.05,
+        frequency_hz=lambda: 868_100_000,
+        duty=DutyCycle(),
+        ref_reservations=store.load(),
+    )
+
+
+def queue(scheduler: DownlinkScheduler, store: CommandRefStore, device: str) -> int:
+    """Queue a command as LoraNetwork.execute does (reserving on disk when asked); its ref."""
+    command = Command("c", device, "ping", {}, deadline=60.0, origin="mqtt")
+    while True:
+        first = scheduler.command_queued(command)[0]
+        if isinstance(first, CommandQueued):
+            return first.ref
+        assert isinstance(first, ReserveCommandRefs)
+        store.reserve(first.device, first.up_to)
+        scheduler.refs_reserved(first.device, first.up_to)
+
+
 def test_command_references_never_repeat_across_restarts(tmp_path: Path) -> None:
     device = "lora-0016c00100000001"
-    refs = CommandRefs(open_database(tmp_path))
-    first = [refs.take(device) for _ in range(3)]
+    store = CommandRefStore.open(tmp_path)
+    scheduler = scheduler_on(store)
+    first = [queue(scheduler, store, device) for _ in range(3)]
     assert first == [0, 1, 2]
-    assert refs.take("lora-0016c00100000002") == 0  # per device
-    again = CommandRefs(open_database(tmp_path))  # a restart, without a clean shutdown
-    after = again.take(device)
+    assert queue(scheduler, store, "lora-0016c00100000002") == 0  # per device
+    restarted = CommandRefStore.open(tmp_path)  # a restart, without a clean shutdown
+    after = queue(scheduler_on(restarted), restarted, device)
     assert after not in first
     assert after == REF_RESERVATION  # the next block reserved on disk
+    assert restarted.load()[device] == 2 * REF_RESERVATION
 
 
 async def test_a_silent_node_goes_offline_and_comes_back_online(

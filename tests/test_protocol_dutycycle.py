@@ -113,3 +113,10 @@ def test_never_exceeds_budget_in_any_window(attempts: list[tuple[float, float]])
     for start, _ in sent:
         in_window = sum(a for t, a in sent if start <= t < start + 3600.0)
         assert in_window <= 36.0 + 1e-6
+
+
+def test_use_is_named_by_its_sub_band() -> None:
+    dc = DutyCycle("EU868")
+    dc.record(F_1PCT, 7.2, 0.0)
+    assert dc.used_by_band(F_1PCT, 1.0) == {"868.0-868.60MHz": 0.002}
+    assert dc.used_by_band(869_300_000, 1.0) == {"none": 0.0}  # between sub-bands

@@ -106,6 +106,13 @@ class DutyCycle:
             return 0.0
         return self._used_in_window(band, now) / self.window_s
 
+    def used_by_band(self, freq_hz: int, now: float) -> dict[str, float]:
+        """``used_fraction`` named by the sub-band, e.g. ``{"868.0-868.60MHz": 0.002}``
+        (``"none"`` outside every sub-band)."""
+        band = self.sub_band(freq_hz)
+        name = "none" if band is None else f"{band.low_hz / 1e6:.1f}-{band.high_hz / 1e6:.2f}MHz"
+        return {name: self.used_fraction(freq_hz, now)}
+
     def wait_s(self, freq_hz: int, airtime_s: float, now: float) -> float | None:
         """Seconds until ``can_transmit`` would be true, or None if it never will be."""
         if not _valid_airtime(airtime_s):

@@ -452,6 +452,16 @@ def _session_plain_body(frame: SessionFrame) -> tuple[FrameType, Flag, bytes]:
     return FrameType.DOWNLINK, flags, body
 
 
+def downlink_length(with_ack: bool, command: DownlinkCommand | None) -> int:
+    """PHY payload length of a downlink carrying an ack (or not) and ``command``; FrameTooLarge
+    if it would not fit, ValueError for a command that cannot be encoded."""
+    probe = Downlink(address=0, counter=0, ack_counter=0 if with_ack else None, command=command)
+    _, _, body = _session_plain_body(probe)
+    if len(body) > MAX_SESSION_BODY:
+        raise FrameTooLarge(f"downlink body of {len(body)} bytes, at most {MAX_SESSION_BODY}")
+    return SESSION_HEADER_LEN + len(body) + TAG_LEN
+
+
 def encode_session(frame: SessionFrame, keys: SessionKeys) -> bytes:
     _check_range("address", frame.address, 0xFFFF)
     _check_range("counter", frame.counter, MAX_COUNTER)
