@@ -325,7 +325,7 @@ class TimedMqttUpstream(MqttUpstream):
             self.sample = (topic, len(payload.encode()))
 
     def wire_socket(self) -> Any:
-        return self._client.socket() if self._client is not None else None
+        return self.client.socket() if self.client is not None else None
 
 
 # ------------------------------------------------------------------------------ the gateway

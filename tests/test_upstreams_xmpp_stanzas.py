@@ -1,4 +1,4 @@
-"""XMPP payloads, the outcome -> IQ answer table and the reconnect backoff, without a server."""
+"""XMPP payloads and the outcome -> IQ answer table, without a server."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import pytest
 from slixmpp import Message
 
 from gateway.model import CommandResult, CommandStatus, DeviceEvent, EventKind, Report
-from gateway.upstreams.xmpp import reconnect_delay
 from gateway.upstreams.xmpp_adhoc import _command_from_form
 from gateway.upstreams.xmpp_outcomes import FORBIDDEN, IqAnswer, iq_answer_for
 from gateway.upstreams.xmpp_stanzas import (
@@ -225,15 +224,6 @@ def test_event_element():
         "offline",
         {"x": 1},
     )
-
-
-def test_reconnect_delay_grows_jittered_and_capped():
-    assert reconnect_delay(1, 60.0, 0.0) == 0.5
-    assert reconnect_delay(1, 60.0, 0.999) < 1.0
-    assert reconnect_delay(4, 60.0, 0.0) == 4.0
-    assert reconnect_delay(30, 60.0, 0.0) == 30.0
-    assert reconnect_delay(30, 60.0, 0.9999) <= 60.0
-    assert reconnect_delay(30, 5.0, 0.5) == pytest.approx(3.75)
 
 
 def test_adhoc_form_values_become_an_envelope():

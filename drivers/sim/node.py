@@ -21,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 from gateway.model import lora_device_id
 from gateway.protocol import crypto, frames
+from gateway.protocol.backoff import backoff_delay
 from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
     CommandResult,
@@ -369,7 +370,14 @@ class SimNode:
         return seconds * (1 - self._rng.uniform(0, self.config.jitter))
 
     def _backoff(self, attempt: int, low: float, high: float) -> float:
-        return self._wait(min(high, low * 2 ** max(0, attempt - 1)))
+        """Before retry ``attempt`` (1, 2, ...): doubling from ``low`` up to ``high``, jittered."""
+        return backoff_delay(
+            attempt - 1,
+            first_s=low,
+            max_s=high,
+            jitter=self.config.jitter,
+            draw=self._rng.random(),
+        )
 
     async def _listen(
         self, tx_done: float, delay_s: float, wanted: Callable[[bytes], bool]

@@ -16,12 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 import ssl
 import time
 import xml.etree.ElementTree as ET
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from slixmpp import JID, ClientXMPP, Iq, Message
@@ -33,6 +32,7 @@ from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
 from gateway.config import XmppSection
 from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.tasks import TaskSet, cancel_and_wait
 from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import (
     CommandHandler,
@@ -41,6 +41,7 @@ from gateway.upstreams.base import (
     UpstreamUnavailable,
 )
 from gateway.upstreams.mqtt import UnpublishableItem
+from gateway.upstreams.supervision import Backoff, keep_connected
 from gateway.upstreams.xmpp_adhoc import AdhocCommands, DeviceLister
 from gateway.upstreams.xmpp_outcomes import FORBIDDEN, IqAnswer, iq_answer_for
 from gateway.upstreams.xmpp_stanzas import (
@@ -65,20 +66,16 @@ _ACK_REQUEST = "<r xmlns='urn:xmpp:sm:3'/>"
 _NEVER = 2**31
 
 
-def reconnect_delay(failures: int, cap_s: float, unit: float) -> float:
-    """Backoff before reconnect attempt number ``failures`` (1, 2, ...).
-
-    Doubles from 1 s up to ``cap_s``; the wait is drawn from the upper half of that span
-    (``unit`` in [0, 1) is the random draw) so many gateways do not reconnect in step.
-    """
-    span = min(cap_s, 2.0 ** max(0, failures - 1))
-    return span / 2 + unit * span / 2
+FIRST_RECONNECT_S = 1.0  # the backoff ceiling doubles from here up to xmpp.reconnect_max_s
 
 
 class XmppUpstream:
     """The Upstream protocol over XMPP (see docs/XMPP.md for the stanzas)."""
 
     name = "xmpp"
+    window = 32  # messages waiting for the server's XEP-0198 ack at once
+    droppable_kinds: frozenset[str] = frozenset()
+    extras = None  # the MQTT extras (retained topics) have no XMPP counterpart
 
     def __init__(
         self,
@@ -113,7 +110,7 @@ class XmppUpstream:
         self._adhoc: AdhocCommands | None = None
         self._on_command: CommandHandler | None = None
         self._supervisor: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "xmpp: task failed")
         self._ready = False
         self._stream_management = False
         self._session_ready: asyncio.Event | None = None
@@ -154,10 +151,7 @@ class XmppUpstream:
     async def stop(self) -> None:
         self.arrival.stop()
         supervisor, self._supervisor = self._supervisor, None
-        if supervisor is not None:
-            supervisor.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
+        await cancel_and_wait(supervisor)
         client = self._client
         if client is not None:
             if self._ready:
@@ -167,10 +161,7 @@ class XmppUpstream:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(wait=2.0), 3.0)
             client.abort()
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._tasks.cancel_all()
         self._client = None
 
     async def publish_report(self, report: Report) -> None:
@@ -285,19 +276,19 @@ class XmppUpstream:
     async def _supervise(self) -> None:
         assert self._client is not None and self._session_ready is not None
         client = self._client
-        failures = 0
-        while True:
-            try:
-                if await self._connect_once(client):
-                    failures = 0
-            except Exception:
-                log.exception("xmpp: connection attempt failed")
+
+        def failed(_exc: Exception) -> None:
+            log.exception("xmpp: connection attempt failed")
+
+        def before_retry(delay: float) -> None:
             self._mark_lost("connection lost")
-            failures += 1
             self.counters["reconnects"] += 1
-            delay = reconnect_delay(failures, self._config.reconnect_max_s, random.random())
             log.info("xmpp: reconnecting in %.1f s", delay)
-            await asyncio.sleep(delay)
+
+        backoff = Backoff(FIRST_RECONNECT_S, self._config.reconnect_max_s)
+        await keep_connected(
+            lambda: self._connect_once(client), backoff, on_error=failed, before_retry=before_retry
+        )
 
     async def _connect_once(self, client: ClientXMPP) -> bool:
         """One connection from connect to loss; True when a session was reached."""
@@ -555,7 +546,7 @@ class XmppUpstream:
             reply_to={"iq_id": iq["id"], "from": sender.full},
             size_bytes=len(str(iq)),
         )
-        self._spawn(self._hand_over_iq(command))
+        self._tasks.spawn(self._hand_over_iq(command))
 
     async def _hand_over_iq(self, command: IncomingCommand) -> None:
         try:
@@ -597,8 +588,3 @@ class XmppUpstream:
             f"command {result.id} on {result.device}: {result.status}{detail}"
         )
         self._client.send(message)
-
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
