@@ -69,7 +69,7 @@ async def test_lost_ack_leads_to_one_retransmission_forwarded_once(bench: Bench)
     device = node.device_id
     assert radio.windows_missed == 1
     # The node sent the very same report frame again (same counter, same tag).
-    reports_sent = [p for p in radio.sent if frames.peek(p).type is frames.FrameType.REPORT]
+    reports_sent = [p for p in radio.sent if frames.peek(p).type is frames.AirFrameType.REPORT]
     assert len(reports_sent) >= 2
     assert len(set(reports_sent)) == 1
     assert frames.peek(reports_sent[0]).counter == 0

@@ -302,7 +302,7 @@ class AckDropper:
             header = frames.peek(phy)
         except frames.FrameRejected:
             return False
-        if header.type is not frames.FrameType.DOWNLINK or header.address != self.node.address:
+        if header.type is not frames.AirFrameType.DOWNLINK or header.address != self.node.address:
             return False
         return self.only is None or bool(header.flags & self.only)
 

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import crypto
-from gateway.protocol.crypto import Direction
+from gateway.protocol.crypto import AirDirection
 
 RFC4493_KEY = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
 
@@ -53,7 +53,7 @@ def test_lab_root_keys_are_per_device() -> None:
 
 
 def test_ctr_block_layout() -> None:
-    block = crypto.ctr_block(Direction.DOWNLINK, 0x1234, 0x89ABCDEF)
+    block = crypto.ctr_block(AirDirection.DOWNLINK, 0x1234, 0x89ABCDEF)
     assert block.hex() == "01123489abcdef" + "00" * 9
 
 
@@ -67,14 +67,14 @@ def test_ctr_block_layout() -> None:
 def test_ctr_is_aes_keystream_over_the_counter_blocks(
     key: bytes, address: int, counter: int, data: bytes
 ) -> None:
-    first = int.from_bytes(crypto.ctr_block(Direction.UPLINK, address, counter), "big")
+    first = int.from_bytes(crypto.ctr_block(AirDirection.UPLINK, address, counter), "big")
     ecb = Cipher(algorithms.AES(key), modes.ECB()).encryptor()
     blocks = b"".join(((first + i) % 2**128).to_bytes(16, "big") for i in range(16))
     keystream = ecb.update(blocks) + ecb.finalize()
     expected = bytes(a ^ b for a, b in zip(data, keystream, strict=False))
-    encrypted = crypto.ctr_crypt(key, Direction.UPLINK, address, counter, data)
+    encrypted = crypto.ctr_crypt(key, AirDirection.UPLINK, address, counter, data)
     assert encrypted == expected
-    assert crypto.ctr_crypt(key, Direction.UPLINK, address, counter, encrypted) == data
+    assert crypto.ctr_crypt(key, AirDirection.UPLINK, address, counter, encrypted) == data
 
 
 def test_wrong_key_sizes_are_refused() -> None:

@@ -12,16 +12,16 @@ from hypothesis import strategies as st
 from gateway.protocol import crypto, frames
 from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
-    CommandResult,
+    CommandResultFrame,
     Downlink,
     DownlinkCommand,
     FrameRejected,
     FrameTooLarge,
     JoinAccept,
     JoinAnswerKey,
-    JoinRefused,
+    JoinRefusedFrame,
     JoinRequest,
-    Report,
+    ReportFrame,
     ResultCode,
 )
 
@@ -57,7 +57,7 @@ def _fits(body: dict[str, Any], room: int = frames.MAX_SESSION_BODY) -> bool:
 
 
 reports = st.builds(
-    Report,
+    ReportFrame,
     address=addresses,
     counter=counters,
     body=json_maps.filter(_fits),
@@ -65,7 +65,7 @@ reports = st.builds(
     encrypted=st.booleans(),
 )
 results = st.builds(
-    CommandResult,
+    CommandResultFrame,
     address=addresses,
     counter=counters,
     command_ref=st.integers(0, 0xFFFF),
@@ -93,7 +93,7 @@ session_frames = reports | results | downlinks
 join_requests = st.builds(JoinRequest, euis, nonces)
 join_answers = st.builds(
     JoinAccept, addresses, nonces, st.integers(1, 255), st.booleans()
-) | st.builds(JoinRefused, st.integers(0, 255), st.integers(0, 0xFFFF))
+) | st.builds(JoinRefusedFrame, st.integers(0, 255), st.integers(0, 0xFFFF))
 answer_keys = st.builds(JoinAnswerKey, keys16, euis, nonces)
 
 
@@ -128,7 +128,7 @@ def test_join_request_round_trip(frame: JoinRequest, key: bytes) -> None:
 
 @settings(max_examples=EXAMPLES, deadline=None)
 @given(frame=join_answers, key=answer_keys)
-def test_join_answer_round_trip(frame: JoinAccept | JoinRefused, key: JoinAnswerKey) -> None:
+def test_join_answer_round_trip(frame: JoinAccept | JoinRefusedFrame, key: JoinAnswerKey) -> None:
     assert frames.decode(frames.encode(frame, key), key) == frame
 
 
@@ -146,7 +146,7 @@ def test_header_and_tag_take_twelve_bytes() -> None:
     keys = SessionKeys(bytes(16), bytes(range(16)))
     ack = frames.encode(Downlink(address=1, counter=0, ack_counter=7), keys)
     assert len(ack) == 12 + 4  # header + ack counter + tag
-    report = frames.encode(Report(address=1, counter=0, body={}), keys)
+    report = frames.encode(ReportFrame(address=1, counter=0, body={}), keys)
     assert len(report) == 12 + 1  # header + empty CBOR map + tag
 
 
@@ -174,7 +174,7 @@ def test_every_single_bit_flip_is_rejected(encoded: tuple[bytes, frames.FrameKey
 @given(encoded=encoded_frames())
 def test_every_truncation_is_rejected(encoded: tuple[bytes, frames.FrameKey]) -> None:
     phy, key = encoded
-    minimum = frames.JOIN_ANSWER_TYPES | {frames.FrameType.JOIN_REQUEST}
+    minimum = frames.JOIN_ANSWER_TYPES | {frames.AirFrameType.JOIN_REQUEST}
     header = frames.peek(phy)
     shortest = len(phy) if header.type in minimum else frames.SESSION_MIN_LEN
     for size in range(len(phy)):
@@ -280,7 +280,7 @@ def test_a_frame_of_another_family_is_a_bad_type() -> None:
     keys = SessionKeys(bytes(16), bytes(16))
     request = frames.encode(JoinRequest(1, bytes(8)), bytes(16))
     assert reason(request, keys) == "bad_type"
-    report = frames.encode(Report(1, 1, {}), keys)
+    report = frames.encode(ReportFrame(1, 1, {}), keys)
     assert reason(report, bytes(16)) == "bad_type"
     assert reason(report, JoinAnswerKey(bytes(16), 1, bytes(8))) == "bad_type"
 
@@ -288,25 +288,25 @@ def test_a_frame_of_another_family_is_a_bad_type() -> None:
 def test_encrypted_body_hides_the_plaintext_and_depends_on_direction() -> None:
     keys = SessionKeys(bytes(range(16)), bytes(range(16, 32)))
     body = {"secret": "temperature-value-xyz"}
-    plain = frames.encode(Report(7, 3, body), keys)
-    hidden = frames.encode(Report(7, 3, body, encrypted=True), keys)
+    plain = frames.encode(ReportFrame(7, 3, body), keys)
+    hidden = frames.encode(ReportFrame(7, 3, body, encrypted=True), keys)
     assert b"temperature-value-xyz" in plain
     assert b"temperature-value-xyz" not in hidden
-    assert frames.decode(hidden, keys) == Report(7, 3, body, encrypted=True)
-    up = crypto.ctr_crypt(keys.encryption, crypto.Direction.UPLINK, 7, 3, bytes(32))
-    down = crypto.ctr_crypt(keys.encryption, crypto.Direction.DOWNLINK, 7, 3, bytes(32))
+    assert frames.decode(hidden, keys) == ReportFrame(7, 3, body, encrypted=True)
+    up = crypto.ctr_crypt(keys.encryption, crypto.AirDirection.UPLINK, 7, 3, bytes(32))
+    down = crypto.ctr_crypt(keys.encryption, crypto.AirDirection.DOWNLINK, 7, 3, bytes(32))
     assert up != down
 
 
 def test_too_large_frames_are_refused_on_encode() -> None:
     keys = SessionKeys(bytes(16), bytes(16))
     with pytest.raises(FrameTooLarge):
-        frames.encode(Report(1, 1, {"x": "a" * 250}), keys)
+        frames.encode(ReportFrame(1, 1, {"x": "a" * 250}), keys)
     command = DownlinkCommand(1, "set", {"blob": "b" * 240}, 10)
     with pytest.raises(FrameTooLarge):
         frames.encode(Downlink(1, 1, ack_counter=1, command=command), keys)
     with pytest.raises(ValueError):
-        frames.encode(Report(1, 1, {"bytes": b"\x00"}), keys)
+        frames.encode(ReportFrame(1, 1, {"bytes": b"\x00"}), keys)
     with pytest.raises(ValueError):
         frames.encode(Downlink(1, 1), keys)
 
@@ -319,6 +319,6 @@ def test_ttl_is_rounded_down_and_capped() -> None:
 
 
 def test_refusal_reason_names() -> None:
-    assert JoinRefused(1).reason_name == "pool_exhausted"
-    assert JoinRefused(2).reason_name == "device_disabled"
-    assert JoinRefused(99).reason_name == "code_99"
+    assert JoinRefusedFrame(1).reason_name == "pool_exhausted"
+    assert JoinRefusedFrame(2).reason_name == "device_disabled"
+    assert JoinRefusedFrame(99).reason_name == "code_99"

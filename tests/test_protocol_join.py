@@ -13,15 +13,15 @@ from hypothesis import strategies as st
 from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.model import lora_device_id
 from gateway.protocol import crypto
-from gateway.protocol.frames import FrameRejected, JoinAccept, JoinRefused
+from gateway.protocol.frames import FrameRejected, JoinAccept, JoinRefusedFrame
 from gateway.protocol.join import PUBLIC_LAB_KEY, AddressPool, DeviceCredentials, JoinSettings
 from gateway.protocol.session import (
     JoinAccepted,
+    JoinRefused,
     LeaseReclaimed,
     NetworkCore,
     ReportReceived,
 )
-from gateway.protocol.session import JoinRefused as JoinRefusedAction
 
 EXAMPLES = int(os.environ.get("DUOGATE_FUZZ_EXAMPLES", "300"))
 DAY = 24 * 3600.0
@@ -51,7 +51,7 @@ def nonce(n: int) -> bytes:
 
 def join(
     core: NetworkCore, eui: int, dev_nonce: bytes, now: float, root: bytes | None = None
-) -> tuple[list[object], JoinAccept | JoinRefused]:
+) -> tuple[list[object], JoinAccept | JoinRefusedFrame]:
     root = root or root_key_of(eui)
     actions = core.receive(join_request(eui, root, dev_nonce), now)
     answer = open_join_answer(actions[-1].frame, eui, root, dev_nonce)  # type: ignore[attr-defined]
@@ -143,9 +143,9 @@ def test_pool_exhaustion_is_refused_on_air() -> None:
     for eui in (1, 2, 3):
         joined(core, eui, nonce(1), 10.0)
     actions, answer = join(core, 4, nonce(1), 11.0)
-    assert answer == JoinRefused(reason=1, retry_after_s=600)
+    assert answer == JoinRefusedFrame(reason=1, retry_after_s=600)
     (refused,) = actions
-    assert isinstance(refused, JoinRefusedAction)
+    assert isinstance(refused, JoinRefused)
     assert (refused.reason, refused.device_id) == ("pool_exhausted", lora_device_id(4))
     assert core.lease(lora_device_id(4)) is None
     # The refused nonce is spent: a replay of that request is not answered again.
@@ -173,7 +173,7 @@ def test_inactive_lease_is_reclaimed_only_when_the_pool_is_exhausted() -> None:
     actions, answer = join(core, 5, nonce(1), 100 * DAY)
     assert isinstance(actions[0], LeaseReclaimed) and actions[0].eui == 1
     actions, answer = join(core, 6, nonce(1), 100 * DAY)
-    assert isinstance(answer, JoinRefused)
+    assert isinstance(answer, JoinRefusedFrame)
 
 
 def test_active_leases_are_never_reclaimed() -> None:
@@ -185,7 +185,7 @@ def test_active_leases_are_never_reclaimed() -> None:
     _, answer = join(core, 3, nonce(1), 8 * DAY)
     assert isinstance(answer, JoinAccept) and answer.address == 2
     _, answer = join(core, 4, nonce(1), 8 * DAY)
-    assert isinstance(answer, JoinRefused)
+    assert isinstance(answer, JoinRefusedFrame)
 
 
 def test_a_reclaimed_device_rejoins_with_a_new_generation() -> None:
@@ -264,8 +264,8 @@ def test_disabled_device_is_refused_and_loses_its_lease() -> None:
         core.receive(node.report({})[1], 2.0)
     assert caught.value.reason == "unknown_address"
     actions, answer = join(core, 1, nonce(2), 3.0)
-    assert answer == JoinRefused(reason=2, retry_after_s=600)
-    assert isinstance(actions[0], JoinRefusedAction) and actions[0].reason == "device_disabled"
+    assert answer == JoinRefusedFrame(reason=2, retry_after_s=600)
+    assert isinstance(actions[0], JoinRefused) and actions[0].reason == "device_disabled"
 
 
 def test_encrypting_devices_learn_it_from_the_accept() -> None:

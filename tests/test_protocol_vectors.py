@@ -12,14 +12,14 @@ from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.protocol import crypto, frames
 from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
-    CommandResult,
+    CommandResultFrame,
     Downlink,
     DownlinkCommand,
     JoinAccept,
     JoinAnswerKey,
-    JoinRefused,
+    JoinRefusedFrame,
     JoinRequest,
-    Report,
+    ReportFrame,
     ResultCode,
 )
 from gateway.protocol.join import PUBLIC_LAB_KEY, DeviceCredentials, JoinSettings
@@ -86,7 +86,7 @@ def frame_and_key(name: str) -> tuple[frames.Frame, frames.FrameKey]:
     if name.startswith("join_"):
         key = JoinAnswerKey(h(v["join_key"]), int(v["eui"], 16), h(v["dev_nonce"]))
         if name == "join_refused":
-            return JoinRefused(int(v["reason"]), int(v["retry_after_s"])), key
+            return JoinRefusedFrame(int(v["reason"]), int(v["retry_after_s"])), key
         accept = JoinAccept(
             int(v["address"], 16), h(v["gw_nonce"]), int(v["rx_delay_ds"]), flag(v["encrypt"])
         )
@@ -95,9 +95,9 @@ def frame_and_key(name: str) -> tuple[frames.Frame, frames.FrameKey]:
     address, counter = int(v["address"], 16), int(v["counter"])
     if name.startswith("report"):
         body = json.loads(v["body"])
-        return Report(address, counter, body, flag(v["confirmed"]), flag(v["encrypted"])), keys
+        return ReportFrame(address, counter, body, flag(v["confirmed"]), flag(v["encrypted"])), keys
     if name.startswith("command_result"):
-        result = CommandResult(
+        result = CommandResultFrame(
             address,
             counter,
             int(v["command_ref"]),

@@ -24,16 +24,16 @@ from gateway.protocol import crypto, frames
 from gateway.protocol.backoff import backoff_delay
 from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
-    CommandResult,
+    AirFrameType,
+    CommandResultFrame,
     Downlink,
     DownlinkCommand,
     FrameRejected,
-    FrameType,
     JoinAccept,
     JoinAnswerKey,
-    JoinRefused,
+    JoinRefusedFrame,
     JoinRequest,
-    Report,
+    ReportFrame,
     ResultCode,
 )
 from gateway.protocol.join import JOIN_RX_DELAY_S
@@ -47,7 +47,7 @@ def join_request(eui: int, root_key: bytes, dev_nonce: bytes) -> bytes:
 
 def open_join_answer(
     phy: bytes, eui: int, root_key: bytes, dev_nonce: bytes
-) -> JoinAccept | JoinRefused:
+) -> JoinAccept | JoinRefusedFrame:
     """The gateway's answer to our request with this nonce; FrameRejected if it is not."""
     key = JoinAnswerKey(crypto.join_key(root_key, eui), eui, dev_nonce)
     return frames.decode_join_answer(phy, key)
@@ -99,14 +99,16 @@ class NodeSession:
     def report(self, body: dict[str, Any], confirmed: bool = True) -> tuple[int, bytes]:
         """A new report frame and its counter."""
         counter = self._take_counter()
-        frame = Report(self.address, counter, body, confirmed=confirmed, encrypted=self.encrypt)
+        frame = ReportFrame(
+            self.address, counter, body, confirmed=confirmed, encrypted=self.encrypt
+        )
         return counter, frames.encode_session(frame, self.keys)
 
     def result(
         self, command_ref: int, status: ResultCode, detail: str | None = None
     ) -> tuple[int, bytes]:
         counter = self._take_counter()
-        frame = CommandResult(
+        frame = CommandResultFrame(
             self.address, counter, command_ref, status, detail, encrypted=self.encrypt
         )
         return counter, frames.encode_session(frame, self.keys)
@@ -114,7 +116,7 @@ class NodeSession:
     def open_downlink(self, phy: bytes) -> Downlink:
         """Authenticate a downlink meant for us; FrameRejected for anything else."""
         header = frames.peek(phy)
-        if header.type is not frames.FrameType.DOWNLINK:
+        if header.type is not frames.AirFrameType.DOWNLINK:
             raise FrameRejected("bad_type", header.type.name.lower())
         if header.address != self.address:
             raise FrameRejected("unknown_address", f"0x{header.address:04x}")
@@ -419,7 +421,7 @@ class SimNode:
                     NodeSession.from_accept(self.eui, self.root_key, dev_nonce, answer)
                 )
                 return
-            if isinstance(answer, JoinRefused):
+            if isinstance(answer, JoinRefusedFrame):
                 self.stats.join_refusals += 1
                 wait_at_least = float(answer.retry_after_s)
         self._join_failures += 1
@@ -655,4 +657,4 @@ def _is_downlink_for(address: int, phy: bytes) -> bool:
         header = frames.peek(phy)
     except FrameRejected:
         return False
-    return header.type is FrameType.DOWNLINK and header.address == address
+    return header.type is AirFrameType.DOWNLINK and header.address == address

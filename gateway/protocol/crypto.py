@@ -29,7 +29,7 @@ LABEL_SESSION_ENCRYPTION = b"duogate session encryption"
 LABEL_LAB_ROOT = b"duogate lab root"
 
 
-class Direction(IntEnum):
+class AirDirection(IntEnum):
     UPLINK = 0
     DOWNLINK = 1
 
@@ -112,7 +112,7 @@ def lab_root_key(lab_key: bytes, eui: int) -> bytes:
     return derive_key(lab_key, LABEL_LAB_ROOT, eui_bytes(eui))
 
 
-def ctr_block(direction: Direction, address: int, counter: int) -> bytes:
+def ctr_block(direction: AirDirection, address: int, counter: int) -> bytes:
     """Initial AES-CTR counter block: direction, address, frame counter, then zeros.
 
     The last bytes count the 16-byte blocks of one body (at most 16 of them).
@@ -122,7 +122,9 @@ def ctr_block(direction: Direction, address: int, counter: int) -> bytes:
     )
 
 
-def ctr_crypt(key: bytes, direction: Direction, address: int, counter: int, data: bytes) -> bytes:
+def ctr_crypt(
+    key: bytes, direction: AirDirection, address: int, counter: int, data: bytes
+) -> bytes:
     """Encrypt or decrypt (the same operation) a frame body with AES-128-CTR."""
     _check_key(key)
     cipher = Cipher(algorithms.AES(key), modes.CTR(ctr_block(direction, address, counter)))

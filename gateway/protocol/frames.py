@@ -21,7 +21,7 @@ from typing import Any
 import cbor2
 
 from gateway.protocol import crypto
-from gateway.protocol.crypto import Direction, SessionKeys
+from gateway.protocol.crypto import AirDirection, SessionKeys
 
 PROTOCOL_VERSION = 1
 MAX_PHY_PAYLOAD = 255
@@ -71,7 +71,7 @@ class FrameTooLarge(ValueError):
     """A frame to be encoded would not fit in one PHY payload (255 bytes)."""
 
 
-class FrameType(IntEnum):
+class AirFrameType(IntEnum):
     JOIN_REQUEST = 1
     JOIN_ACCEPT = 2
     JOIN_REFUSED = 3
@@ -80,9 +80,11 @@ class FrameType(IntEnum):
     DOWNLINK = 6
 
 
-UPLINK_TYPES = frozenset({FrameType.JOIN_REQUEST, FrameType.REPORT, FrameType.COMMAND_RESULT})
-JOIN_ANSWER_TYPES = frozenset({FrameType.JOIN_ACCEPT, FrameType.JOIN_REFUSED})
-SESSION_TYPES = frozenset({FrameType.REPORT, FrameType.COMMAND_RESULT, FrameType.DOWNLINK})
+UPLINK_TYPES = frozenset(
+    {AirFrameType.JOIN_REQUEST, AirFrameType.REPORT, AirFrameType.COMMAND_RESULT}
+)
+JOIN_ANSWER_TYPES = frozenset({AirFrameType.JOIN_ACCEPT, AirFrameType.JOIN_REFUSED})
+SESSION_TYPES = frozenset({AirFrameType.REPORT, AirFrameType.COMMAND_RESULT, AirFrameType.DOWNLINK})
 
 
 class Flag(IntFlag):
@@ -93,18 +95,18 @@ class Flag(IntFlag):
 
 
 _ALLOWED_FLAGS = {
-    FrameType.JOIN_REQUEST: Flag(0),
-    FrameType.JOIN_ACCEPT: Flag(0),
-    FrameType.JOIN_REFUSED: Flag(0),
-    FrameType.REPORT: Flag.ENCRYPTED | Flag.CONFIRMED,
-    FrameType.COMMAND_RESULT: Flag.ENCRYPTED | Flag.CONFIRMED,
-    FrameType.DOWNLINK: Flag.ENCRYPTED | Flag.ACK | Flag.COMMAND,
+    AirFrameType.JOIN_REQUEST: Flag(0),
+    AirFrameType.JOIN_ACCEPT: Flag(0),
+    AirFrameType.JOIN_REFUSED: Flag(0),
+    AirFrameType.REPORT: Flag.ENCRYPTED | Flag.CONFIRMED,
+    AirFrameType.COMMAND_RESULT: Flag.ENCRYPTED | Flag.CONFIRMED,
+    AirFrameType.DOWNLINK: Flag.ENCRYPTED | Flag.ACK | Flag.COMMAND,
 }
 
 _FIXED_LENGTHS = {
-    FrameType.JOIN_REQUEST: JOIN_REQUEST_LEN,
-    FrameType.JOIN_ACCEPT: JOIN_ACCEPT_LEN,
-    FrameType.JOIN_REFUSED: JOIN_REFUSED_LEN,
+    AirFrameType.JOIN_REQUEST: JOIN_REQUEST_LEN,
+    AirFrameType.JOIN_ACCEPT: JOIN_ACCEPT_LEN,
+    AirFrameType.JOIN_REFUSED: JOIN_REFUSED_LEN,
 }
 
 # Join accept session options byte.
@@ -126,7 +128,7 @@ class ResultCode(IntEnum):
 class Header:
     """What can be read from a frame before its tag is checked."""
 
-    type: FrameType
+    type: AirFrameType
     flags: Flag
     eui: int | None = None  # join request
     address: int | None = None  # session frames
@@ -149,7 +151,7 @@ class JoinAccept:
 
 
 @dataclass(frozen=True, slots=True)
-class JoinRefused:
+class JoinRefusedFrame:
     reason: int  # a RefusalReason value; unknown codes are kept as numbers
     retry_after_s: int = 0
 
@@ -162,7 +164,7 @@ class JoinRefused:
 
 
 @dataclass(frozen=True, slots=True)
-class Report:
+class ReportFrame:
     address: int
     counter: int
     body: dict[str, Any]
@@ -171,7 +173,7 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
-class CommandResult:
+class CommandResultFrame:
     address: int
     counter: int
     command_ref: int
@@ -224,8 +226,8 @@ class JoinAnswerKey:
         return f"JoinAnswerKey(eui={self.eui:016x}, dev_nonce={self.dev_nonce.hex()})"
 
 
-SessionFrame = Report | CommandResult | Downlink
-JoinAnswer = JoinAccept | JoinRefused
+SessionFrame = ReportFrame | CommandResultFrame | Downlink
+JoinAnswer = JoinAccept | JoinRefusedFrame
 Frame = JoinRequest | JoinAnswer | SessionFrame
 
 
@@ -290,7 +292,7 @@ def decode_cbor(data: bytes) -> Any:
 # ---------------------------------------------------------------------------------- header
 
 
-def _first_byte(frame_type: FrameType) -> int:
+def _first_byte(frame_type: AirFrameType) -> int:
     return (PROTOCOL_VERSION << 4) | frame_type
 
 
@@ -305,7 +307,7 @@ def peek(phy: bytes) -> Header:
     if version != PROTOCOL_VERSION:
         raise FrameRejected("bad_version", f"version {version}")
     try:
-        frame_type = FrameType(phy[0] & 0x0F)
+        frame_type = AirFrameType(phy[0] & 0x0F)
     except ValueError:
         raise FrameRejected("bad_type", f"type {phy[0] & 0x0F}") from None
     fixed = _FIXED_LENGTHS.get(frame_type)
@@ -317,10 +319,10 @@ def peek(phy: bytes) -> Header:
     flags = Flag(phy[1])
     if phy[1] & ~int(_ALLOWED_FLAGS[frame_type]) & 0xFF:
         raise FrameRejected("bad_flags", f"flags 0x{phy[1]:02x} on {frame_type.name.lower()}")
-    if frame_type is FrameType.DOWNLINK and not flags & (Flag.ACK | Flag.COMMAND):
+    if frame_type is AirFrameType.DOWNLINK and not flags & (Flag.ACK | Flag.COMMAND):
         raise FrameRejected("bad_flags", "downlink with neither ack nor command")
     tag = bytes(phy[-TAG_LEN:])
-    if frame_type is FrameType.JOIN_REQUEST:
+    if frame_type is AirFrameType.JOIN_REQUEST:
         return Header(frame_type, flags, eui=int.from_bytes(phy[2:10], "big"), tag=tag)
     if frame_type in JOIN_ANSWER_TYPES:
         return Header(frame_type, flags, tag=tag)
@@ -333,7 +335,7 @@ def peek(phy: bytes) -> Header:
     )
 
 
-def _expect(header: Header, allowed: frozenset[FrameType]) -> None:
+def _expect(header: Header, allowed: frozenset[AirFrameType]) -> None:
     if header.type not in allowed:
         raise FrameRejected("bad_type", f"unexpected {header.type.name.lower()}")
 
@@ -355,7 +357,7 @@ def encode_join_request(frame: JoinRequest, join_key: bytes) -> bytes:
     _check_range("eui", frame.eui, 2**64 - 1)
     _check_nonce(frame.dev_nonce)
     head = (
-        bytes([_first_byte(FrameType.JOIN_REQUEST), 0])
+        bytes([_first_byte(AirFrameType.JOIN_REQUEST), 0])
         + crypto.eui_bytes(frame.eui)
         + frame.dev_nonce
     )
@@ -364,7 +366,7 @@ def encode_join_request(frame: JoinRequest, join_key: bytes) -> bytes:
 
 def decode_join_request(phy: bytes, join_key: bytes) -> JoinRequest:
     header = peek(phy)
-    _expect(header, frozenset({FrameType.JOIN_REQUEST}))
+    _expect(header, frozenset({AirFrameType.JOIN_REQUEST}))
     if not crypto.tag_matches(join_key, phy[:-TAG_LEN], header.tag):
         raise FrameRejected("bad_tag", "join request")
     assert header.eui is not None
@@ -382,7 +384,7 @@ def encode_join_answer(frame: JoinAnswer, key: JoinAnswerKey) -> bytes:
         _check_range("rx_delay_ds", frame.rx_delay_ds, 255, low=1)
         options = SESSION_OPTION_ENCRYPT if frame.encrypt else 0
         head = (
-            bytes([_first_byte(FrameType.JOIN_ACCEPT), 0])
+            bytes([_first_byte(AirFrameType.JOIN_ACCEPT), 0])
             + frame.address.to_bytes(2, "big")
             + frame.gw_nonce
             + bytes([frame.rx_delay_ds, options])
@@ -391,7 +393,7 @@ def encode_join_answer(frame: JoinAnswer, key: JoinAnswerKey) -> bytes:
         _check_range("reason", frame.reason, 255)
         _check_range("retry_after_s", frame.retry_after_s, 0xFFFF)
         head = bytes(
-            [_first_byte(FrameType.JOIN_REFUSED), 0, frame.reason]
+            [_first_byte(AirFrameType.JOIN_REFUSED), 0, frame.reason]
         ) + frame.retry_after_s.to_bytes(2, "big")
     return head + crypto.tag(key.key, _answer_tag_input(key, head))
 
@@ -401,8 +403,8 @@ def decode_join_answer(phy: bytes, key: JoinAnswerKey) -> JoinAnswer:
     _expect(header, JOIN_ANSWER_TYPES)
     if not crypto.tag_matches(key.key, _answer_tag_input(key, phy[:-TAG_LEN]), header.tag):
         raise FrameRejected("bad_tag", header.type.name.lower())
-    if header.type is FrameType.JOIN_REFUSED:
-        return JoinRefused(reason=phy[2], retry_after_s=int.from_bytes(phy[3:5], "big"))
+    if header.type is AirFrameType.JOIN_REFUSED:
+        return JoinRefusedFrame(reason=phy[2], retry_after_s=int.from_bytes(phy[3:5], "big"))
     rx_delay_ds, options = phy[12], phy[13]
     if rx_delay_ds == 0 or options & ~SESSION_OPTION_ENCRYPT:
         raise FrameRejected("bad_body", "join accept session parameters")
@@ -417,19 +419,19 @@ def decode_join_answer(phy: bytes, key: JoinAnswerKey) -> JoinAnswer:
 # --------------------------------------------------------------------------- session frames
 
 
-def _session_plain_body(frame: SessionFrame) -> tuple[FrameType, Flag, bytes]:
-    if isinstance(frame, Report):
+def _session_plain_body(frame: SessionFrame) -> tuple[AirFrameType, Flag, bytes]:
+    if isinstance(frame, ReportFrame):
         if not isinstance(frame.body, dict):
             raise ValueError("report body must be a map")
         flags = Flag.CONFIRMED if frame.confirmed else Flag(0)
-        return FrameType.REPORT, flags, encode_cbor(frame.body)
-    if isinstance(frame, CommandResult):
+        return AirFrameType.REPORT, flags, encode_cbor(frame.body)
+    if isinstance(frame, CommandResultFrame):
         _check_range("command_ref", frame.command_ref, 0xFFFF)
         body = frame.command_ref.to_bytes(2, "big") + bytes([ResultCode(frame.status)])
         if frame.detail is not None:
             body += encode_cbor(frame.detail)
         flags = Flag.CONFIRMED if frame.confirmed else Flag(0)
-        return FrameType.COMMAND_RESULT, flags, body
+        return AirFrameType.COMMAND_RESULT, flags, body
     flags = Flag(0)
     body = b""
     if frame.ack_counter is not None:
@@ -449,7 +451,7 @@ def _session_plain_body(frame: SessionFrame) -> tuple[FrameType, Flag, bytes]:
         body += encode_cbor([command.action, command.params])
     if not flags:
         raise ValueError("a downlink carries an ack, a command or both")
-    return FrameType.DOWNLINK, flags, body
+    return AirFrameType.DOWNLINK, flags, body
 
 
 def downlink_length(with_ack: bool, command: DownlinkCommand | None) -> int:
@@ -472,7 +474,7 @@ def encode_session(frame: SessionFrame, keys: SessionKeys) -> bytes:
         )
     if frame.encrypted:
         flags |= Flag.ENCRYPTED
-        direction = Direction.UPLINK if frame_type in UPLINK_TYPES else Direction.DOWNLINK
+        direction = AirDirection.UPLINK if frame_type in UPLINK_TYPES else AirDirection.DOWNLINK
         body = crypto.ctr_crypt(keys.encryption, direction, frame.address, frame.counter, body)
     head = (
         bytes([_first_byte(frame_type), flags])
@@ -498,22 +500,22 @@ def open_session_body(phy: bytes, header: Header, keys: SessionKeys) -> SessionF
     encrypted = bool(header.flags & Flag.ENCRYPTED)
     body = bytes(phy[SESSION_HEADER_LEN:-TAG_LEN])
     if encrypted:
-        direction = Direction.UPLINK if header.type in UPLINK_TYPES else Direction.DOWNLINK
+        direction = AirDirection.UPLINK if header.type in UPLINK_TYPES else AirDirection.DOWNLINK
         body = crypto.ctr_crypt(keys.encryption, direction, address, counter, body)
     confirmed = bool(header.flags & Flag.CONFIRMED)
-    if header.type is FrameType.REPORT:
+    if header.type is AirFrameType.REPORT:
         value = decode_cbor(body)
         if not isinstance(value, dict):
             raise FrameRejected("bad_body", "report body is not a map")
-        return Report(address, counter, value, confirmed=confirmed, encrypted=encrypted)
-    if header.type is FrameType.COMMAND_RESULT:
+        return ReportFrame(address, counter, value, confirmed=confirmed, encrypted=encrypted)
+    if header.type is AirFrameType.COMMAND_RESULT:
         return _parse_result(body, address, counter, confirmed, encrypted)
     return _parse_downlink(body, header.flags, address, counter, encrypted)
 
 
 def _parse_result(
     body: bytes, address: int, counter: int, confirmed: bool, encrypted: bool
-) -> CommandResult:
+) -> CommandResultFrame:
     if len(body) < 3:
         raise FrameRejected("bad_body", "command result shorter than 3 bytes")
     try:
@@ -525,7 +527,7 @@ def _parse_result(
         detail = decode_cbor(body[3:])
         if not isinstance(detail, str):
             raise FrameRejected("bad_body", "result detail is not a text string")
-    return CommandResult(
+    return CommandResultFrame(
         address,
         counter,
         command_ref=int.from_bytes(body[0:2], "big"),
@@ -579,9 +581,11 @@ def encode(frame: Frame, key: FrameKey) -> bytes:
     JoinAnswerKey, a session frame with SessionKeys."""
     if isinstance(frame, JoinRequest) and isinstance(key, bytes):
         return encode_join_request(frame, key)
-    if isinstance(frame, (JoinAccept, JoinRefused)) and isinstance(key, JoinAnswerKey):
+    if isinstance(frame, (JoinAccept, JoinRefusedFrame)) and isinstance(key, JoinAnswerKey):
         return encode_join_answer(frame, key)
-    if isinstance(frame, (Report, CommandResult, Downlink)) and isinstance(key, SessionKeys):
+    if isinstance(frame, (ReportFrame, CommandResultFrame, Downlink)) and isinstance(
+        key, SessionKeys
+    ):
         return encode_session(frame, key)
     raise TypeError(f"cannot encode {type(frame).__name__} with {type(key).__name__}")
 

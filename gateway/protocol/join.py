@@ -284,7 +284,7 @@ class JoinServer:
         )
 
     def _refuse(self, eui: int, reason: RefusalReason, key: JoinAnswerKey) -> Refused:
-        answer = frames.JoinRefused(reason, self.settings.refusal_retry_after_s)
+        answer = frames.JoinRefusedFrame(reason, self.settings.refusal_retry_after_s)
         return Refused(eui, reason, frames.encode_join_answer(answer, key))
 
     def _allocate(self, now: float) -> tuple[int | None, Lease | None]:

@@ -16,14 +16,14 @@ from typing import Any
 from gateway.model import CommandStatus, lora_device_id
 from gateway.protocol import crypto, frames
 from gateway.protocol.frames import (
-    CommandResult,
+    AirFrameType,
+    CommandResultFrame,
     Downlink,
     DownlinkCommand,
     Flag,
     FrameRejected,
-    FrameType,
     Header,
-    Report,
+    ReportFrame,
     ResultCode,
     SessionFrame,
 )
@@ -237,7 +237,7 @@ class NetworkCore:
         header = frames.peek(phy)
         if header.type not in frames.UPLINK_TYPES:
             raise FrameRejected("wrong_direction", header.type.name.lower())
-        if header.type is FrameType.JOIN_REQUEST:
+        if header.type is AirFrameType.JOIN_REQUEST:
             return self._join(phy, header, now)
         assert header.address is not None
         lease = self._joins.by_address.get(header.address)
@@ -245,7 +245,7 @@ class NetworkCore:
             raise FrameRejected("unknown_address", f"0x{header.address:04x}")
         frame, duplicate = verify_uplink(lease, phy, header, now, self.settings.recent_uplinks)
         self._joins.dirty.add(lease.eui)
-        if isinstance(frame, Report):
+        if isinstance(frame, ReportFrame):
             return [
                 ReportReceived(
                     device_id=lease.device_id,
@@ -258,7 +258,7 @@ class NetworkCore:
                     rx_delay_s=lease.rx_delay_ds / 10,
                 )
             ]
-        assert isinstance(frame, CommandResult)
+        assert isinstance(frame, CommandResultFrame)
         return [
             CommandResultReceived(
                 device_id=lease.device_id,
