@@ -1,9 +1,17 @@
 """The gateway's session table: uplink verification, report ids, downlinks, and the facade.
 
-``NetworkCore.receive`` turns one received PHY payload into actions for the bridge, or raises
-``FrameRejected``. The bridge stores a report durably, writes the dirty lease records in the
-same commit, and only then sends the ack built by ``NetworkCore.build_downlink`` in the node's
-receive window. Pure: the time (Unix seconds) and the random source are passed in.
+``NetworkCore.receive`` turns one received PHY payload into actions for the LoRa shell, or
+raises ``FrameRejected``. The shell stores a report durably and only then lets the downlink
+scheduler (``downlink.py``) ack it, with a frame from ``NetworkCore.build_downlink``.
+
+Lease records changed by uplinks and downlinks (``take_dirty``) are not written with the
+reports: the shell writes them in their own transaction every second, and before it answers
+a join. After a crash the uplink counters of the last second may be lost, so a retransmission
+of a report already stored is taken as new and stored again, under the same ``report_id``.
+Downlink counters are not at risk: the stored reservation stays at least
+``DOWNLINK_RESERVATION // 2`` ahead of use.
+
+Pure: the time (Unix seconds) and the random source are passed in.
 """
 
 from __future__ import annotations
@@ -337,7 +345,7 @@ class NetworkCore:
         return eui is not None and self._joins.drop(eui) is not None
 
     def take_dirty(self) -> list[LeaseRecord]:
-        """Records changed since the last call, for the store to write in its next commit."""
+        """Records changed since the last call, for the store to write."""
         joins = self._joins
         records = [joins.record(eui) for eui in sorted(joins.dirty)]
         joins.dirty.clear()

@@ -5,8 +5,9 @@ uplink counters already accepted, the downlink counter reservation) and the EUI'
 history (generation, recent nonces). Session keys are not stored: they are derived again
 from the registry's root key and the two nonces.
 
-Writes are batched: the bridge takes the changed records from the core and writes them in
-one transaction, ideally the same commit that stores the reports they acknowledge.
+Writes are batched: the LoRa shell takes the changed records from the core (``take_dirty``)
+and writes them in one transaction (``save``) every second and before it answers a join; see
+``gateway/protocol/session.py`` for what a crash between two writes can cost.
 """
 
 from __future__ import annotations
@@ -167,10 +168,6 @@ class LeaseStore:
                 self.skipped_rows += 1
                 log.error("lease row for %r skipped: %s", row[0], exc)
         return records
-
-    def write(self, records: Iterable[LeaseRecord]) -> None:
-        """Upsert records inside the caller's transaction (no commit)."""
-        self.conn.executemany(_UPSERT, [_row(record) for record in records])
 
     def save(self, records: Iterable[LeaseRecord]) -> int:
         """Upsert records in one transaction; StoreError if it could not be committed."""
