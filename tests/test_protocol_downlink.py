@@ -268,3 +268,17 @@ def test_a_join_refusal_goes_in_the_join_window_without_a_lease_write() -> None:
     (tx,) = Gateway().scheduler.join_answered(refusal, rx_done=10.0)
     assert isinstance(tx, Transmit)
     assert (tx.at, tx.kind, tx.frame) == (11.0 - TX_LEAD_S, "join-refused", b"\x13\x00")
+
+
+def test_a_sent_command_out_of_time_waits_for_its_answer_while_the_next_one_goes() -> None:
+    gateway = Gateway()
+    first, second = command(60.0), command(500.0, "relay", on=False)
+    gateway.queue(first)
+    gateway.queue(second)
+    (tx,) = gateway.report(rx_done=50.0)
+    gateway.scheduler.transmitted(tx, 0.1, tx.at)
+    (tx,) = gateway.report(rx_done=70.0)  # the first is out of time: not sent again
+    assert (tx.kind, tx.command_ref) == ("command", 1)
+    assert gateway.scheduler.queued(DEVICE) == 2  # the first may still be answered
+    actions = gateway.answer(0, rx_done=80.0, status=ResultCode.EXECUTED)
+    assert actions[0] == ResolveCommand(first, CommandStatus.EXECUTED, "pong")

@@ -281,12 +281,12 @@ class DownlinkScheduler:
         at = rx_done + answer.send_after_s - TX_LEAD_S
         if isinstance(answer, JoinRefused):
             summary: dict[str, Any] = {"reason": answer.reason}
-            return [self._transmit(at, answer.frame, answer.device_id, "join-refused", summary)]
+            return [self._transmission(at, answer.frame, answer.device_id, "join-refused", summary)]
         lease = answer.lease
         summary = {"address": f"0x{lease.address:04x}"}
         return [
             PersistLeases(),
-            self._transmit(at, answer.frame, lease.device_id, "join-accept", summary),
+            self._transmission(at, answer.frame, lease.device_id, "join-accept", summary),
         ]
 
     def clear_to_send(self, tx: Transmit, now: float) -> bool:
@@ -323,7 +323,7 @@ class DownlinkScheduler:
             summary |= {"command": command.action, "ttl_ds": command.ttl_ds}
         kind = "ack" if command is None else "command"
         ref = None if command is None else command.ref
-        actions.append(self._transmit(window - TX_LEAD_S, frame, device, kind, summary, ref))
+        actions.append(self._transmission(window - TX_LEAD_S, frame, device, kind, summary, ref))
         return actions
 
     def _command_for_window(
@@ -342,26 +342,23 @@ class DownlinkScheduler:
                 actions.append(ResolveCommand(command, CommandStatus.REJECTED, f"too_large: {exc}"))
                 continue
             airtime = self._time_on_air(size)
-            # Sent already but out of time: not sent again; its outcome is the node's answer
-            # or, failing that, ``timeout``.
-            reason = expiry.check(command, window, airtime, stage=expiry.Stage.QUEUE)
+            in_queue = expiry.check(command, window, airtime, stage=expiry.Stage.QUEUE)
+            reason = in_queue or expiry.check(
+                command, window, airtime, stage=expiry.Stage.TRANSMISSION
+            )
             if reason is None:
-                reason = expiry.check(command, window, airtime, stage=expiry.Stage.TRANSMISSION)
-                if reason is None:
-                    left = command.deadline - window - airtime
-                    return DownlinkCommand.from_seconds(
-                        entry.ref, command.action, command.params, left
-                    )
-                if entry.sent_at is None:
-                    self._remove(entry)
-                    actions.append(ResolveCommand(command, CommandStatus.EXPIRED, reason))
-                return None  # too late for this one; the next waits for a later window
+                left = command.deadline - window - airtime
+                return DownlinkCommand.from_seconds(entry.ref, command.action, command.params, left)
+            # A command sent already is not sent again once out of time: its outcome is the
+            # node's answer or, failing that, ``timeout``.
             if entry.sent_at is None:
                 self._remove(entry)
                 actions.append(ResolveCommand(command, CommandStatus.EXPIRED, reason))
+            if in_queue is None:
+                return None  # alive, but too late for this window: the rest wait too
         return None
 
-    def _transmit(
+    def _transmission(
         self,
         at: float,
         frame: bytes,
@@ -381,6 +378,7 @@ class DownlinkScheduler:
         self._refs[device].in_use.discard(entry.ref)
 
     def _wake_change(self) -> list[Action]:
+        """``[WakeAt]`` if the earliest time a command ends has changed since last announced."""
         timeout = self.settings.node_answer_timeout_s
         due = [entry.due_at(timeout) for queue in self._queues.values() for entry in queue]
         wake = min(due, default=None)
