@@ -16,6 +16,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from gateway.config import MetricsSection
+from gateway.http_service import HttpService
 from gateway.state import KNOWN_PROBLEMS, GatewayState
 
 log = logging.getLogger(__name__)
@@ -135,10 +136,7 @@ class MetricsServer:
 
     def __init__(self, state: GatewayState, host: str = "127.0.0.1", port: int = 9108) -> None:
         self._registry = make_registry(state)
-        self._host = host
-        self._requested_port = port
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
+        self._http = HttpService(host, port)
 
     @classmethod
     def from_config(cls, section: MetricsSection, state: GatewayState) -> MetricsServer:
@@ -149,23 +147,16 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/", self._index)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, self._host, self._requested_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
-        log.info("metrics on http://%s:%d/metrics", self._host, self.port)
-        return self.port
+        port = await self._http.start(app)
+        log.info("metrics on http://%s:%d/metrics", self._http.host, port)
+        return port
+
+    @property
+    def port(self) -> int | None:
+        return self._http.port
 
     async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._http.stop()
 
     async def _metrics(self, request: web.Request) -> web.Response:
         body = generate_latest(self._registry)

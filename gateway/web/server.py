@@ -29,6 +29,7 @@ from aiohttp import web
 
 from gateway.config import Config
 from gateway.console.parser import ConsoleInputError, SendRequest, parse_command
+from gateway.http_service import HttpService
 from gateway.model import CommandResult
 from gateway.state import FRAME_LOG_SIZE, Controls, GatewayState
 from gateway.web.history import SignalHistory
@@ -53,6 +54,7 @@ LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
 MAX_BODY = 16 * 1024
 MAX_PENDING_COMMANDS = 32
 KEPT_RESULTS = 100
+SHUTDOWN_TIMEOUT_S = 2.0  # live readers' streams are cut after this on stop
 DEFAULT_FRAMES = 100
 REALM = 'Basic realm="duogate", charset="UTF-8"'
 SECURITY_HEADERS = {
@@ -156,8 +158,7 @@ class WebServer:
             )
         self._state = state
         self._controls = controls
-        self.host = host
-        self._requested_port = port
+        self._http = HttpService(host, port, shutdown_timeout_s=SHUTDOWN_TIMEOUT_S)
         self._password = password.encode() if password is not None else None
         self.history = history or SignalHistory()
         self._hub = EventHub(state, self.history)
@@ -165,8 +166,6 @@ class WebServer:
         self._static: dict[str, StaticFile] = {}
         self._commands: OrderedDict[str, WebCommand] = OrderedDict()
         self._command_tasks: set[asyncio.Task[None]] = set()
-        self._runner: web.AppRunner | None = None
-        self.port: int | None = None
         self.stats = WebStats()
 
     @classmethod
@@ -208,27 +207,24 @@ class WebServer:
         app.router.add_get("/api/history/{device}", self._api_history)
         app.router.add_post("/api/command", self._api_send)
         app.router.add_get("/api/command/{request}", self._api_command)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
-        await runner.setup()
-        site = web.TCPSite(runner, self.host, self._requested_port, reuse_address=True)
-        try:
-            await site.start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self.port = int(runner.addresses[0][1])
+        port = await self._http.start(app)
         self._hub.start()
         protected = "password required" if self._password is not None else "no password"
-        log.info("web status page on http://%s:%d/ (%s)", self.host, self.port, protected)
-        return self.port
+        log.info("web status page on http://%s:%d/ (%s)", self.host, port, protected)
+        return port
+
+    @property
+    def host(self) -> str:
+        return self._http.host
+
+    @property
+    def port(self) -> int | None:
+        return self._http.port
 
     async def stop(self) -> None:
         """Stop serving. Commands already handed to the controls carry on."""
         await self._hub.stop()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        await self._http.stop()
 
     # --- request guard and headers ---
 
