@@ -25,18 +25,16 @@ Each operation is one transaction on the store's own worker thread; final states
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import sqlite3
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gateway.model import Command, CommandResult, CommandStatus
-from gateway.store.db import open_database
+from gateway.store.db import DatabaseWorker
 
 log = logging.getLogger(__name__)
 
@@ -129,20 +127,16 @@ class CommandStore:
     async def open(cls, data_dir: Path, *, max_states: int = DEFAULT_MAX_STATES) -> CommandStore:
         self = object.__new__(cls)
         self.max_states = max_states
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="commands")
         self._accepts = 0
         self._closed = False
-        loop = asyncio.get_running_loop()
-        try:
-            self._conn = await loop.run_in_executor(self._worker, open_database, data_dir)
-            await self._run(self._conn.executescript, _SCHEMA)
-            await self._run(self._add_missing_columns)
-        except BaseException:
-            conn = getattr(self, "_conn", None)
-            if conn is not None:
-                conn.close()
-            self._worker.shutdown(wait=False)
-            raise
+        self._db, _ = await DatabaseWorker.open(
+            data_dir,
+            thread_name="commands",
+            error=CommandStoreError,
+            error_prefix="command store database",
+            setup=_create_schema,
+        )
+        self._conn = self._db.conn
         return self
 
     async def accept(self, command: Command, *, now_mono: float, now_wall: float) -> bool:
@@ -264,24 +258,14 @@ class CommandStore:
         if self._closed:
             return
         self._closed = True
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._conn.close)
-        self._worker.shutdown(wait=True)
+        await self._db.close()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._closed:
             raise CommandStoreError("command store is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
-        except (sqlite3.Error, OSError) as exc:
-            raise CommandStoreError(f"command store database: {exc}") from exc
+        return await self._db.run(fn, *args)
 
     # -- worker thread ----------------------------------------------------------------------
-
-    def _add_missing_columns(self) -> None:
-        present = {row[1] for row in self._conn.execute("PRAGMA table_info(command_states)")}
-        for name, definition in _ADDED_COLUMNS:
-            if name not in present:
-                self._conn.execute(f"ALTER TABLE command_states ADD COLUMN {name} {definition}")
 
     def _insert(self, row: tuple[Any, ...]) -> bool:
         cur = self._conn.execute(
@@ -386,6 +370,14 @@ class CommandStore:
             (*_OPEN_STATUSES, excess),
         )
         return cur.rowcount
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(_SCHEMA)
+    present = {row[1] for row in conn.execute("PRAGMA table_info(command_states)")}
+    for name, definition in _ADDED_COLUMNS:
+        if name not in present:
+            conn.execute(f"ALTER TABLE command_states ADD COLUMN {name} {definition}")
 
 
 def _history_json(history: tuple[HistoryEntry, ...]) -> str:

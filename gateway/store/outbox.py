@@ -28,13 +28,12 @@ import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from gateway.model import DeviceEvent, EventKind, Report
-from gateway.store.db import StoreError, open_database
+from gateway.store.db import DatabaseWorker, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -155,16 +154,15 @@ class Outbox:
             droppable_kinds=frozenset(droppable_kinds),
             max_queued_rows=max_queued_rows,
         )
-        loop = asyncio.get_running_loop()
-        try:
-            self._conn = await loop.run_in_executor(self._worker, open_database, data_dir)
-            bits, count, last_id = await self._run(self._init_schema, list(upstreams))
-        except BaseException:
-            conn = getattr(self, "_conn", None)
-            if conn is not None:
-                conn.close()
-            self._worker.shutdown(wait=False)
-            raise
+        names = list(upstreams)
+        self._db, (bits, count, last_id) = await DatabaseWorker.open(
+            data_dir,
+            thread_name="outbox",
+            error=StorageFailed,
+            error_prefix="outbox database",
+            setup=lambda conn: _init_schema(conn, names),
+        )
+        self._conn = self._db.conn
         self._bits = bits
         self._all_bits = sum(bits.values())
         self._count = count
@@ -190,7 +188,7 @@ class Outbox:
         self.max_queued_rows = max_queued_rows
         self.dropped: dict[str, int] = {"qos0": 0, "report": 0, "event": 0, "corrupt": 0}
         self.commits = 0
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
+        self._db: DatabaseWorker
         self._conn: sqlite3.Connection
         self._batch = _Batch()
         self._work = asyncio.Event()
@@ -323,9 +321,7 @@ class Outbox:
             for _, future in self._batch.durable:
                 if not future.done():
                     future.set_exception(OutboxClosed("outbox closed before the commit"))
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(self._worker, self._conn.close)
-            self._worker.shutdown(wait=True)
+            await self._db.close()
 
     # -- queueing ---------------------------------------------------------------------------
 
@@ -352,10 +348,7 @@ class Outbox:
             raise OutboxClosed("outbox is closed")
 
     async def _run(self, fn: Any, *args: Any) -> Any:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._worker, fn, *args)
-        except (sqlite3.Error, OSError) as exc:
-            raise StorageFailed(f"outbox database: {exc}") from exc
+        return await self._db.run(fn, *args)
 
     # -- group commit -----------------------------------------------------------------------
 
@@ -436,46 +429,6 @@ class Outbox:
 
     # -- worker thread ----------------------------------------------------------------------
 
-    def _init_schema(self, upstreams: list[str]) -> tuple[dict[str, int], int, int]:
-        conn = self._conn
-        try:
-            conn.executescript(_SCHEMA)
-            conn.execute("BEGIN IMMEDIATE")
-            known = dict(conn.execute("SELECT name, bit FROM outbox_upstreams").fetchall())
-            for name, bit in list(known.items()):
-                if name not in upstreams:
-                    self._forget_upstream(name, bit)
-                    del known[name]
-            used = set(known.values())
-            for name in upstreams:
-                if name not in known:
-                    free = next(b for b in range(MAX_UPSTREAMS) if b not in used)
-                    used.add(free)
-                    known[name] = free
-                    conn.execute("INSERT INTO outbox_upstreams VALUES (?, ?)", (name, free))
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        count = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-        row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return {name: 1 << known[name] for name in upstreams}, count, row[0] if row else 0
-
-    def _forget_upstream(self, name: str, bit: int) -> None:
-        mask = 1 << bit
-        conn = self._conn
-        conn.execute(
-            "UPDATE outbox SET pending = pending & ? WHERE (pending & ?) != 0", (~mask, mask)
-        )
-        removed = conn.execute("DELETE FROM outbox WHERE pending = 0").rowcount
-        conn.execute("DELETE FROM outbox_upstreams WHERE name = ?", (name,))
-        log.warning(
-            "outbox: upstream %r is no longer enabled; %d entries only it still needed removed",
-            name,
-            removed,
-        )
-
     def _commit(self, batch: _Batch) -> _CommitOutcome:
         conn = self._conn
         dropped: dict[str, int] = {}
@@ -554,6 +507,48 @@ class Outbox:
             self._batch.discard.add(entry_id)
             self._work.set()
             return None
+
+
+def _init_schema(conn: sqlite3.Connection, upstreams: list[str]) -> tuple[dict[str, int], int, int]:
+    """Create the tables; give each upstream its bit, forgetting those no longer enabled.
+
+    Returns the bits by upstream name, the number of stored entries and the newest id.
+    """
+    try:
+        conn.executescript(_SCHEMA)
+        conn.execute("BEGIN IMMEDIATE")
+        known = dict(conn.execute("SELECT name, bit FROM outbox_upstreams").fetchall())
+        for name, bit in list(known.items()):
+            if name not in upstreams:
+                _forget_upstream(conn, name, bit)
+                del known[name]
+        used = set(known.values())
+        for name in upstreams:
+            if name not in known:
+                free = next(b for b in range(MAX_UPSTREAMS) if b not in used)
+                used.add(free)
+                known[name] = free
+                conn.execute("INSERT INTO outbox_upstreams VALUES (?, ?)", (name, free))
+        conn.execute("COMMIT")
+    except BaseException:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
+        raise
+    count = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+    return {name: 1 << known[name] for name in upstreams}, count, row[0] if row else 0
+
+
+def _forget_upstream(conn: sqlite3.Connection, name: str, bit: int) -> None:
+    mask = 1 << bit
+    conn.execute("UPDATE outbox SET pending = pending & ? WHERE (pending & ?) != 0", (~mask, mask))
+    removed = conn.execute("DELETE FROM outbox WHERE pending = 0").rowcount
+    conn.execute("DELETE FROM outbox_upstreams WHERE name = ?", (name,))
+    log.warning(
+        "outbox: upstream %r is no longer enabled; %d entries only it still needed removed",
+        name,
+        removed,
+    )
 
 
 def _resolve(waiters: list[tuple[int, asyncio.Future[int]]], value: int) -> None:
