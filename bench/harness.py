@@ -39,7 +39,6 @@ from gateway.bridge import Bridge
 from gateway.config import Config
 from gateway.lora import TX_LEAD_S, LoraNetwork
 from gateway.model import Report, lora_device_id
-from gateway.protocol.airtime import time_on_air_s
 from gateway.protocol.frames import FrameRejected, JoinAccept
 from gateway.state import GatewayState
 from gateway.upstreams.mqtt import MqttUpstream
@@ -82,16 +81,7 @@ class InjectingRadio:
 
     async def transmit(self, payload: bytes) -> float:
         self.transmitted.append(payload)
-        s = self.settings
-        return time_on_air_s(
-            len(payload),
-            s.spreading_factor,
-            s.bandwidth_hz,
-            s.coding_rate,
-            s.preamble_length,
-            not s.implicit_header,
-            s.crc,
-        )
+        return self.settings.time_on_air_s(len(payload))
 
     async def reconfigure(self, settings: RadioSettings) -> None:
         self.settings = settings

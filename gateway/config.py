@@ -16,6 +16,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from drivers.radio.base import FREQUENCIES_HZ, PREAMBLE_LENGTHS, SYNC_WORDS, TX_POWERS_DBM
+from gateway.protocol.airtime import CODING_RATES, SPREADING_FACTORS
+
 # Each section forbids unknown keys so a typo is a clear error rather than a silent default.
 _STRICT = ConfigDict(extra="forbid", frozen=True)
 
@@ -79,6 +82,14 @@ class Secret(Section):
 
 
 Port = Annotated[int, Field(ge=1, le=65535)]
+# [radio] bounds come from the radio contract (drivers/radio/base.py): a file and a runtime
+# change are checked alike.
+_FrequencyHz = Annotated[int, Field(ge=FREQUENCIES_HZ.start, le=FREQUENCIES_HZ.stop - 1)]
+_SpreadingFactor = Annotated[int, Field(ge=SPREADING_FACTORS.start, le=SPREADING_FACTORS.stop - 1)]
+_CodingRate = Annotated[int, Field(ge=CODING_RATES.start, le=CODING_RATES.stop - 1)]
+_TxPowerDbm = Annotated[int, Field(ge=TX_POWERS_DBM.start, le=TX_POWERS_DBM.stop - 1)]
+_SyncWord = Annotated[int, Field(ge=SYNC_WORDS.start, le=SYNC_WORDS.stop - 1)]
+_PreambleLength = Annotated[int, Field(ge=PREAMBLE_LENGTHS.start, le=PREAMBLE_LENGTHS.stop - 1)]
 
 
 class GatewaySection(Section):
@@ -94,15 +105,15 @@ class SpiPins(Section):
 
 class RadioSection(Section):
     driver: Literal["sx127x", "serial", "sim"] = "sim"
-    frequency_hz: Annotated[int, Field(ge=137_000_000, le=1_020_000_000)] = 868_100_000
-    spreading_factor: Annotated[int, Field(ge=6, le=12)] = 7
+    frequency_hz: _FrequencyHz = 868_100_000
+    spreading_factor: _SpreadingFactor = 7
     bandwidth_hz: Literal[
         7800, 10400, 15600, 20800, 31250, 41700, 62500, 125000, 250000, 500000
     ] = 125_000
-    coding_rate: Annotated[int, Field(ge=5, le=8)] = 5
-    tx_power_dbm: Annotated[int, Field(ge=2, le=20)] = 14
-    sync_word: Annotated[int, Field(ge=0, le=0xFF)] = 0x12
-    preamble_length: Annotated[int, Field(ge=6, le=65535)] = 8
+    coding_rate: _CodingRate = 5
+    tx_power_dbm: _TxPowerDbm = 14
+    sync_word: _SyncWord = 0x12
+    preamble_length: _PreambleLength = 8
     crc: bool = True
     # "spidev://0.0" for /dev/spidev0.0, or "sim://127.0.0.1:7000" for a `duogate sim` world.
     spi: Annotated[str, Field(pattern=r"^(spidev://\d+\.\d+|sim://[^:]+:\d+)$")] = "spidev://0.0"

@@ -40,7 +40,7 @@ import pytest
 from drivers.radio.base import Radio, RadioSettings, RxPacket
 from drivers.radio.serial_link import settings_from_config
 from drivers.radio.spi import Pins, open_local_chip
-from drivers.radio.sx127x import Sx127xRadio, settings_airtime_s
+from drivers.radio.sx127x import Sx127xRadio
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer
 from drivers.sim.medium import RfMedium
@@ -288,16 +288,14 @@ class SharedRadioNodeLink:
             opens = time.monotonic()
             while not self._inbox.empty():
                 self._inbox.get_nowait()  # heard before this window opened
-            longest = settings_airtime_s(self.radio.settings, 255)
+            longest = self.radio.settings.time_on_air_s(255)
             deadline = opens + timeout_s + longest
             while (left := deadline - time.monotonic()) > 0:
                 try:
                     packet = await asyncio.wait_for(self._inbox.get(), left)
                 except TimeoutError:
                     break
-                started = packet.t_mono - settings_airtime_s(
-                    self.radio.settings, len(packet.payload)
-                )
+                started = packet.t_mono - self.radio.settings.time_on_air_s(len(packet.payload))
                 if opens - 0.01 <= started <= opens + timeout_s:
                     return packet.payload, packet.rssi, packet.snr
             return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from drivers.radio.base import RxPacket
-from drivers.radio.sx127x import Sx127xRadio, settings_airtime_s
+from drivers.radio.sx127x import Sx127xRadio
 from hil_tests.helpers import BENCH_KINDS, Bench, node_board_skip_reason, open_bench, wait_until
 
 LONG = bytes(range(200))  # about 330 ms at SF7 / 125 kHz
@@ -58,7 +58,7 @@ async def test_frame_starting_while_the_gateway_transmits_is_not_received(
     radio, heard = gateway
     node = await bench.node_link("talker", distance_m=100.0)
     settings = bench.settings
-    assert settings_airtime_s(settings, len(SHORT)) + 0.1 < settings_airtime_s(settings, len(LONG))
+    assert settings.time_on_air_s(len(SHORT)) + 0.1 < settings.time_on_air_s(len(LONG))
     before = half_duplex_losses(bench)
     rx_before = bench.chip.stats.rx_packets if bench.chip is not None else 0
 
@@ -84,7 +84,7 @@ async def test_frame_being_received_when_the_gateway_starts_transmitting_is_lost
     radio, heard = gateway
     node = await bench.node_link("talker", distance_m=100.0)
     settings = bench.settings
-    assert settings_airtime_s(settings, len(SHORT)) + 0.1 < settings_airtime_s(settings, len(LONG))
+    assert settings.time_on_air_s(len(SHORT)) + 0.1 < settings.time_on_air_s(len(LONG))
     before = half_duplex_losses(bench)
     rx_before = bench.chip.stats.rx_packets if bench.chip is not None else 0
 

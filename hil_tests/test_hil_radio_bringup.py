@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from drivers.radio.base import RxPacket
-from drivers.radio.sx127x import Sx127xRadio, settings_airtime_s
+from drivers.radio.sx127x import Sx127xRadio
 from hil_tests.helpers import BENCH_KINDS, Bench, open_bench
 
 LORA_RXCONT = 0x85
@@ -43,7 +43,7 @@ async def test_radio_transmits_and_returns_to_receive(bench: Bench, radio: Sx127
     payloads = [b"\x01" * 10, bytes(range(64)), b"\xff" * 255]
     for payload in payloads:
         airtime = await asyncio.wait_for(radio.transmit(payload), 5.0)
-        assert airtime == settings_airtime_s(bench.settings, len(payload))
+        assert airtime == bench.settings.time_on_air_s(len(payload))
         assert radio.healthy()
     assert radio.counters["tx_packets"] == len(payloads)
     assert radio.counters["tx_timeouts"] == 0
@@ -59,7 +59,7 @@ async def test_radio_retunes_at_runtime(bench: Bench, radio: Sx127xRadio) -> Non
     slower = dataclasses.replace(original, spreading_factor=9)
     await asyncio.wait_for(radio.reconfigure(slower), 5.0)
     airtime = await asyncio.wait_for(radio.transmit(b"retuned"), 5.0)
-    assert airtime == settings_airtime_s(slower, len(b"retuned"))
+    assert airtime == slower.time_on_air_s(len(b"retuned"))
     if bench.chip is not None:
         assert bench.chip.air_params().spreading_factor == 9
         assert bench.chip.tx_history[-1].params.spreading_factor == 9

@@ -11,6 +11,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from gateway.protocol import airtime
+from gateway.protocol.airtime import (
+    BANDWIDTHS_HZ,
+    CODING_RATES,
+    MAX_PREAMBLE,
+    MIN_PREAMBLE,
+    SPREADING_FACTORS,
+)
+
+# The bounds every radio here accepts (the SX127x's, which the serial modems share); the config
+# file's [radio] section is checked against the same numbers.
+FREQUENCIES_HZ = range(137_000_000, 1_020_000_000 + 1)
+TX_POWERS_DBM = range(2, 20 + 1)  # PA_BOOST output
+SYNC_WORDS = range(0, 0xFF + 1)
+PREAMBLE_LENGTHS = range(MIN_PREAMBLE, MAX_PREAMBLE + 1)
+
 
 class RadioError(Exception):
     """Root of radio errors: a missing chip, a chip that stopped answering, a bad setting."""
@@ -31,6 +47,54 @@ class RadioSettings:
     preamble_length: int = 8
     crc: bool = True
     implicit_header: bool = False
+
+    def problems(self) -> list[str]:
+        """One line per setting out of bounds, e.g. ``coding_rate must be 5..8, got 9``."""
+        found = []
+        for name, allowed in (
+            ("frequency_hz", FREQUENCIES_HZ),
+            ("spreading_factor", SPREADING_FACTORS),
+            ("bandwidth_hz", BANDWIDTHS_HZ),
+            ("coding_rate", CODING_RATES),
+            ("tx_power_dbm", TX_POWERS_DBM),
+            ("sync_word", SYNC_WORDS),
+            ("preamble_length", PREAMBLE_LENGTHS),
+        ):
+            value = getattr(self, name)
+            if value in allowed:
+                continue
+            if isinstance(allowed, range):
+                found.append(f"{name} must be {allowed.start}..{allowed.stop - 1}, got {value}")
+            else:
+                found.append(f"{name} must be one of {sorted(allowed)}, got {value}")
+        return found
+
+    def validate(self) -> None:
+        """RadioError naming every setting out of bounds."""
+        found = self.problems()
+        if found:
+            raise RadioError("; ".join(found))
+
+    def describe(self) -> str:
+        """One line for logs: ``868.1000 MHz SF7 BW125k CR4/5 14 dBm sync 0x12``."""
+        return (
+            f"{self.frequency_hz / 1e6:.4f} MHz SF{self.spreading_factor} "
+            f"BW{self.bandwidth_hz / 1000:g}k CR4/{self.coding_rate} {self.tx_power_dbm} dBm "
+            f"sync {self.sync_word:#04x}"
+        )
+
+    def time_on_air_s(self, payload_bytes: int) -> float:
+        """Time on air of a packet of ``payload_bytes`` with these settings (ValueError if the
+        settings or the length are out of bounds)."""
+        return airtime.time_on_air_s(
+            payload_bytes,
+            self.spreading_factor,
+            self.bandwidth_hz,
+            self.coding_rate,
+            self.preamble_length,
+            explicit_header=not self.implicit_header,
+            crc=self.crc,
+        )
 
 
 @dataclass(frozen=True, slots=True)

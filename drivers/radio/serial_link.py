@@ -19,7 +19,8 @@ type  name         direction    body
 0x04  SETTINGS     both         seq u8, frequency u32 (Hz), sf u8, bandwidth u32 (Hz), cr u8
                                 (5..8 for 4/5..4/8), power i8 (dBm), sync word u8, preamble
                                 u16, flags u8 (bit 0 CRC on, bit 1 implicit header); the modem
-                                answers with the same seq and the settings it applied
+                                answers with the same seq and the settings it applied, or
+                                with ERROR BAD_SETTINGS
 0x05  ERROR        modem->host  seq u8 (0: not about a request), code u8, reason (UTF-8)
 ====  ===========  ===========  =================================================================
 
@@ -49,7 +50,6 @@ from cobs import cobs
 
 from drivers.radio.base import RadioError, RadioSettings, RxHandler, RxPacket
 from gateway.config import RadioSection
-from gateway.protocol.airtime import BANDWIDTHS_HZ, time_on_air_s
 
 log = logging.getLogger(__name__)
 
@@ -161,45 +161,29 @@ def _encode_body(frame: Frame) -> bytes:
             return bytes([FrameType.TX_DONE]) + _TX_DONE.pack(seq, airtime_us)
         case SettingsFrame(seq, s):
             _check_seq(seq)
-            _check_settings(s)
             flags = (1 if s.crc else 0) | (2 if s.implicit_header else 0)
-            body = _SETTINGS.pack(
-                seq,
-                s.frequency_hz,
-                s.spreading_factor,
-                s.bandwidth_hz,
-                s.coding_rate,
-                s.tx_power_dbm,
-                s.sync_word,
-                s.preamble_length,
-                flags,
-            )
+            try:
+                body = _SETTINGS.pack(
+                    seq,
+                    s.frequency_hz,
+                    s.spreading_factor,
+                    s.bandwidth_hz,
+                    s.coding_rate,
+                    s.tx_power_dbm,
+                    s.sync_word,
+                    s.preamble_length,
+                    flags,
+                )
+            except struct.error as exc:
+                raise FrameError(
+                    "bad_value", f"settings do not fit a SETTINGS frame: {exc}"
+                ) from None
             return bytes([FrameType.SETTINGS]) + body
         case ErrorFrame(seq, code, reason):
             _check_seq(seq, allow_zero=True)
             text = reason.encode("utf-8")[:200]
             return bytes([FrameType.ERROR]) + _ERROR_HEAD.pack(seq, code) + text
     raise TypeError(f"not a frame: {frame!r}")
-
-
-def _check_settings(s: RadioSettings) -> None:
-    problems = []
-    if not 0 < s.frequency_hz < 2**32:
-        problems.append(f"frequency {s.frequency_hz}")
-    if not 6 <= s.spreading_factor <= 12:
-        problems.append(f"sf {s.spreading_factor}")
-    if s.bandwidth_hz not in BANDWIDTHS_HZ:
-        problems.append(f"bandwidth {s.bandwidth_hz}")
-    if not 5 <= s.coding_rate <= 8:
-        problems.append(f"coding rate {s.coding_rate}")
-    if not -128 <= s.tx_power_dbm <= 127:
-        problems.append(f"power {s.tx_power_dbm}")
-    if not 0 <= s.sync_word <= 0xFF:
-        problems.append(f"sync word {s.sync_word}")
-    if not 6 <= s.preamble_length <= 0xFFFF:
-        problems.append(f"preamble {s.preamble_length}")
-    if problems:
-        raise FrameError("bad_value", "bad settings: " + ", ".join(problems))
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -246,7 +230,6 @@ def decode_body(body: bytes) -> Frame:
             crc=bool(flags & 1),
             implicit_header=bool(flags & 2),
         )
-        _check_settings(settings)
         return SettingsFrame(seq, settings)
     if kind == FrameType.ERROR:
         if len(rest) < _ERROR_HEAD.size:
@@ -408,6 +391,7 @@ class SerialRadio:
         reply_timeout_s: float = 1.0,
         reopen_interval_s: float = 1.0,
     ) -> None:
+        settings.validate()
         self.settings = settings
         self.port = port
         self.baud = baud
@@ -443,7 +427,7 @@ class SerialRadio:
         except RadioError:
             await self.close()
             raise
-        log.info("serial modem on %s up: %s", self.port, _describe(self.settings))
+        log.info("serial modem on %s up: %s", self.port, self.settings.describe())
 
     async def close(self) -> None:
         self._closing = True
@@ -458,16 +442,7 @@ class SerialRadio:
     async def transmit(self, payload: bytes) -> float:
         if not 1 <= len(payload) <= MAX_PAYLOAD:
             raise RadioError(f"payload must be 1..{MAX_PAYLOAD} bytes, got {len(payload)}")
-        s = self.settings
-        airtime = time_on_air_s(
-            len(payload),
-            s.spreading_factor,
-            s.bandwidth_hz,
-            s.coding_rate,
-            s.preamble_length,
-            explicit_header=not s.implicit_header,
-            crc=s.crc,
-        )
+        airtime = self.settings.time_on_air_s(len(payload))
         async with self._request_lock:
             seq = self._next_seq()
             reply = await self._request(
@@ -480,10 +455,7 @@ class SerialRadio:
         return reply.airtime_us / 1_000_000
 
     async def reconfigure(self, settings: RadioSettings) -> None:
-        try:
-            _check_settings(settings)
-        except FrameError as exc:
-            raise RadioError(str(exc)) from None
+        settings.validate()
         await self._apply(settings)
         self.settings = settings
 
@@ -500,8 +472,8 @@ class SerialRadio:
             raise RadioError(f"modem on {self.port} answered settings with {reply!r}")
         if reply.settings != settings:
             raise RadioError(
-                f"modem on {self.port} applied {_describe(reply.settings)}, "
-                f"not {_describe(settings)}"
+                f"modem on {self.port} applied {reply.settings.describe()}, "
+                f"not {settings.describe()}"
             )
 
     def _next_seq(self) -> int:
@@ -624,11 +596,4 @@ def settings_from_config(section: RadioSection) -> RadioSettings:
         sync_word=section.sync_word,
         preamble_length=section.preamble_length,
         crc=section.crc,
-    )
-
-
-def _describe(s: RadioSettings) -> str:
-    return (
-        f"{s.frequency_hz / 1e6:.4f} MHz SF{s.spreading_factor} BW{s.bandwidth_hz // 1000}k "
-        f"CR4/{s.coding_rate} {s.tx_power_dbm} dBm sync {s.sync_word:#04x}"
     )

@@ -42,7 +42,7 @@ from drivers.radio.pylora_adapter import BoardPins, create_lora, load_pylora, pu
 from drivers.radio.serial_link import settings_from_config
 from drivers.radio.spi import IN, OUT, PUD_DOWN, Backend, Pins, open_backend, parse_spi_url
 from gateway.config import RadioSection
-from gateway.protocol.airtime import BANDWIDTHS_HZ, low_data_rate_required, time_on_air_s
+from gateway.protocol.airtime import BANDWIDTHS_HZ, low_data_rate_required
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +59,9 @@ MAX_PAYLOAD = 255
 
 def check_settings(s: RadioSettings) -> None:
     """RadioError naming every setting the SX127x cannot take."""
-    problems = []
-    if not 137_000_000 <= s.frequency_hz <= 1_020_000_000:
-        problems.append(f"frequency_hz must be 137000000..1020000000, got {s.frequency_hz}")
-    if not 6 <= s.spreading_factor <= 12:
-        problems.append(f"spreading_factor must be 6..12, got {s.spreading_factor}")
+    problems = s.problems()
     if s.spreading_factor == 6 and not s.implicit_header:
         problems.append("spreading_factor 6 needs implicit_header")
-    if s.bandwidth_hz not in BW_CODES:
-        problems.append(f"bandwidth_hz must be one of {sorted(BW_CODES)}, got {s.bandwidth_hz}")
-    if not 5 <= s.coding_rate <= 8:
-        problems.append(f"coding_rate must be 5..8, got {s.coding_rate}")
-    if not 2 <= s.tx_power_dbm <= 20:
-        problems.append(f"tx_power_dbm must be 2..20, got {s.tx_power_dbm}")
-    if not 0 <= s.sync_word <= 0xFF:
-        problems.append(f"sync_word must be 0..255, got {s.sync_word}")
-    if not 6 <= s.preamble_length <= 0xFFFF:
-        problems.append(f"preamble_length must be 6..65535, got {s.preamble_length}")
     if problems:
         raise RadioError("; ".join(problems))
 
@@ -94,18 +80,6 @@ def packet_rssi_dbm(raw_rssi: int, snr_db: float, *, low_band: bool) -> float:
 def packet_snr_db(raw_snr: int) -> float:
     """RegPktSnrValue is a signed byte in quarter dB."""
     return (raw_snr - 256 if raw_snr >= 128 else raw_snr) / 4
-
-
-def settings_airtime_s(s: RadioSettings, payload_len: int) -> float:
-    return time_on_air_s(
-        payload_len,
-        s.spreading_factor,
-        s.bandwidth_hz,
-        s.coding_rate,
-        s.preamble_length,
-        explicit_header=not s.implicit_header,
-        crc=s.crc,
-    )
 
 
 class Sx127xRadio:
@@ -187,7 +161,7 @@ class Sx127xRadio:
             raise
         self._healthy = True
         self._supervisor = self._loop.create_task(self._supervise(), name="sx127x-probe")
-        log.info("SX127x on %s up: %s", self._backend_name(), _describe(self.settings))
+        log.info("SX127x on %s up: %s", self._backend_name(), self.settings.describe())
 
     async def close(self) -> None:
         if self._closed:
@@ -208,7 +182,7 @@ class Sx127xRadio:
             if not self._healthy:
                 await self._recover("chip was not answering")
             settings = self.settings
-            airtime = settings_airtime_s(settings, len(payload))
+            airtime = settings.time_on_air_s(len(payload))
             loop = asyncio.get_running_loop()
             waiter: asyncio.Future[None] = loop.create_future()
             self._tx_waiter = waiter
@@ -244,7 +218,7 @@ class Sx127xRadio:
                 self._healthy = False
                 raise
             self.settings = settings
-        log.info("SX127x reconfigured: %s", _describe(settings))
+        log.info("SX127x reconfigured: %s", settings.describe())
 
     async def recover(self) -> None:
         """Reset the chip through RST and set it up again (the watchdog's lever)."""
@@ -555,10 +529,3 @@ class Sx127xRadio:
         self._healthy = False
         self.counters["bus_errors"] += 1
         log.error("SX127x: SPI failed in an interrupt: %s", exc)
-
-
-def _describe(s: RadioSettings) -> str:
-    return (
-        f"{s.frequency_hz / 1e6:.4f} MHz SF{s.spreading_factor} BW{s.bandwidth_hz / 1000:g}k "
-        f"CR4/{s.coding_rate} {s.tx_power_dbm} dBm sync {s.sync_word:#04x}"
-    )

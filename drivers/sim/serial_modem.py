@@ -2,8 +2,8 @@
 
 It speaks the frames of ``drivers.radio.serial_link`` on a file descriptor, normally the master
 side of a pty whose slave path the gateway opens with pyserial (``SerialModemTwin.on_pty()``).
-It applies SETTINGS, answers TX_REQUEST with TX_DONE after the packet's time on air, and lets
-tests inject received packets, raw bytes, refusals and silence.
+It applies SETTINGS (refusing any out of bounds), answers TX_REQUEST with TX_DONE after the
+packet's time on air, and lets tests inject received packets, raw bytes, refusals and silence.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ from drivers.radio.serial_link import (
     TxDone,
     TxRequest,
 )
-from gateway.protocol.airtime import time_on_air_s
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +116,10 @@ class SerialModemTwin:
         if self.behaviour.silent:
             return
         if isinstance(frame, SettingsFrame):
+            problems = frame.settings.problems()
+            if problems:
+                self._send(ErrorFrame(frame.seq, ErrorCode.BAD_SETTINGS, "; ".join(problems)))
+                return
             self.settings = frame.settings
             self._send(SettingsFrame(frame.seq, frame.settings))
         elif isinstance(frame, TxRequest):
@@ -136,20 +139,7 @@ class SerialModemTwin:
         if self._busy:
             self._send(ErrorFrame(request.seq, ErrorCode.BUSY, "transmitting"))
             return
-        s = self.settings
-        try:
-            airtime = time_on_air_s(
-                len(request.payload),
-                s.spreading_factor,
-                s.bandwidth_hz,
-                s.coding_rate,
-                s.preamble_length,
-                explicit_header=not s.implicit_header,
-                crc=s.crc,
-            )
-        except ValueError as exc:
-            self._send(ErrorFrame(request.seq, ErrorCode.BAD_SETTINGS, str(exc)))
-            return
+        airtime = self.settings.time_on_air_s(len(request.payload))
         self._busy = True
         task = asyncio.get_running_loop().create_task(self._finish_tx(request, airtime))
         self._tasks.add(task)
