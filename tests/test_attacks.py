@@ -43,14 +43,15 @@ from gateway.bridge import Bridge
 from gateway.config import Config, parse_config
 from gateway.lora import LoraNetwork
 from gateway.metrics import make_registry
-from gateway.model import EventKind, lora_device_id
+from gateway.model import lora_device_id
 from gateway.protocol import frames
 from gateway.protocol.frames import FrameRejected, JoinAccept
 from gateway.state import GatewayState
 from gateway.upstreams.mqtt import MqttUpstream
 from gateway.upstreams.xmpp import XmppUpstream
 from tests.servers import Mosquitto, Prosody
-from tests.test_upstreams_xmpp import Peer, refused
+from tests.sink_fixtures import RecordingSink
+from tests.xmpp_fixtures import Peer, refused
 
 EUI = 0x0011_2233_4455_6677
 ROOT_KEY = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
@@ -67,20 +68,6 @@ async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> No
 
 
 # ------------------------------------------------------------------------------------ air
-
-
-class RecordingSink:
-    def __init__(self) -> None:
-        self.reports: list[dict[str, Any]] = []
-        self.events: list[tuple[str, EventKind]] = []
-
-    async def report(self, device: str, kind: str, data: dict[str, Any], **_: Any) -> None:
-        self.reports.append(data)
-
-    async def event(
-        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
-    ) -> None:
-        self.events.append((device, event))
 
 
 @dataclass
@@ -178,7 +165,7 @@ async def test_forged_and_tampered_frames_are_rejected_and_counted(air: Air) -> 
     assert lease is not None
     _, genuine = node.report({"counter": 1})
     await air.send(genuine)
-    assert air.sink.reports == [{"counter": 1}]
+    assert [r.data for r in air.sink.reports] == [{"counter": 1}]
     transmissions = await air.quiet()
 
     forged_tag = bytearray(report_frame(node, node.up_next, {"counter": 666}))
@@ -208,14 +195,16 @@ async def test_forged_and_tampered_frames_are_rejected_and_counted(air: Air) -> 
     assert air.rejected == expected
     for reason, count in expected.items():
         assert air.metric(reason) == count
-    assert air.sink.reports == [{"counter": 1}], "a rejected frame was forwarded"
+    assert [r.data for r in air.sink.reports] == [{"counter": 1}], "a rejected frame was forwarded"
     assert await air.quiet() == transmissions, "a rejected frame was answered"
     after = air.lora.core.lease(DEVICE)
     assert after is not None and after.session_id == lease.session_id
 
     _, next_genuine = node.report({"counter": 2})
     await air.send(next_genuine)
-    assert air.sink.reports == [{"counter": 1}, {"counter": 2}], "the node was disturbed"
+    assert [r.data for r in air.sink.reports] == [{"counter": 1}, {"counter": 2}], (
+        "the node was disturbed"
+    )
 
 
 async def test_replayed_counters_are_rejected_and_counted(air: Air) -> None:
@@ -252,7 +241,7 @@ async def test_replayed_join_nonces_are_rejected_and_counted(air: Air) -> None:
     assert (after.session_id, after.address) == (lease.session_id, lease.address)
     _, report = second.report({"counter": 1})
     await air.send(report)
-    assert air.sink.reports == [{"counter": 1}], "the live session was disturbed"
+    assert [r.data for r in air.sink.reports] == [{"counter": 1}], "the live session was disturbed"
 
 
 async def test_a_join_flood_allocates_nothing(air: Air) -> None:
@@ -296,7 +285,7 @@ async def test_oversized_and_truncated_frames_are_rejected_and_counted(air: Air)
     assert air.metric("truncated") == 4 and air.metric("oversized") == 1
     assert await air.quiet() == transmissions
     await air.send(genuine)
-    assert air.sink.reports == [{"counter": 1}]
+    assert [r.data for r in air.sink.reports] == [{"counter": 1}]
 
 
 # ------------------------------------------------------------------------------ upstreams

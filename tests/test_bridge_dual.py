@@ -23,8 +23,8 @@ from tests.bridge_fixtures import (
     running_gateway,
     world_of,
 )
+from tests.bridge_xmpp_fixtures import XmppWatcher, answer, wait_until, xmpp_of, xmpp_settings
 from tests.servers import Mosquitto, Prosody
-from tests.test_bridge_xmpp import XmppWatcher, answer, wait_until, xmpp_of, xmpp_settings
 
 
 def dual_config(

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import parse_config
+from gateway.console.wire import PROMPT
 from tests.bridge_fixtures import fast_settings, running_gateway, world_of
+from tests.console_fixtures import Terminal
 from tests.servers import Mosquitto
-from tests.test_console import PROMPT, Terminal
 
 ROOT = Path(__file__).resolve().parents[1]
 

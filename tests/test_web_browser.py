@@ -12,33 +12,19 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-from playwright.async_api import async_playwright, expect
+from playwright.async_api import expect
 
 from drivers.radio.base import RadioSettings
 from gateway.model import CommandResult, CommandStatus
 from gateway.state import Direction, FrameLogEntry, GatewayState, OutboxStats
 from gateway.web import WebServer
+from tests.browser_fixtures import SCREENSHOT_COPY, chromium, requires_chromium, watch_errors
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOT_COPY = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 DEVICES = ["lora-00000000000000a1", "lora-00000000000000b2", "lora-00000000000000c3"]
 BLE_SENSOR = "ble-a4c138000001"
 PHONE = {"width": 375, "height": 740}
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = requires_chromium
 
 expect.set_options(timeout=10_000)
 
@@ -133,30 +119,6 @@ async def running(
         with contextlib.suppress(asyncio.CancelledError):
             await producer
         await server.stop()
-
-
-@contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
-
-
-def watch_errors(page: Any) -> list[str]:
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(f"page error: {error}"))
-    page.on(
-        "console",
-        lambda message: (
-            errors.append(f"console: {message.text}") if message.type == "error" else None
-        ),
-    )
-    return errors
 
 
 async def send(page: Any, device: str, params: str, ttl: str) -> None:

@@ -14,7 +14,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
 from playwright.async_api import expect
 
 from gateway.config import parse_config
@@ -23,15 +22,13 @@ from gateway.web import WebServer
 from gateway.web.live import resolve_device
 from gateway.web.views import frame_view
 from tests.bridge_fixtures import TIMEOUT, fast_settings, running_gateway, world_of
+from tests.browser_fixtures import SCREENSHOT_COPY, chromium, requires_chromium, watch_errors
 from tests.servers import Mosquitto
-from tests.test_web_browser import CHROMIUM, SCREENSHOT_COPY, chromium, watch_errors
 
 REPORT_INTERVAL_S = 2.0  # well above the short ttl below, so it cannot meet a receive window
 SHORT_TTL = "0.5"
 
-pytestmark = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason=f"no Chromium at {CHROMIUM} (apt-get install chromium)"
-)
+pytestmark = requires_chromium
 
 expect.set_options(timeout=15_000)
 
