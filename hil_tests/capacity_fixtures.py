@@ -24,7 +24,8 @@ from gateway.protocol.capacity import (
     capacity,
 )
 from gateway.protocol.dutycycle import DutyCycle, SubBand
-from hil_tests.helpers import NodeFleet, RecordingSink, SimBench, fast_node_config, sim_config
+from hil_tests.helpers import NodeFleet, SimBench, fast_node_config, sim_config
+from tests.sink_fixtures import RecordingSink
 
 # The scaled-down bench: SF7 at 125 kHz, a report every 10 or 20 s instead of every few
 # minutes. The duty-cycle window shrinks with the intervals (an hour becomes a minute, a few

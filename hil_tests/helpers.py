@@ -31,7 +31,6 @@ import random
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +48,8 @@ from drivers.sim.node_link import MediumNodeLink
 from drivers.sim.world import plan_nodes
 from gateway.config import Config, load_config, parse_config
 from gateway.lora import LoraNetwork
-from gateway.model import EventKind
 from gateway.state import Direction, GatewayState
+from tests.sink_fixtures import RecordingSink
 
 HARDWARE_ENV = "DUOGATE_HIL_HARDWARE"
 CONFIG_ENV = "DUOGATE_HIL_CONFIG"
@@ -151,51 +150,6 @@ async def wait_until(
 
 
 # -------------------------------------------------------------------------------- the gateway
-
-
-@dataclass(frozen=True, slots=True)
-class StoredReport:
-    device: str
-    data: dict[str, Any]
-    seq: int | None
-    report_id: str | None
-    rssi: float | None
-    snr: float | None
-
-    @property
-    def session(self) -> str:
-        """``device:session`` part of the report id: counters restart with a new session."""
-        assert self.report_id is not None
-        return self.report_id.rpartition(":")[0]
-
-
-@dataclass(slots=True)
-class RecordingSink:
-    """A ``DeviceSink`` that keeps every report and event it is handed, in order."""
-
-    reports: list[StoredReport] = field(default_factory=list)
-    events: list[tuple[str, EventKind, dict[str, Any] | None]] = field(default_factory=list)
-
-    async def report(
-        self,
-        device: str,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        rssi: float | None = None,
-        snr: float | None = None,
-        seq: int | None = None,
-        report_id: str | None = None,
-    ) -> None:
-        self.reports.append(StoredReport(device, dict(data), seq, report_id, rssi, snr))
-
-    async def event(
-        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
-    ) -> None:
-        self.events.append((device, event, detail))
-
-    def of(self, device: str) -> list[StoredReport]:
-        return [report for report in self.reports if report.device == device]
 
 
 class GatewayUnderTest:

@@ -30,7 +30,7 @@ from gateway.lora import LoraNetwork
 from gateway.state import GatewayState
 from gateway.timefmt import rfc3339
 from gateway.upstreams.mqtt import MqttUpstream
-from hil_tests.test_faults_harness import (
+from hil_tests.faults_fixtures import (
     Execution,
     FaultRow,
     Ledger,

@@ -31,7 +31,7 @@ from prometheus_client import generate_latest
 
 from gateway.daemon import Gateway
 from gateway.metrics import make_registry
-from hil_tests.test_faults_harness import (
+from hil_tests.faults_fixtures import (
     FaultRow,
     Ledger,
     MqttSubscriber,

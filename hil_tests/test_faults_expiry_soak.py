@@ -55,7 +55,7 @@ from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState
 from gateway.timefmt import rfc3339
 from gateway.upstreams.base import IncomingCommand
-from hil_tests.test_faults_harness import (
+from hil_tests.faults_fixtures import (
     FAST_NODES,
     Execution,
     FaultRow,
@@ -64,8 +64,10 @@ from hil_tests.test_faults_harness import (
     sized,
     watch_executions,
 )
+from tests.sink_fixtures import RecordingSink
 
 WALL_EPOCH = 1_800_000_000.0  # the virtual wall clock starts in 2027
+JOIN_EVENTS = (EventKind.JOINED, EventKind.REJOINED)
 
 
 # --------------------------------------------------------------------------- virtual clock
@@ -214,28 +216,6 @@ def _resolve(future: asyncio.Future[None]) -> None:
         future.set_result(None)
 
 
-# ------------------------------------------------------------------------------------ sink
-
-
-class RecordingSink:
-    """The bridge's side of ``DeviceSink``: keeps every report and event it is given."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, int]] = []  # (device, node report counter)
-        self.joined: set[str] = set()
-
-    async def report(self, device: str, kind: str, data: dict[str, Any], **_: Any) -> None:
-        counter = data.get("counter")
-        if isinstance(counter, int):
-            self.reports.append((device, counter))
-
-    async def event(
-        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
-    ) -> None:
-        if event in (EventKind.JOINED, EventKind.REJOINED):
-            self.joined.add(device)
-
-
 # ----------------------------------------------------------------------------------- soak
 
 
@@ -337,9 +317,9 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
 
     try:
         deadline = loop.time() + 120.0
-        while len(sink.joined) < len(nodes) and loop.time() < deadline:
+        while len(sink.devices_with(*JOIN_EVENTS)) < len(nodes) and loop.time() < deadline:
             await asyncio.sleep(0.5)
-        assert len(sink.joined) == len(nodes), "not every node joined"
+        assert len(sink.devices_with(*JOIN_EVENTS)) == len(nodes), "not every node joined"
         devices = [node.device_id for node in nodes]
         for number in range(1, commands + 1):
             await asyncio.sleep(rng.expovariate(1.0))
@@ -362,7 +342,7 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
         produced_by_node = {node.device_id: node.report_counter for node in nodes}
         settle_until = loop.time() + 120.0
         while loop.time() < settle_until:
-            delivered = {(d, c) for d, c in sink.reports}
+            delivered = set(sink.counters())
             if all(
                 (device, n) in delivered
                 for device, top in produced_by_node.items()
@@ -380,7 +360,7 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
                 await task
         await lora.stop()
 
-    delivered = {(device, counter) for device, counter in sink.reports}
+    delivered = set(sink.counters())
     lost = {
         device: [n for n in range(1, top + 1) if (device, n) not in delivered]
         for device, top in produced_by_node.items()
@@ -434,7 +414,7 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
         rejected_at_gateway=rejected,
         reports_produced=sum(produced_by_node.values()),
         reports_delivered=len(delivered),
-        report_duplicates=len(sink.reports) - len(delivered),
+        report_duplicates=len(sink.counters()) - len(delivered),
         lost={device: numbers for device, numbers in lost.items() if numbers},
         virtual_s=loop.time(),
         radio_stalls=radio.stalls,

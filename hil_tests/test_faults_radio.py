@@ -24,7 +24,7 @@ import pytest
 from drivers.sim.chip import FAIL_MODES
 from gateway.daemon import Gateway
 from gateway.sdnotify import Notifier, Watchdog
-from hil_tests.test_faults_harness import (
+from hil_tests.faults_fixtures import (
     FaultRow,
     Ledger,
     MqttSubscriber,

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.daemon import Gateway
-from hil_tests.test_faults_harness import (
+from hil_tests.faults_fixtures import (
     FaultRow,
     Ledger,
     MqttSubscriber,

@@ -24,12 +24,12 @@ from hil_tests.helpers import (
     NODES_ENV,
     Bench,
     NodeFleet,
-    StoredReport,
     fast_node_config,
     node_board_skip_reason,
     open_bench,
     wait_until,
 )
+from tests.sink_fixtures import StoredReport
 
 SIM_NODES = 50
 SIM_RADIO = {

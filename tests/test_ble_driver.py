@@ -16,7 +16,7 @@ from drivers.ble.scanner import BleScanner, backend_for
 from drivers.ble.sim import SimAdvertSource, SimBleSensor
 from gateway.config import BleSection
 from gateway.model import Command, CommandStatus, EventKind
-from tests.test_modbus_driver import RecordingSink
+from tests.sink_fixtures import RecordingSink, StoredReport
 
 ROOM = "A4:C1:38:00:00:01"
 DOOR = "A4:C1:38:00:00:02"
@@ -67,11 +67,12 @@ async def test_bthome_advert_becomes_a_report(start: Started) -> None:
     source.advertise(ROOM)
     source.advertise(DOOR, window=True)
     await driver.drain()
-    assert [(r[0], r[1], r[2], r[3]) for r in sink.reports] == [
-        ("ble-a4c138000001", "bthome", {"battery": 90, "temperature": 21.5, "humidity": 40.0},
-         {"rssi": -58}),
-        ("ble-a4c138000002", "bthome",
-         {"battery": 55, "temperature": 21.0, "humidity": 45.0, "window": True}, {"rssi": -77}),
+    assert sink.reports == [
+        StoredReport("ble-a4c138000001", "bthome",
+                     {"battery": 90, "temperature": 21.5, "humidity": 40.0}, rssi=-58),
+        StoredReport("ble-a4c138000002", "bthome",
+                     {"battery": 55, "temperature": 21.0, "humidity": 45.0, "window": True},
+                     rssi=-77),
     ]  # fmt: skip
     assert sink.kinds("ble-a4c138000001") == [EventKind.ONLINE]
     [room, door] = driver.devices()
@@ -116,7 +117,7 @@ async def test_deny_list(start: Started) -> None:
     source.advertise(ROOM)
     source.advertise(DOOR)
     await driver.drain()
-    assert [r[0] for r in sink.reports] == ["ble-a4c138000002"]
+    assert [r.device for r in sink.reports] == ["ble-a4c138000002"]
     assert driver.stats["denied"] == 1
 
 
@@ -125,7 +126,7 @@ async def test_allow_list_admits_only_its_macs(start: Started) -> None:
     for mac in (ROOM, DOOR, BEACON):
         source.advertise(mac)
     await driver.drain()
-    assert [r[0] for r in sink.reports] == ["ble-a4c138000002"]
+    assert [r.device for r in sink.reports] == ["ble-a4c138000002"]
     assert driver.stats["not_allowed"] == 2
     assert driver.owns("ble-a4c138000002") and not driver.owns("ble-a4c138000001")
 
@@ -137,10 +138,10 @@ async def test_raw_data_only_for_listed_devices(start: Started) -> None:
     source.inject(raw)
     await driver.drain()
     assert sink.reports == [
-        ("ble-112233445566", "advert",
-         {"manufacturer_data": {"0x0059": "cafe"},
-          "service_data": {"0000181a-0000-1000-8000-00805f9b34fb": "0102"}},
-         {"rssi": -66})
+        StoredReport("ble-112233445566", "advert",
+                     {"manufacturer_data": {"0x0059": "cafe"},
+                      "service_data": {"0000181a-0000-1000-8000-00805f9b34fb": "0102"}},
+                     rssi=-66)
     ]  # fmt: skip
 
 
@@ -157,9 +158,9 @@ async def test_ibeacon_report(start: Started) -> None:
     source.advertise(BEACON)
     await driver.drain()
     assert sink.reports == [
-        ("ble-f0000000beac", "ibeacon",
-         {"uuid": "e2c56db5-dffb-48d2-b060-d0f5a71096e0", "major": 1, "minor": 1,
-          "tx_power": -59}, {"rssi": -90})
+        StoredReport("ble-f0000000beac", "ibeacon",
+                     {"uuid": "e2c56db5-dffb-48d2-b060-d0f5a71096e0", "major": 1, "minor": 1,
+                      "tx_power": -59}, rssi=-90)
     ]  # fmt: skip
 
 

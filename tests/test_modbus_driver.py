@@ -15,37 +15,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimModbusServer
 from gateway.config import ModbusDevice, ModbusSection
 from gateway.model import Command, CommandStatus, EventKind
-
-
-class RecordingSink:
-    """A DeviceSink that keeps what it was given."""
-
-    def __init__(self) -> None:
-        self.reports: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = []
-        self.events: list[tuple[str, EventKind, dict[str, Any]]] = []
-        self._changed = asyncio.Event()
-
-    async def report(self, device: str, kind: str, data: dict[str, Any], **extra: Any) -> None:
-        self.reports.append((device, kind, data, extra))
-        self._changed.set()
-
-    async def event(
-        self, device: str, event: EventKind, detail: dict[str, Any] | None = None
-    ) -> None:
-        self.events.append((device, event, detail or {}))
-        self._changed.set()
-
-    def data(self, device: str) -> list[dict[str, Any]]:
-        return [data for name, _kind, data, _extra in self.reports if name == device]
-
-    def kinds(self, device: str) -> list[EventKind]:
-        return [event for name, event, _detail in self.events if name == device]
-
-    async def wait_for(self, condition: Callable[[], bool], timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                self._changed.clear()
-                await self._changed.wait()
+from tests.sink_fixtures import RecordingSink
 
 
 def device(unit: int, registers: list[dict[str, Any]], **settings: Any) -> ModbusDevice:
@@ -108,7 +78,7 @@ async def test_poll_decodes_every_type(server: SimModbusServer, running: Any) ->
     _driver, sink = await running(bus)
 
     await sink.wait_for(lambda: sink.data("modbus-plant-1"))
-    assert sink.reports[0][1] == "reading"
+    assert sink.reports[0].kind == "reading"
     assert sink.data("modbus-plant-1")[0] == {
         "temp": -12.5,
         "count": 3_000_000_000,

@@ -12,7 +12,7 @@ from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimModbusServer
 from gateway.config import ModbusDevice, ModbusSection
 from gateway.model import Command, CommandStatus, EventKind
-from tests.test_modbus_driver import RecordingSink
+from tests.sink_fixtures import RecordingSink
 
 METER = ModbusDevice.model_validate(
     {

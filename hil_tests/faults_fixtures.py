@@ -1,4 +1,4 @@
-"""Shared parts of the fault scenarios (``test_faults_*.py``); this module holds no tests.
+"""Shared parts of the fault scenarios (``test_faults_*.py``).
 
 Every scenario runs in a short form under ``make test`` and a long form under ``make soak``
 (``DUOGATE_SOAK=1``), and ends with one line
