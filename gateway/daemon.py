@@ -12,13 +12,13 @@ import contextlib
 import importlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.radio.base import Radio
 from gateway import __version__
-from gateway.bridge import Bridge
+from gateway.bridge import Bridge, DriverDirectory
 from gateway.config import Config
 from gateway.devices import DeviceDriver
 from gateway.lora import LoraNetwork
@@ -28,23 +28,28 @@ from gateway.upstreams.base import Upstream
 
 log = logging.getLogger("duogate")
 
-# radio.driver -> "module:factory"; the module is imported only when chosen.
+# radio.driver -> "module:factory" of the settings ``radio_driver_settings`` gives; the module
+# is imported only when chosen.
 RADIO_DRIVERS = {
-    "sx127x": "drivers.radio.sx127x:Sx127xRadio.from_config",
-    "serial": "drivers.radio.serial_link:SerialRadio.from_config",
-    "sim": "drivers.sim.inprocess:InProcessSimRadio.from_config",
+    "sx127x": "drivers.radio.sx127x:Sx127xRadio.from_settings",
+    "serial": "drivers.radio.serial_link:SerialRadio.from_settings",
+    "sim": "drivers.sim.inprocess:InProcessSimRadio",
 }
 
 
 def build_radio(config: Config) -> Radio:
+    from gateway.driver_settings import radio_driver_settings
+
     module_name, _, attribute = RADIO_DRIVERS[config.radio.driver].partition(":")
     target: Any = importlib.import_module(module_name)
     for part in attribute.split("."):
         target = getattr(target, part)
-    return target(config.radio) if config.radio.driver != "sim" else target(config)
+    return target(radio_driver_settings(config))
 
 
-def build_upstreams(config: Config, list_devices: Any) -> list[Upstream]:
+def build_upstreams(
+    config: Config, list_devices: Callable[[], list[dict[str, Any]]]
+) -> list[Upstream]:
     upstreams: list[Upstream] = []
     if config.mqtt.enabled:
         from gateway.upstreams.mqtt import MqttUpstream
@@ -58,15 +63,17 @@ def build_upstreams(config: Config, list_devices: Any) -> list[Upstream]:
 
 
 def build_bus_drivers(config: Config) -> list[DeviceDriver]:
+    from gateway.driver_settings import ble_settings, modbus_settings
+
     drivers: list[DeviceDriver] = []
     if config.modbus.enabled:
         from drivers.modbus.driver import ModbusDriver
 
-        drivers.append(ModbusDriver(config.modbus))
+        drivers.append(ModbusDriver(modbus_settings(config.modbus)))
     if config.ble.enabled:
         from drivers.ble.driver import BleDriver
 
-        drivers.append(BleDriver(config.ble))
+        drivers.append(BleDriver(ble_settings(config.ble)))
     return drivers
 
 
@@ -85,25 +92,16 @@ class Gateway:
     def build(cls, config: Config, *, radio: Radio | None = None) -> Gateway:
         gateway = cls(config)
         gateway.radio = radio if radio is not None else build_radio(config)
-        holder: dict[str, Bridge] = {}
-
-        def list_devices() -> list[dict[str, Any]]:
-            bridge = holder.get("bridge")
-            if bridge is None:
-                return []
-            return [
-                {"device": info.device, "kind": info.kind, "name": info.name}
-                for driver in bridge.drivers
-                for info in driver.devices()
-            ]
-
+        # The drivers are registered below, once the LoRa driver can be given the bridge's
+        # progress callback; the XMPP device list reads the directory when asked.
+        drivers = DriverDirectory()
         # load_config refuses a file with no upstream (gateway.config_checks).
-        upstreams = build_upstreams(config, list_devices)
-        gateway.lora = LoraNetwork(config, gateway.radio, gateway.state)
-        drivers: list[DeviceDriver] = [gateway.lora, *build_bus_drivers(config)]
+        upstreams = build_upstreams(config, drivers.rows)
         gateway.bridge = Bridge(config, gateway.state, upstreams, drivers, radio=gateway.radio)
-        gateway.lora.progress = gateway.bridge.on_driver_progress
-        holder["bridge"] = gateway.bridge
+        gateway.lora = LoraNetwork(
+            config, gateway.radio, gateway.state, progress=gateway.bridge.on_driver_progress
+        )
+        drivers.add(gateway.lora, *build_bus_drivers(config))
         return gateway
 
     async def start(self) -> None:
@@ -113,7 +111,8 @@ class Gateway:
         if config.console.enabled:
             from gateway.console.server import ConsoleServer
 
-            console = ConsoleServer.from_config(config, self.state, self.bridge)
+            controls = self.bridge.controls_for("console")
+            console = ConsoleServer.from_config(config, self.state, controls)
             await console.start()
             self.services.append(console)
         if config.metrics.enabled:

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-import gateway.bridge
+import gateway.bridge.results
 from gateway.config import parse_config
 from gateway.daemon import Gateway
 from gateway.timefmt import rfc3339
@@ -90,7 +90,7 @@ def acl_settings(tmp_path: Path, broker: Mosquitto) -> dict[str, Any]:
 async def test_a_response_topic_the_broker_refuses_costs_one_result_per_command_not_a_storm(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway.bridge, "RESULT_RETRY_S", 0.2)
+    monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_S", 0.2)
     count = 20
     async with acl_broker(tmp_path) as broker:
         watcher = MqttWatcher(broker, login=("app", "pw-app"))
@@ -130,8 +130,8 @@ async def test_a_response_topic_the_broker_refuses_costs_one_result_per_command_
 async def test_a_result_the_broker_refuses_everywhere_is_retried_with_backoff_then_given_up(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(gateway.bridge, "RESULT_RETRY_S", 0.05)
-    monkeypatch.setattr(gateway.bridge, "RESULT_RETRY_MAX_S", 0.4)
+    monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_S", 0.05)
+    monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_MAX_S", 0.4)
     # The ACL lets the gateway publish everything but command results.
     writable = (
         "status",
@@ -165,7 +165,7 @@ async def test_a_result_the_broker_refuses_everywhere_is_retried_with_backoff_th
             )
             state = await bridge.commands.get("mqtt", device, "nowhere")
             assert state is not None
-            assert state.result_attempts == gateway.bridge.MAX_RESULT_ATTEMPTS
+            assert state.result_attempts == gateway.bridge.results.MAX_RESULT_ATTEMPTS
             await asyncio.sleep(1.0)
             assert bridge.counters["results_given_up"] == 1
         watcher.drop()
@@ -231,7 +231,7 @@ async def test_a_final_result_whose_first_publication_is_slow_is_published_once(
 ) -> None:
     """The broker stalls (SIGSTOP) while a command ends: its result waits for the PUBACK and
     the retry loop comes round several times meanwhile; it must not publish it again."""
-    monkeypatch.setattr(gateway.bridge, "RESULT_RETRY_S", 0.1)
+    monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_S", 0.1)
     watcher = MqttWatcher(mosquitto)
     watcher.connect()
     config = parse_config(fast_settings(tmp_path / "data", mosquitto.port, nodes=1))
