@@ -249,7 +249,7 @@ def cmd_sim(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError([f"--listen: {exc}"]) from None
     config = _start(args.config, args.set, args.verbose, for_sim=True)
-    from drivers.sim.world import run_world
+    from gateway.sim_command import run_world
 
     return asyncio.run(run_world(config, listen=args.listen))
 

@@ -178,7 +178,8 @@ class SimulatedMeter:
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         try:
-            self.section = await demo.start(self.bus_name)
+            bus = await demo.start(self.bus_name)
+            self.section = ModbusSection.model_validate({"enabled": True, "buses": [bus]})
             self._ready.set()
             await self._stop.wait()
         finally:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import dataclasses
 import fcntl
 import json
 import os
@@ -52,6 +53,7 @@ from drivers.sim.inprocess import InProcessSimRadio
 from drivers.sim.node import NodeConfig, SimNode
 from drivers.sim.world import SimWorld
 from gateway.config import Config, parse_config
+from gateway.driver_settings import sim_radio_settings
 from gateway.upstreams.xmpp_stanzas import NS, register_stanza_plugins
 from tests.servers import Prosody
 
@@ -408,12 +410,9 @@ class TunedSimRadio(InProcessSimRadio):
     """
 
     def __init__(self, config: Config, nodes: NodeConfig = FAST_NODES, probe_s: float = 1.0):
-        super().__init__(config)
+        super().__init__(sim_radio_settings(config), probe_interval_s=probe_s)
         self.node_config = nodes
         self._node_tasks: list[asyncio.Task[None]] = []
-        self._radio = Sx127xRadio.from_config(
-            config.radio, open_bus=self._open_bus, probe_interval_s=probe_s
-        )
 
     @property
     def driver(self) -> Sx127xRadio:
@@ -425,7 +424,7 @@ class TunedSimRadio(InProcessSimRadio):
         return self.world.chip
 
     async def open(self, on_receive: Any) -> None:
-        world = SimWorld(self.config, node_config=self.node_config)
+        world = SimWorld(dataclasses.replace(self.sim_settings.world, node=self.node_config))
         world.chip.detach()
         world.chip = FaultyChip(world.loop, world.medium, position=(0.0, 0.0), name="gateway")
         self.world = world

@@ -37,7 +37,6 @@ from typing import Any
 import pytest
 
 from drivers.radio.base import Radio, RadioSettings, RxPacket
-from drivers.radio.serial_link import settings_from_config
 from drivers.radio.spi import Pins, open_local_chip
 from drivers.radio.sx127x import Sx127xRadio
 from drivers.sim.chip import SimulatedSX127x
@@ -45,8 +44,8 @@ from drivers.sim.chip_server import ChipServer
 from drivers.sim.medium import RfMedium
 from drivers.sim.node import NodeAirLink, NodeConfig, SimNode
 from drivers.sim.node_link import MediumNodeLink
-from drivers.sim.world import plan_nodes
 from gateway.config import Config, load_config, parse_config
+from gateway.driver_settings import plan_nodes, radio_settings, sx127x_settings
 from gateway.lora import LoraNetwork
 from gateway.state import Direction, GatewayState
 from tests.sink_fixtures import RecordingSink
@@ -275,7 +274,7 @@ class Bench:
 
     @property
     def settings(self) -> RadioSettings:
-        return settings_from_config(self.config.radio)
+        return radio_settings(self.config.radio)
 
     def gateway_radio(self, **options: Any) -> Sx127xRadio:
         raise NotImplementedError
@@ -328,8 +327,10 @@ class SimBench(Bench):
         chip = self.chip
         assert chip is not None
         options.setdefault("probe_interval_s", 30.0)
-        return Sx127xRadio.from_config(
-            self.config.radio, open_bus=lambda: open_local_chip(chip, SIM_PINS), **options
+        return Sx127xRadio.from_settings(
+            sx127x_settings(self.config.radio),
+            open_bus=lambda: open_local_chip(chip, SIM_PINS),
+            **options,
         )
 
     async def node_link(self, name: str, *, distance_m: float = 100.0) -> MediumNodeLink:
@@ -358,7 +359,7 @@ class HardwareBench(Bench):
         self._inbox: asyncio.Queue[RxPacket] = asyncio.Queue()
 
     def gateway_radio(self, **options: Any) -> Sx127xRadio:
-        return Sx127xRadio.from_config(self.config.radio, **options)
+        return Sx127xRadio.from_settings(sx127x_settings(self.config.radio), **options)
 
     async def node_link(self, name: str, *, distance_m: float = 100.0) -> NodeAirLink:
         if self._node_radio is None:
@@ -457,7 +458,7 @@ async def _after(delay_s: float, run: Callable[[], Awaitable[None]]) -> None:
 
 async def _probe(config_path: str, url: str) -> None:
     config = load_config(config_path, for_sim=True)  # a bare radio probe relays nothing
-    radio = Sx127xRadio(settings_from_config(config.radio), spi_url=url)
+    radio = Sx127xRadio(radio_settings(config.radio), spi_url=url)
 
     def show(packet: RxPacket) -> None:
         print(f"rx {packet.payload.hex()}", flush=True)

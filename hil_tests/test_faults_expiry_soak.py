@@ -44,11 +44,10 @@ from typing import Any
 import pytest
 
 from drivers.radio.base import RadioSettings, RxHandler, RxPacket
-from drivers.radio.serial_link import settings_from_config
 from drivers.sim.medium import AirParams, Frame, RfMedium
 from drivers.sim.node import SimNode
 from drivers.sim.node_link import MediumNodeLink
-from drivers.sim.world import plan_nodes
+from gateway.driver_settings import plan_nodes, radio_settings
 from gateway.lora import LoraNetwork
 from gateway.model import Command, CommandResult, CommandStatus, EventKind
 from gateway.protocol import envelope, expiry
@@ -278,7 +277,7 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
         return WALL_EPOCH + loop.time()
 
     medium = RfMedium(loop, seed=seed, loss_probability=0.08)
-    settings = settings_from_config(config.radio)
+    settings = radio_settings(config.radio)
     radio = MediumRadio(medium, settings, random.Random(seed + 1), stall=0.03)
     state = GatewayState(clock=wall, monotonic=loop.time)
     lora = LoraNetwork(config, radio, state, monotonic=loop.time, wall=wall)

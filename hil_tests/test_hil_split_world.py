@@ -23,9 +23,9 @@ from typing import IO
 
 import pytest
 
-from drivers.radio.serial_link import settings_from_config
 from drivers.radio.sx127x import Sx127xRadio
 from gateway.config import load_config
+from gateway.driver_settings import radio_settings
 from hil_tests.helpers import GatewayUnderTest, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
@@ -162,7 +162,7 @@ async def test_world_outlives_a_killed_gateway_and_the_driver_comes_back(
     config = load_config(
         config_file, overrides=[f"gateway.data_dir={str(tmp_path / 'gw')!r}"], for_sim=True
     )
-    radio = Sx127xRadio(settings_from_config(config.radio), spi_url=url)
+    radio = Sx127xRadio(radio_settings(config.radio), spi_url=url)
     gateway = GatewayUnderTest(config, radio)
     await gateway.start()
     sink = gateway.sink

@@ -41,6 +41,7 @@ from drivers.sim.inprocess import InProcessSimRadio
 from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.bridge import Bridge
 from gateway.config import Config, parse_config
+from gateway.driver_settings import sim_radio_settings
 from gateway.lora import LoraNetwork
 from gateway.metrics import make_registry
 from gateway.model import lora_device_id
@@ -137,7 +138,7 @@ def air_config(tmp_path: Path) -> Config:
 @pytest.fixture
 async def air(tmp_path: Path) -> AsyncIterator[Air]:
     config = air_config(tmp_path)
-    radio = InProcessSimRadio(config)
+    radio = InProcessSimRadio(sim_radio_settings(config))
     state = GatewayState()
     sink = RecordingSink()
     lora = LoraNetwork(config, radio, state)

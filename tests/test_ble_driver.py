@@ -15,6 +15,7 @@ from drivers.ble.driver import BleDriver
 from drivers.ble.scanner import BleScanner, backend_for
 from drivers.ble.sim import SimAdvertSource, SimBleSensor
 from gateway.config import BleSection
+from gateway.driver_settings import ble_settings
 from gateway.model import Command, CommandStatus, EventKind
 from tests.sink_fixtures import RecordingSink, StoredReport
 
@@ -48,7 +49,7 @@ async def start() -> AsyncIterator[Started]:
     ) -> tuple[BleDriver, SimAdvertSource, RecordingSink]:
         section = BleSection.model_validate({"enabled": True, "backend": "sim", **settings})
         backend = partial(SimAdvertSource, sensors=SENSORS, interval_s=None, clock=clock)
-        driver = BleDriver(section, backend=backend, clock=clock)
+        driver = BleDriver(ble_settings(section), backend=backend, clock=clock)
         sink = RecordingSink()
         await driver.start(sink)
         drivers.append(driver)
@@ -197,7 +198,7 @@ async def test_commands_are_rejected(start: Started) -> None:
 
 async def test_sim_backend_from_config_advertises_by_itself() -> None:
     received: list[BleAdvert] = []
-    factory = backend_for(BleSection(backend="sim"))
+    factory = backend_for(ble_settings(BleSection(backend="sim")))
     scanner = BleScanner(received.append, backend=partial(factory, interval_s=0.01))
     async with scanner, asyncio.timeout(10):
         while len(received) < 8:

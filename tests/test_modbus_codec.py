@@ -19,12 +19,16 @@ from drivers.modbus.codec import (
 )
 from drivers.modbus.health import Availability, ChangeFilter
 from drivers.modbus.plan import plan_reads
+from drivers.modbus.settings import RegisterSettings
 from gateway.config import ConfigError, ModbusRegister, parse_config
+from gateway.driver_settings import register_settings
 from gateway.model import EventKind
 
 
-def reg(**fields: Any) -> ModbusRegister:
-    return ModbusRegister.model_validate({"name": "x", "table": "holding", "address": 0, **fields})
+def reg(**fields: Any) -> RegisterSettings:
+    """A register as a config file would give it."""
+    table = {"name": "x", "table": "holding", "address": 0, **fields}
+    return register_settings(ModbusRegister.model_validate(table))
 
 
 def float_words(value: float) -> list[int]:

@@ -13,15 +13,21 @@ from pymodbus.constants import ExcCodes
 
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimModbusServer
-from gateway.config import ModbusDevice, ModbusSection
+from gateway.config import ModbusSection
+from gateway.driver_settings import modbus_settings
 from gateway.model import Command, CommandStatus, EventKind
 from tests.sink_fixtures import RecordingSink
 
 
-def device(unit: int, registers: list[dict[str, Any]], **settings: Any) -> ModbusDevice:
-    return ModbusDevice.model_validate(
-        {"unit": unit, "poll_interval_s": 0.05, **settings, "registers": registers}
-    )
+def device(unit: int, registers: list[dict[str, Any]], **settings: Any) -> dict[str, Any]:
+    """A ``[[modbus.buses.devices]]`` table."""
+    return {"unit": unit, "poll_interval_s": 0.05, **settings, "registers": registers}
+
+
+def driver_for(*buses: dict[str, Any]) -> ModbusDriver:
+    """A driver for ``[[modbus.buses]]`` tables, checked and converted as the gateway does."""
+    section = ModbusSection.model_validate({"enabled": True, "buses": list(buses)})
+    return ModbusDriver(modbus_settings(section))
 
 
 def write(device_id: str, register: str, value: Any, ttl_s: float = 5.0) -> Command:
@@ -58,7 +64,7 @@ async def running() -> AsyncIterator[Callable[..., Any]]:
     drivers: list[ModbusDriver] = []
 
     async def start(*buses: Any) -> tuple[ModbusDriver, RecordingSink]:
-        driver = ModbusDriver(ModbusSection(enabled=True, buses=list(buses)))
+        driver = driver_for(*buses)
         sink = RecordingSink()
         await driver.start(sink)
         drivers.append(driver)
@@ -175,7 +181,7 @@ async def test_invalid_writes_are_rejected(
 
 
 async def test_unknown_action_and_device_are_rejected(server: SimModbusServer) -> None:
-    driver = ModbusDriver(ModbusSection(buses=[server.bus("b", [device(1, WRITABLE_MAP)])]))
+    driver = driver_for(server.bus("b", [device(1, WRITABLE_MAP)]))
     reboot = Command("c1", "modbus-b-1", "reboot", {}, time.monotonic() + 5, "test")
     assert (await driver.execute(reboot)).status is CommandStatus.REJECTED
     other = write("modbus-b-9", "setpoint", 20)
@@ -280,11 +286,9 @@ async def test_unreachable_tcp_slave_goes_offline_while_another_bus_reports(
         probe.bind(("127.0.0.1", 0))
         closed_port = probe.getsockname()[1]
     register = {"name": "level", "table": "holding", "address": 7}
-    dead = ModbusSection.model_validate(
-        {"buses": [{"name": "dead", "transport": "tcp", "host": "127.0.0.1",
-                    "tcp_port": closed_port, "timeout_s": 0.2, "retries": 0,
-                    "devices": [device(1, [register], offline_after_failures=2)]}]}
-    ).buses[0]  # fmt: skip
+    dead = {"name": "dead", "transport": "tcp", "host": "127.0.0.1", "tcp_port": closed_port,
+            "timeout_s": 0.2, "retries": 0,
+            "devices": [device(1, [register], offline_after_failures=2)]}  # fmt: skip
     alive = server.bus("alive", [device(1, [register], publish="every_poll")])
     _driver, sink = await running(dead, alive)
     await sink.wait_for(lambda: EventKind.OFFLINE in sink.kinds("modbus-dead-1"))
@@ -294,7 +298,7 @@ async def test_unreachable_tcp_slave_goes_offline_while_another_bus_reports(
 
 
 def test_device_info_describes_the_register_map(server: SimModbusServer) -> None:
-    driver = ModbusDriver(ModbusSection(buses=[server.bus("b", [device(1, WRITABLE_MAP)])]))
+    driver = driver_for(server.bus("b", [device(1, WRITABLE_MAP)]))
     [info] = driver.devices()
     assert (info.device, info.kind, info.name, info.actions) == (
         "modbus-b-1", "modbus", "b unit 1", ("write",)

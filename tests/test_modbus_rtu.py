@@ -10,26 +10,25 @@ import pytest
 
 from drivers.modbus.driver import ModbusDriver
 from drivers.modbus.sim import SimModbusServer
-from gateway.config import ModbusDevice, ModbusSection
+from gateway.config import ModbusSection
+from gateway.driver_settings import modbus_settings
 from gateway.model import Command, CommandStatus, EventKind
 from tests.sink_fixtures import RecordingSink
 
-METER = ModbusDevice.model_validate(
-    {
-        "unit": 7,
-        "poll_interval_s": 0.05,
-        "offline_after_failures": 2,
-        "registers": [
-            {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.01},
-            {"name": "power", "table": "input", "address": 1, "type": "float32",
-             "word_order": "little"},
-            {"name": "energy", "table": "input", "address": 3, "type": "uint32", "scale": 0.1},
-            {"name": "setpoint", "table": "holding", "address": 10, "type": "uint16",
-             "writable": True, "max": 1000},
-            {"name": "pump", "table": "coil", "address": 2, "writable": True},
-        ],
-    }
-)  # fmt: skip
+METER = {  # a [[modbus.buses.devices]] table
+    "unit": 7,
+    "poll_interval_s": 0.05,
+    "offline_after_failures": 2,
+    "registers": [
+        {"name": "temp", "table": "input", "address": 0, "type": "int16", "scale": 0.01},
+        {"name": "power", "table": "input", "address": 1, "type": "float32",
+         "word_order": "little"},
+        {"name": "energy", "table": "input", "address": 3, "type": "uint32", "scale": 0.1},
+        {"name": "setpoint", "table": "holding", "address": 10, "type": "uint16",
+         "writable": True, "max": 1000},
+        {"name": "pump", "table": "coil", "address": 2, "writable": True},
+    ],
+}  # fmt: skip
 
 
 @pytest.fixture
@@ -37,7 +36,8 @@ async def line() -> AsyncIterator[tuple[SimModbusServer, ModbusDriver, Recording
     async with SimModbusServer(units=[7], transport="rtu") as server:
         await server.write_words(7, "input", 0, [0xF830, 0x0000, 0xC2F7, 0x0001, 0x86A0])
         bus = server.bus("line", [METER], timeout_s=0.25, retries=2, retry_backoff_s=0.01)
-        driver = ModbusDriver(ModbusSection(enabled=True, buses=[bus]))
+        section = ModbusSection.model_validate({"enabled": True, "buses": [bus]})
+        driver = ModbusDriver(modbus_settings(section))
         sink = RecordingSink()
         await driver.start(sink)
         try:

@@ -10,7 +10,7 @@ from cobs import cobs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.radio.base import RadioError, RadioSettings, RxPacket
+from drivers.radio.base import RadioError, RadioSettings, RxPacket, SerialRadioSettings
 from drivers.radio.serial_link import (
     BadFrame,
     ErrorFrame,
@@ -22,10 +22,10 @@ from drivers.radio.serial_link import (
     TxRequest,
     _crc,
     encode_frame,
-    settings_from_config,
 )
 from drivers.sim.serial_modem import SerialModemTwin
-from gateway.config import RadioSection
+from gateway.config import Config, RadioSection
+from gateway.driver_settings import radio_driver_settings
 from gateway.protocol.airtime import time_on_air_s
 
 SETTINGS = RadioSettings(frequency_hz=868_300_000, spreading_factor=7, sync_word=0x34)
@@ -171,9 +171,11 @@ async def test_open_without_an_answering_modem_fails(twin) -> None:
 
 
 def test_settings_from_config() -> None:
-    section = RadioSection(driver="serial", serial_port="/dev/ttyUSB0", spreading_factor=10)
-    assert settings_from_config(section).spreading_factor == 10
-    assert SerialRadio.from_config(section).port == "/dev/ttyUSB0"
+    radio = RadioSection(driver="serial", serial_port="/dev/ttyUSB0", spreading_factor=10)
+    settings = radio_driver_settings(Config(radio=radio))
+    assert isinstance(settings, SerialRadioSettings)
+    link = SerialRadio.from_settings(settings)
+    assert (link.port, link.baud, link.settings.spreading_factor) == ("/dev/ttyUSB0", 115_200, 10)
 
 
 async def wait_until(condition, timeout_s: float = 5.0) -> None:

@@ -11,13 +11,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from drivers.radio.base import ChipNotFound, RadioError, RadioSettings, RxPacket
+from drivers.radio.base import ChipNotFound, RadioError, RadioSettings, RxPacket, Sx127xSettings
 from drivers.radio.pylora_adapter import load_pylora
 from drivers.radio.spi import Pins, open_local_chip
 from drivers.radio.sx127x import Sx127xRadio, frf_register, packet_snr_db
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer
-from gateway.config import RadioSection
+from gateway.config import Config, RadioSection
+from gateway.driver_settings import radio_driver_settings
 from gateway.protocol.airtime import time_on_air_s
 
 PINS = Pins(dio0=25, reset=17)
@@ -297,7 +298,9 @@ def test_pylora_is_imported_behind_stand_ins_that_are_then_removed() -> None:
 
 def test_settings_from_config_and_bad_settings() -> None:
     section = RadioSection(driver="sx127x", spi="spidev://1.2", spreading_factor=10)
-    radio = Sx127xRadio.from_config(section)
+    settings = radio_driver_settings(Config(radio=section))
+    assert isinstance(settings, Sx127xSettings)
+    radio = Sx127xRadio.from_settings(settings)
     assert radio.settings.spreading_factor == 10
     assert (radio.pins.spi_bus, radio.pins.spi_cs, radio.pins.dio0) == (1, 2, 25)
     with pytest.raises(RadioError, match=r"coding_rate must be 5\.\.8"):

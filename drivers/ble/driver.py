@@ -21,7 +21,7 @@ from drivers.ble.advert import AdvertRejected, BleAdvert, normalize_mac
 from drivers.ble.filters import MacFilter, Presence, RateLimiter
 from drivers.ble.ibeacon import parse_ibeacon
 from drivers.ble.scanner import BackendFactory, BleScanner, backend_for
-from gateway.config import BleSection
+from drivers.ble.settings import BleSettings
 from gateway.devices import DeviceInfo, DeviceSink
 from gateway.model import (
     BLE_ID,
@@ -55,7 +55,7 @@ class BleDriver:
 
     def __init__(
         self,
-        section: BleSection,
+        settings: BleSettings,
         *,
         backend: BackendFactory | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -64,14 +64,14 @@ class BleDriver:
         # bthome-ble (and through it bleak) loads here, only when BLE is in use.
         from drivers.ble.bthome import decode_bthome
 
-        self.section = section
+        self.settings = settings
         self._decode_bthome = decode_bthome
-        self._backend = backend if backend is not None else backend_for(section)
+        self._backend = backend if backend is not None else backend_for(settings)
         self._clock = clock
         self._wall = wall_clock
-        self.filter = MacFilter(section.allow, section.deny)
-        self.limiter = RateLimiter(section.min_interval_s)
-        self.presence = Presence(section.offline_after_s)
+        self.filter = MacFilter(settings.allow, settings.deny)
+        self.limiter = RateLimiter(settings.min_interval_s)
+        self.presence = Presence(settings.offline_after_s)
         self.stats: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
         self._infos: dict[str, DeviceInfo] = {}
@@ -100,7 +100,7 @@ class BleDriver:
         self._queue = asyncio.Queue(QUEUE_SIZE)
         self._scanner = BleScanner(self._on_advert, backend=self._backend)
         self._tasks.append(asyncio.create_task(self._consume(), name="ble-adverts"))
-        if self.section.offline_after_s > 0:
+        if self.settings.offline_after_s > 0:
             self._tasks.append(asyncio.create_task(self._watch_presence(), name="ble-presence"))
         try:
             await self._scanner.start()
@@ -237,7 +237,7 @@ class BleDriver:
             self._infos[device] = DeviceInfo(device, "ble", label, merged)
 
     async def _watch_presence(self) -> None:
-        period = min(max(self.section.offline_after_s / 4, 0.05), 30.0)
+        period = min(max(self.settings.offline_after_s / 4, 0.05), 30.0)
         while True:
             await asyncio.sleep(period)
             for device, silent_for in self.presence.expired(self._clock()):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from functools import partial
 
 from drivers.ble.advert import BleAdvert
-from gateway.config import BleSection
+from drivers.ble.settings import BleSettings
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,9 @@ class BleScanner:
         await self.stop()
 
 
-def backend_for(section: BleSection) -> BackendFactory:
-    """The backend ``[ble] backend = ...`` names, imported only now."""
-    match section.backend:
+def backend_for(settings: BleSettings) -> BackendFactory:
+    """The backend ``settings.backend`` names, imported only now."""
+    match settings.backend:
         case "sim":
             from drivers.ble.sim import SimAdvertSource
 
@@ -91,6 +91,6 @@ def backend_for(section: BleSection) -> BackendFactory:
                     f"BLE needs the 'ble' extra (pip install 'duogate[ble]'): {exc}"
                 ) from None
             return partial(
-                BleakBackend, adapter=section.adapter, scanning_mode=section.scanning_mode
+                BleakBackend, adapter=settings.adapter, scanning_mode=settings.scanning_mode
             )
-    raise BleUnavailable(f"unknown BLE backend {section.backend!r}")
+    raise BleUnavailable(f"unknown BLE backend {settings.backend!r}")

@@ -14,7 +14,7 @@ from typing import Final
 
 from pymodbus.client.mixin import ModbusClientMixin
 
-from gateway.config import ModbusRegister
+from drivers.modbus.settings import RegisterSettings
 
 RegisterValue = int | float | bool
 WritePayload = list[int] | bool  # words for holding registers, one bit for a coil
@@ -45,17 +45,17 @@ class WriteRejected(ValueError):
     """A write that does not fit the register map; the message is the one-line reason."""
 
 
-def is_bit(register: ModbusRegister) -> bool:
+def is_bit(register: RegisterSettings) -> bool:
     """True for coils and discrete inputs, which carry one bit each."""
     return register.table in BIT_TABLES
 
 
-def value_type(register: ModbusRegister) -> str:
+def value_type(register: RegisterSettings) -> str:
     """The register's effective type: coils and discrete inputs are always ``bool``."""
     return "bool" if is_bit(register) else register.type
 
 
-def width(register: ModbusRegister) -> int:
+def width(register: RegisterSettings) -> int:
     """How many words (or bits, for coils and discrete inputs) the register occupies."""
     return 1 if is_bit(register) else _WORDS[register.type]
 
@@ -64,7 +64,7 @@ def _swap_bytes(words: Sequence[int]) -> list[int]:
     return [int.from_bytes(word.to_bytes(2, "big"), "little") for word in words]
 
 
-def _wire_words(register: ModbusRegister, words: Sequence[int]) -> list[int]:
+def _wire_words(register: RegisterSettings, words: Sequence[int]) -> list[int]:
     """Undo (or apply: the swap is its own inverse) a little-endian byte order in each word."""
     return _swap_bytes(words) if register.byte_order == "little" else list(words)
 
@@ -89,7 +89,7 @@ def _float32_shortest(value: float) -> float:
     return value
 
 
-def _scaled(register: ModbusRegister, raw: int | float) -> int | float:
+def _scaled(register: RegisterSettings, raw: int | float) -> int | float:
     if register.scale == 1 and register.offset == 0:
         return raw
     value = raw * register.scale + register.offset
@@ -101,7 +101,7 @@ def _scaled(register: ModbusRegister, raw: int | float) -> int | float:
     return value
 
 
-def decode(register: ModbusRegister, raw: Sequence[int] | Sequence[bool]) -> RegisterValue:
+def decode(register: RegisterSettings, raw: Sequence[int] | Sequence[bool]) -> RegisterValue:
     """Turn the words (or the bit) read for ``register`` into its engineering value."""
     if len(raw) != width(register):
         raise CodecError(f"{register.name}: expected {width(register)} values, got {len(raw)}")
@@ -121,7 +121,7 @@ def decode(register: ModbusRegister, raw: Sequence[int] | Sequence[bool]) -> Reg
     return _scaled(register, value)
 
 
-def engineering_range(register: ModbusRegister) -> tuple[float, float] | None:
+def engineering_range(register: RegisterSettings) -> tuple[float, float] | None:
     """The engineering values the register's integer type can hold, or None for bool/float."""
     bounds = RAW_RANGE.get(value_type(register))
     if bounds is None:
@@ -130,7 +130,7 @@ def engineering_range(register: ModbusRegister) -> tuple[float, float] | None:
     return float(ends[0]), float(ends[1])
 
 
-def encode(register: ModbusRegister, value: RegisterValue) -> WritePayload:
+def encode(register: RegisterSettings, value: RegisterValue) -> WritePayload:
     """Words (or the bit) to write for an engineering value; WriteRejected if it cannot fit."""
     kind = value_type(register)
     if kind == "bool":
@@ -163,7 +163,7 @@ def encode(register: ModbusRegister, value: RegisterValue) -> WritePayload:
     return _wire_words(register, words)
 
 
-def _as_bool(register: ModbusRegister, value: object) -> bool:
+def _as_bool(register: RegisterSettings, value: object) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, int) and value in (0, 1):
@@ -171,7 +171,7 @@ def _as_bool(register: ModbusRegister, value: object) -> bool:
     raise WriteRejected(f"{register.name}: expects true or false, got {value!r}")
 
 
-def _as_number(register: ModbusRegister, value: object) -> float:
+def _as_number(register: RegisterSettings, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise WriteRejected(f"{register.name}: expects a number, got {value!r}")
     if not math.isfinite(value):
@@ -179,7 +179,7 @@ def _as_number(register: ModbusRegister, value: object) -> float:
     return float(value)
 
 
-def validate_write(register: ModbusRegister, value: object) -> WritePayload:
+def validate_write(register: RegisterSettings, value: object) -> WritePayload:
     """Check a requested write against the map and return what to put on the bus."""
     if not register.writable:
         raise WriteRejected(f"{register.name}: register is read-only")

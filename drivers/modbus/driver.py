@@ -32,7 +32,7 @@ from drivers.modbus.codec import decode as decode_register
 from drivers.modbus.health import Availability, ChangeFilter
 from drivers.modbus.link import BusLink, ModbusFailure
 from drivers.modbus.plan import ReadBlock, plan_reads
-from gateway.config import ModbusBus, ModbusDevice, ModbusRegister, ModbusSection
+from drivers.modbus.settings import BusSettings, DeviceSettings, ModbusSettings, RegisterSettings
 from gateway.devices import DeviceInfo, DeviceSink
 from gateway.model import Command, CommandResult, CommandStatus, EventKind, modbus_device_id
 
@@ -56,10 +56,10 @@ def quiet_pymodbus_log() -> None:
 @dataclass(eq=False)
 class _Device:
     id: str
-    bus: ModbusBus
-    config: ModbusDevice
+    bus: BusSettings
+    config: DeviceSettings
     blocks: list[ReadBlock]
-    registers: dict[str, ModbusRegister]
+    registers: dict[str, RegisterSettings]
     availability: Availability
     changes: ChangeFilter
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -72,16 +72,16 @@ class ModbusDriver:
 
     def __init__(
         self,
-        section: ModbusSection,
+        settings: ModbusSettings,
         *,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
     ) -> None:
-        self.section = section
+        self.settings = settings
         self._clock = clock
         self._wall = wall_clock
         self._devices: dict[str, _Device] = {}
-        for bus in section.buses:
+        for bus in settings.buses:
             for config in bus.devices:
                 device_id = modbus_device_id(bus.name, config.unit)
                 per_field = {r.name: r.deadband for r in config.registers if r.deadband is not None}
@@ -112,7 +112,7 @@ class ModbusDriver:
             raise RuntimeError("modbus driver already started")
         self._sink = sink
         quiet_pymodbus_log()
-        self._links = {bus.name: BusLink(bus) for bus in self.section.buses}
+        self._links = {bus.name: BusLink(bus) for bus in self.settings.buses}
         for device in self._devices.values():
             device.wake = asyncio.Event()
             task = asyncio.create_task(self._run_device(device), name=f"modbus-poll-{device.id}")
@@ -178,7 +178,7 @@ class ModbusDriver:
 
     def _check_write(
         self, device: _Device, params: dict[str, Any]
-    ) -> tuple[ModbusRegister, list[int] | bool, Any]:
+    ) -> tuple[RegisterSettings, list[int] | bool, Any]:
         if not isinstance(params, dict):
             raise WriteRejected("params must be an object")
         name = params.get("register")
@@ -272,7 +272,7 @@ class ModbusDriver:
         self.stats["reports"] += 1
 
     def _decode(
-        self, device: _Device, register: ModbusRegister, raw: list[Any]
+        self, device: _Device, register: RegisterSettings, raw: list[Any]
     ) -> RegisterValue | None:
         try:
             return decode_register(register, raw)
@@ -295,7 +295,7 @@ class ModbusDriver:
             await self._sink.event(device.id, EventKind.OFFLINE, detail)
 
     async def _transact(
-        self, bus: ModbusBus, link: BusLink, request: Callable[[], Awaitable[T]], attempts: int
+        self, bus: BusSettings, link: BusLink, request: Callable[[], Awaitable[T]], attempts: int
     ) -> T:
         failure: ModbusFailure | None = None
         for attempt in range(attempts):

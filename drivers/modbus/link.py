@@ -19,7 +19,7 @@ from pymodbus.pdu import ModbusPDU
 
 from drivers.modbus.codec import WritePayload, is_bit
 from drivers.modbus.plan import ReadBlock
-from gateway.config import ModbusBus, ModbusRegister
+from drivers.modbus.settings import BusSettings, RegisterSettings
 
 _READ_METHODS = {
     "coil": "read_coils",
@@ -47,7 +47,7 @@ def exception_reason(code: int) -> str:
 
 
 class BusLink:
-    def __init__(self, bus: ModbusBus) -> None:
+    def __init__(self, bus: BusSettings) -> None:
         self.bus = bus
         self.lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
@@ -114,7 +114,7 @@ class BusLink:
             raise ModbusFailure(f"short answer: {len(words)} of {block.count} registers")
         return words
 
-    async def write(self, unit: int, register: ModbusRegister, payload: WritePayload) -> None:
+    async def write(self, unit: int, register: RegisterSettings, payload: WritePayload) -> None:
         """Write one register; returns once the slave confirmed. The caller holds ``lock``."""
         await self.ensure_connected()
         client = self._client

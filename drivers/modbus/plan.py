@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from drivers.modbus.codec import is_bit, width
-from gateway.config import ModbusRegister
+from drivers.modbus.settings import RegisterSettings
 
 # Protocol limits per request: 125 registers (FC 3/4), 2000 bits (FC 1/2).
 MAX_WORDS: Final = 125
@@ -24,21 +24,23 @@ class ReadBlock:
     table: str
     address: int
     count: int
-    registers: tuple[ModbusRegister, ...]
+    registers: tuple[RegisterSettings, ...]
 
-    def values_for(self, register: ModbusRegister, values: Sequence[int] | Sequence[bool]) -> list:
+    def values_for(
+        self, register: RegisterSettings, values: Sequence[int] | Sequence[bool]
+    ) -> list:
         start = register.address - self.address
         return list(values[start : start + width(register)])
 
 
-def plan_reads(registers: Iterable[ModbusRegister]) -> list[ReadBlock]:
+def plan_reads(registers: Iterable[RegisterSettings]) -> list[ReadBlock]:
     """Read requests covering every register, in table then address order."""
     every = list(registers)
     blocks: list[ReadBlock] = []
     for table in TABLE_ORDER:
         members = sorted((r for r in every if r.table == table), key=lambda r: r.address)
         limit = MAX_BITS if table in ("coil", "discrete") else MAX_WORDS
-        current: list[ModbusRegister] = []
+        current: list[RegisterSettings] = []
         start = end = 0
         for register in members:
             reg_end = register.address + width(register)

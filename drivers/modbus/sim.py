@@ -21,7 +21,7 @@ import tty
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from functools import partial
-from typing import Literal
+from typing import Any, Literal
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
@@ -29,7 +29,7 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.modbus.codec import RegisterValue, decode, encode, width
-from gateway.config import ModbusBus, ModbusDevice, ModbusRegister, ModbusSection
+from drivers.modbus.settings import RegisterSettings
 
 Table = Literal["coil", "discrete", "holding", "input"]
 # Function codes the datastore understands for reading / writing each table.
@@ -176,16 +176,17 @@ class SimModbusServer:
     async def __aexit__(self, *_exc: object) -> None:
         await self.stop()
 
-    def bus(self, name: str, devices: Sequence[ModbusDevice], **settings: object) -> ModbusBus:
-        """A ``ModbusBus`` config pointing at this server (``settings`` as in the config)."""
+    def bus(
+        self, name: str, devices: Sequence[dict[str, Any]], **settings: object
+    ) -> dict[str, Any]:
+        """A ``[[modbus.buses]]`` table pointing at this server (``devices`` and ``settings``
+        as in the config file)."""
         if self.transport == "tcp":
             endpoint: dict[str, object] = {"transport": "tcp", "host": self.host}
             endpoint["tcp_port"] = self.port
         else:
             endpoint = {"transport": "rtu", "port": self.path, "baudrate": self.baudrate}
-        return ModbusBus.model_validate(
-            {"name": name, **endpoint, **settings, "devices": list(devices)}
-        )
+        return {"name": name, **endpoint, **settings, "devices": list(devices)}
 
     # -- test hooks -------------------------------------------------------------------------
 
@@ -228,13 +229,13 @@ class SimModbusServer:
             raise ValueError(f"datastore refused {table}[{address}]: {result!r}")
         return result
 
-    async def set_value(self, unit: int, register: ModbusRegister, value: RegisterValue) -> None:
+    async def set_value(self, unit: int, register: RegisterSettings, value: RegisterValue) -> None:
         """Store an engineering value the way a slave with this register map would hold it."""
         payload = encode(register, value)
         words: list[int] | list[bool] = [payload] if isinstance(payload, bool) else payload
         await self.write_words(unit, register.table, register.address, words)
 
-    async def get_value(self, unit: int, register: ModbusRegister) -> RegisterValue:
+    async def get_value(self, unit: int, register: RegisterSettings) -> RegisterValue:
         raw = await self.read_words(unit, register.table, register.address, width(register))
         return decode(register, raw[: width(register)])
 
@@ -247,65 +248,70 @@ class SimModbusServer:
 # -- a demo meter for `make run` -------------------------------------------------------------
 
 
-def demo_meter(unit: int = 1, *, poll_interval_s: float = 5.0) -> ModbusDevice:
-    """An energy meter with a relay and a setpoint: the register map ``make run`` uses."""
-    registers = [
-        {"name": "voltage", "table": "input", "address": 0, "type": "uint16", "scale": 0.1,
-         "unit": "V", "device_class": "voltage", "state_class": "measurement"},
-        {"name": "current", "table": "input", "address": 1, "type": "int16", "scale": 0.01,
-         "unit": "A", "device_class": "current", "state_class": "measurement"},
-        {"name": "power", "table": "input", "address": 2, "type": "float32",
-         "unit": "W", "device_class": "power", "state_class": "measurement"},
-        {"name": "energy", "table": "input", "address": 4, "type": "uint32", "scale": 0.001,
-         "unit": "kWh", "device_class": "energy", "state_class": "total_increasing"},
-        {"name": "setpoint", "table": "holding", "address": 0, "type": "int16", "scale": 0.1,
-         "unit": "°C", "device_class": "temperature", "writable": True, "min": 5, "max": 30},
-        {"name": "relay", "table": "coil", "address": 0, "writable": True},
-    ]  # fmt: skip
-    return ModbusDevice.model_validate(
-        {"unit": unit, "name": "Demo meter", "poll_interval_s": poll_interval_s,
-         "deadband": 0.5, "registers": registers}
-    )  # fmt: skip
+DEMO_METER_REGISTERS: tuple[dict[str, Any], ...] = (
+    {"name": "voltage", "table": "input", "address": 0, "type": "uint16", "scale": 0.1,
+     "unit": "V", "device_class": "voltage", "state_class": "measurement"},
+    {"name": "current", "table": "input", "address": 1, "type": "int16", "scale": 0.01,
+     "unit": "A", "device_class": "current", "state_class": "measurement"},
+    {"name": "power", "table": "input", "address": 2, "type": "float32",
+     "unit": "W", "device_class": "power", "state_class": "measurement"},
+    {"name": "energy", "table": "input", "address": 4, "type": "uint32", "scale": 0.001,
+     "unit": "kWh", "device_class": "energy", "state_class": "total_increasing"},
+    {"name": "setpoint", "table": "holding", "address": 0, "type": "int16", "scale": 0.1,
+     "unit": "°C", "device_class": "temperature", "writable": True, "min": 5, "max": 30},
+    {"name": "relay", "table": "coil", "address": 0, "writable": True},
+)  # fmt: skip
+
+
+def demo_meter(unit: int = 1, *, poll_interval_s: float = 5.0) -> dict[str, Any]:
+    """An energy meter with a relay and a setpoint: the ``[[modbus.buses.devices]]`` table
+    ``make run`` uses."""
+    return {
+        "unit": unit,
+        "name": "Demo meter",
+        "poll_interval_s": poll_interval_s,
+        "deadband": 0.5,
+        "registers": [dict(register) for register in DEMO_METER_REGISTERS],
+    }
 
 
 async def animate_demo_meter(
-    server: SimModbusServer, device: ModbusDevice, *, period_s: float = 2.0
+    server: SimModbusServer, unit: int = 1, *, period_s: float = 2.0
 ) -> None:
     """Move the demo meter's readings like a real load would, until cancelled."""
-    registers = {register.name: register for register in device.registers}
-    await server.set_value(device.unit, registers["setpoint"], 21.0)
+    registers = {r["name"]: RegisterSettings(**r) for r in DEMO_METER_REGISTERS}
+    await server.set_value(unit, registers["setpoint"], 21.0)
     energy = 0.0
     step = 0
     while True:
         load = 500.0 + 400.0 * math.sin(step / 10)
         energy += load * period_s / 3_600_000
-        await server.set_value(
-            device.unit, registers["voltage"], round(230.0 + 2 * math.sin(step / 7), 1)
-        )
-        await server.set_value(device.unit, registers["current"], round(load / 230.0, 2))
-        await server.set_value(device.unit, registers["power"], round(load, 1))
-        await server.set_value(device.unit, registers["energy"], round(energy, 3))
+        await server.set_value(unit, registers["voltage"], round(230.0 + 2 * math.sin(step / 7), 1))
+        await server.set_value(unit, registers["current"], round(load / 230.0, 2))
+        await server.set_value(unit, registers["power"], round(load, 1))
+        await server.set_value(unit, registers["energy"], round(energy, 3))
         step += 1
         await asyncio.sleep(period_s)
 
 
 class ModbusDemo:
-    """For ``make run``: a simulated meter on a free TCP port and the section that polls it."""
+    """For ``make run``: a simulated meter on a free TCP port and the bus table that polls it."""
 
     def __init__(self, *, unit: int = 1, poll_interval_s: float = 5.0, period_s: float = 2.0):
+        self.unit = unit
         self.device = demo_meter(unit, poll_interval_s=poll_interval_s)
         self.server = SimModbusServer(units=[unit])
         self.period_s = period_s
         self._task: asyncio.Task[None] | None = None
 
-    async def start(self, bus_name: str = "sim") -> ModbusSection:
+    async def start(self, bus_name: str = "sim") -> dict[str, Any]:
+        """Serve the meter; the ``[[modbus.buses]]`` table that reaches it."""
         await self.server.start()
         self._task = asyncio.create_task(
-            animate_demo_meter(self.server, self.device, period_s=self.period_s),
+            animate_demo_meter(self.server, self.unit, period_s=self.period_s),
             name="modbus-demo-meter",
         )
-        bus = self.server.bus(bus_name, [self.device], timeout_s=1.0)
-        return ModbusSection(enabled=True, buses=[bus])
+        return self.server.bus(bus_name, [self.device], timeout_s=1.0)
 
     async def stop(self) -> None:
         if self._task is not None:

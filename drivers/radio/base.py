@@ -98,6 +98,25 @@ class RadioSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class Sx127xSettings:
+    """``radio.driver = "sx127x"``: the chip's settings and how it is wired."""
+
+    radio: RadioSettings
+    spi_url: str = "spidev://0.0"  # or "sim://HOST:PORT" for a `duogate sim` world
+    dio0_pin: int = 25
+    reset_pin: int = 17
+
+
+@dataclass(frozen=True, slots=True)
+class SerialRadioSettings:
+    """``radio.driver = "serial"``: a LoRa modem on a serial port."""
+
+    radio: RadioSettings
+    port: str
+    baud: int = 115_200
+
+
+@dataclass(frozen=True, slots=True)
 class RxPacket:
     payload: bytes
     rssi: float

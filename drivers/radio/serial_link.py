@@ -48,8 +48,13 @@ from enum import IntEnum
 import serial
 from cobs import cobs
 
-from drivers.radio.base import RadioError, RadioSettings, RxHandler, RxPacket
-from gateway.config import RadioSection
+from drivers.radio.base import (
+    RadioError,
+    RadioSettings,
+    RxHandler,
+    RxPacket,
+    SerialRadioSettings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -409,11 +414,9 @@ class SerialRadio:
         self._closing = True
 
     @classmethod
-    def from_config(cls, section: RadioSection) -> SerialRadio:
-        """Build from the ``[radio]`` section (``driver = "serial"``)."""
-        if not section.serial_port:
-            raise RadioError("radio.serial_port is required for driver 'serial'")
-        return cls(settings_from_config(section), section.serial_port, section.serial_baud)
+    def from_settings(cls, settings: SerialRadioSettings) -> SerialRadio:
+        """Build for ``radio.driver = "serial"``."""
+        return cls(settings.radio, settings.port, settings.baud)
 
     def healthy(self) -> bool:
         return self._healthy and self._link is not None
@@ -583,17 +586,3 @@ class SerialRadio:
                 return
         finally:
             self._restore_task = None
-
-
-def settings_from_config(section: RadioSection) -> RadioSettings:
-    """The ``RadioSettings`` a ``[radio]`` section asks for."""
-    return RadioSettings(
-        frequency_hz=section.frequency_hz,
-        spreading_factor=section.spreading_factor,
-        bandwidth_hz=section.bandwidth_hz,
-        coding_rate=section.coding_rate,
-        tx_power_dbm=section.tx_power_dbm,
-        sync_word=section.sync_word,
-        preamble_length=section.preamble_length,
-        crc=section.crc,
-    )

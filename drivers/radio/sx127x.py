@@ -37,11 +37,16 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from drivers.radio.base import ChipNotFound, RadioError, RadioSettings, RxHandler, RxPacket
+from drivers.radio.base import (
+    ChipNotFound,
+    RadioError,
+    RadioSettings,
+    RxHandler,
+    RxPacket,
+    Sx127xSettings,
+)
 from drivers.radio.pylora_adapter import BoardPins, create_lora, load_pylora, pulse_reset
-from drivers.radio.serial_link import settings_from_config
 from drivers.radio.spi import IN, OUT, PUD_DOWN, Backend, Pins, open_backend, parse_spi_url
-from gateway.config import RadioSection
 from gateway.protocol.airtime import BANDWIDTHS_HZ, low_data_rate_required
 
 log = logging.getLogger(__name__)
@@ -131,13 +136,13 @@ class Sx127xRadio:
         self._supervisor: asyncio.Task[None] | None = None
 
     @classmethod
-    def from_config(cls, section: RadioSection, **options: Any) -> Sx127xRadio:
-        """Build from the ``[radio]`` section (``driver = "sx127x"``)."""
+    def from_settings(cls, settings: Sx127xSettings, **options: Any) -> Sx127xRadio:
+        """Build for ``radio.driver = "sx127x"`` (``options``: tuning and test hooks)."""
         return cls(
-            settings_from_config(section),
-            spi_url=section.spi,
-            dio0_pin=section.pins.dio0,
-            reset_pin=section.pins.reset,
+            settings.radio,
+            spi_url=settings.spi_url,
+            dio0_pin=settings.dio0_pin,
+            reset_pin=settings.reset_pin,
             **options,
         )
 

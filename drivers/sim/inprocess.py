@@ -7,24 +7,29 @@ in-process SPI/GPIO backend instead of a socket. ``duogate sim`` plus ``radio.sp
 
 from __future__ import annotations
 
+from typing import Any
+
 from drivers.radio.base import RadioSettings, RxHandler
 from drivers.radio.spi import Backend, Pins, open_local_chip
 from drivers.radio.sx127x import Sx127xRadio
+from drivers.sim.settings import SimRadioSettings
 from drivers.sim.world import SimWorld
-from gateway.config import Config
 
 
 class InProcessSimRadio:
     """The ``Radio`` interface: an ``Sx127xRadio`` on the chip of a world it owns."""
 
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    def __init__(self, settings: SimRadioSettings, **radio_options: Any) -> None:
+        """``radio_options``: ``Sx127xRadio`` tuning (``probe_interval_s``, ...)."""
+        self.sim_settings = settings
         self.world: SimWorld | None = None
-        self._radio = Sx127xRadio.from_config(config.radio, open_bus=self._open_bus)
-
-    @classmethod
-    def from_config(cls, config: Config) -> InProcessSimRadio:
-        return cls(config)
+        self._radio = Sx127xRadio(
+            settings.world.radio,
+            dio0_pin=settings.dio0_pin,
+            reset_pin=settings.reset_pin,
+            open_bus=self._open_bus,
+            **radio_options,
+        )
 
     @property
     def settings(self) -> RadioSettings:
@@ -33,11 +38,11 @@ class InProcessSimRadio:
     def _open_bus(self) -> Backend:
         if self.world is None:
             raise RuntimeError("the simulated world is not running")
-        pins = self.config.radio.pins
+        pins = self._radio.pins
         return open_local_chip(self.world.chip, Pins(pins.dio0, pins.reset))
 
     async def open(self, on_receive: RxHandler) -> None:
-        self.world = SimWorld(self.config)
+        self.world = SimWorld(self.sim_settings.world)
         await self._radio.open(on_receive)
         self.world.start()
 
