@@ -40,12 +40,11 @@ from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.config import ConfigError, load_config
 from gateway.console.editor import LineEditor
 from gateway.console.parser import ConsoleInputError, parse_command
-from gateway.model import Command
+from gateway.model import Command, IncomingCommand
 from gateway.protocol import crypto, envelope, expiry, frames
 from gateway.protocol.frames import FrameRejected, JoinAccept, JoinAnswerKey
 from gateway.protocol.join import DeviceCredentials, JoinSettings, LeaseRecord
 from gateway.protocol.session import NetworkCore
-from gateway.upstreams.base import IncomingCommand
 from gateway.upstreams.xmpp_stanzas import NS, MalformedCommand
 from gateway.upstreams.xmpp_stanzas import parse_command as parse_xmpp_command
 

@@ -33,8 +33,7 @@ from typing import Any, Final
 
 from gateway.devices import DeviceInfo
 from gateway.ha_catalogue import describe_action, platform_for
-from gateway.model import CommandResult, CommandStatus
-from gateway.upstreams.base import IncomingCommand
+from gateway.model import CommandResult, CommandStatus, IncomingCommand
 
 ORIGIN: Final = "mqtt"
 CONTROL_PLATFORMS: Final = frozenset({"switch", "number", "select", "button"})

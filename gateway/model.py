@@ -114,6 +114,27 @@ class CommandResult:
 
 
 @dataclass(frozen=True, slots=True)
+class IncomingCommand:
+    """A command as it arrived, before validation.
+
+    ``body`` is the decoded envelope (``id``, ``action``, ``params``, ``expires_at``,
+    ``ttl_s``) or the raw text if it was not a JSON object. ``expiry_s`` is a transport-level
+    expiry (MQTT 5 Message Expiry Interval, XEP-0079) when one was given. ``reply_to`` is
+    what the upstream needs to route the result back (response topic, correlation data, IQ).
+    ``size_bytes`` is the length of the message as it arrived, when ``body`` was decoded from
+    it, so the envelope check can refuse an oversized command (``too_large``).
+    """
+
+    origin: str
+    device: str
+    body: dict[str, Any] | str | bytes
+    received_mono: float
+    expiry_s: float | None = None
+    reply_to: dict[str, Any] = field(default_factory=dict)
+    size_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     """A validated command. ``deadline`` is on the monotonic clock (``time.monotonic()``)."""
 

@@ -49,11 +49,10 @@ from drivers.sim.node import SimNode
 from drivers.sim.node_link import MediumNodeLink
 from gateway.driver_settings import plan_nodes, radio_settings
 from gateway.lora import LoraNetwork
-from gateway.model import Command, CommandResult, CommandStatus, EventKind
+from gateway.model import Command, CommandResult, CommandStatus, EventKind, IncomingCommand
 from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState
 from gateway.timefmt import rfc3339
-from gateway.upstreams.base import IncomingCommand
 from hil_tests.faults_fixtures import (
     FAST_NODES,
     Execution,

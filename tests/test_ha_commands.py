@@ -15,10 +15,9 @@ from gateway.devices import DeviceInfo
 from gateway.discovery import DiscoveryPublisher
 from gateway.ha_commands import HaCommands
 from gateway.lora import LORA_CONTROL_ACTIONS, LORA_FIELDS
-from gateway.model import Command, CommandResult, CommandStatus
+from gateway.model import Command, CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol import envelope
 from gateway.protocol.expiry import ExpiryPolicy
-from gateway.upstreams.base import IncomingCommand
 from tests.ha_schema import check_schema
 
 PREFIX = "duogate/gw1"

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.model import Command, CommandStatus
+from gateway.model import Command, CommandStatus, IncomingCommand
 from gateway.protocol.envelope import (
     MAX_ID_LENGTH,
     REASONS,
@@ -18,7 +18,6 @@ from gateway.protocol.envelope import (
 )
 from gateway.protocol.expiry import CLOCK_SYNC_EPOCH, ExpiryPolicy, Stage, check
 from gateway.timefmt import rfc3339
-from gateway.upstreams.base import IncomingCommand
 
 DEVICE = "lora-0011223344556677"
 KNOWN = {DEVICE}

@@ -22,9 +22,16 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import Config, parse_config
-from gateway.model import CommandResult, CommandStatus, DeviceEvent, EventKind, Report
+from gateway.model import (
+    CommandResult,
+    CommandStatus,
+    DeviceEvent,
+    EventKind,
+    IncomingCommand,
+    Report,
+)
 from gateway.store.outbox import Outbox
-from gateway.upstreams.base import IncomingCommand, UpstreamUnavailable
+from gateway.upstreams.base import UpstreamUnavailable
 from gateway.upstreams.mqtt import MqttSetupError, MqttUpstream
 from tests.servers import Mosquitto
 

@@ -18,8 +18,7 @@ import pytest
 
 from gateway.model import DeviceEvent, EventKind, Report
 from gateway.timefmt import rfc3339
-from gateway.upstreams.base import UpstreamUnavailable
-from gateway.upstreams.mqtt import UnpublishableItem
+from gateway.upstreams.base import UnpublishableItem, UpstreamUnavailable
 from gateway.upstreams.xmpp_stanzas import NS
 from tests.servers import Ejabberd, Prosody, XmppServer, free_port, make_self_signed_cert
 from tests.xmpp_fixtures import (

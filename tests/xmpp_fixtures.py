@@ -27,9 +27,8 @@ from slixmpp import ClientXMPP, Iq, Message, Presence
 from slixmpp.exceptions import IqError
 
 from gateway.config import Secret, XmppSection
-from gateway.model import CommandResult, CommandStatus, Report
+from gateway.model import CommandResult, CommandStatus, IncomingCommand, Report
 from gateway.timefmt import parse_rfc3339, rfc3339
-from gateway.upstreams.base import IncomingCommand
 from gateway.upstreams.xmpp import XmppUpstream
 from gateway.upstreams.xmpp_stanzas import AMP_NS, NS, register_stanza_plugins
 from tests.servers import XmppServer

@@ -33,13 +33,13 @@ from gateway.bridge.router import CommandRouter
 from gateway.config import Config
 from gateway.config_checks import exposure_warnings
 from gateway.devices import DeviceDriver
-from gateway.model import Command, CommandStatus, DeviceEvent, EventKind, Report
+from gateway.model import Command, CommandStatus, DeviceEvent, EventKind, IncomingCommand, Report
 from gateway.protocol import expiry
 from gateway.state import GatewayState
 from gateway.store.commands import CommandStore, CommandStoreError
 from gateway.store.outbox import Outbox, OutboxClosed, OutboxError, UnstorableItem
 from gateway.tasks import TaskSet, cancel_and_wait
-from gateway.upstreams.base import IncomingCommand, Upstream
+from gateway.upstreams.base import Upstream
 
 log = logging.getLogger("duogate.bridge")
 

@@ -14,9 +14,8 @@ from drivers.radio.base import Radio, RadioSettings
 from gateway.bridge.results import LOCAL_ORIGINS, ResultSender
 from gateway.bridge.router import CommandRouter
 from gateway.logsetup import set_level
-from gateway.model import CommandResult, CommandStatus
+from gateway.model import CommandResult, CommandStatus, IncomingCommand
 from gateway.state import GatewayState, radio_settings_with
-from gateway.upstreams.base import IncomingCommand
 
 
 class LocalControls:

@@ -34,10 +34,10 @@ from gateway.discovery import (
     availability_topic,
 )
 from gateway.ha_commands import HaCommands
-from gateway.model import DeviceEvent, EventKind
+from gateway.model import DeviceEvent, EventKind, IncomingCommand
 from gateway.state import GatewayState
 from gateway.tasks import TaskSet
-from gateway.upstreams.base import IncomingCommand, MqttExtras, UpstreamError
+from gateway.upstreams.base import MqttExtras, UpstreamError
 
 log = logging.getLogger("duogate.bridge")
 

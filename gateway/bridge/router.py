@@ -17,12 +17,11 @@ from typing import Any
 
 from gateway.bridge.directory import DriverDirectory
 from gateway.bridge.results import ResultSender
-from gateway.model import Command, CommandResult, CommandStatus
+from gateway.model import Command, CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState
 from gateway.store.commands import CommandStore
 from gateway.tasks import TaskSet
-from gateway.upstreams.base import IncomingCommand
 
 log = logging.getLogger("duogate.bridge")
 

@@ -26,10 +26,9 @@ from collections.abc import Callable, Container, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.model import Command, CommandResult, CommandStatus
+from gateway.model import Command, CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol.expiry import ExpiryPolicy, ExpiryRejected, compute_deadline
 from gateway.timefmt import parse_rfc3339
-from gateway.upstreams.base import IncomingCommand
 
 MAX_ID_LENGTH = 64
 MAX_ACTION_LENGTH = 64

@@ -11,10 +11,9 @@ they came from.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.model import CommandResult, DeviceEvent, IncomingCommand, Report
 
 
 class UpstreamError(Exception):
@@ -25,25 +24,8 @@ class UpstreamUnavailable(UpstreamError):
     """Not connected, or the server did not acknowledge in time: keep the entry, retry later."""
 
 
-@dataclass(frozen=True, slots=True)
-class IncomingCommand:
-    """A command as it arrived, before validation.
-
-    ``body`` is the decoded envelope (``id``, ``action``, ``params``, ``expires_at``,
-    ``ttl_s``) or the raw text if it was not a JSON object. ``expiry_s`` is a transport-level
-    expiry (MQTT 5 Message Expiry Interval, XEP-0079) when one was given. ``reply_to`` is
-    what the upstream needs to route the result back (response topic, correlation data, IQ).
-    ``size_bytes`` is the length of the message as it arrived, when ``body`` was decoded from
-    it, so the envelope check can refuse an oversized command (``too_large``).
-    """
-
-    origin: str
-    device: str
-    body: dict[str, Any] | str | bytes
-    received_mono: float
-    expiry_s: float | None = None
-    reply_to: dict[str, Any] = field(default_factory=dict)
-    size_bytes: int | None = None
+class UnpublishableItem(UpstreamError, ValueError):
+    """A record that cannot be sent (not plain JSON); retrying will not help."""
 
 
 CommandHandler = Callable[[IncomingCommand], Awaitable[None]]

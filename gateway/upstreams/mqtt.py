@@ -42,15 +42,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import Config, MqttSection
-from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.model import CommandResult, DeviceEvent, IncomingCommand, Report
 from gateway.store.outbox import droppable_kinds_for_mqtt
 from gateway.tasks import TaskSet, cancel_and_wait, describe
 from gateway.upstreams.base import (
     CommandHandler,
-    IncomingCommand,
     MessageCallback,
     MqttExtras,
     ReadyCallback,
+    UnpublishableItem,
     UpstreamError,
     UpstreamUnavailable,
 )
@@ -82,12 +82,7 @@ __all__ = [
     "MqttSetupError",
     "MqttUpstream",
     "PublishRejected",
-    "UnpublishableItem",
 ]
-
-
-class UnpublishableItem(UpstreamError, ValueError):
-    """A record that cannot be sent (not plain JSON); retrying will not help."""
 
 
 class MqttSetupError(MqttError):

@@ -31,16 +31,15 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath, StanzaPath
 
 from gateway.config import XmppSection
-from gateway.model import CommandResult, DeviceEvent, Report
+from gateway.model import CommandResult, DeviceEvent, IncomingCommand, Report
 from gateway.tasks import TaskSet, cancel_and_wait
 from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import (
     CommandHandler,
-    IncomingCommand,
+    UnpublishableItem,
     UpstreamError,
     UpstreamUnavailable,
 )
-from gateway.upstreams.mqtt import UnpublishableItem
 from gateway.upstreams.supervision import Backoff, keep_connected
 from gateway.upstreams.xmpp_adhoc import AdhocCommands, DeviceLister
 from gateway.upstreams.xmpp_outcomes import FORBIDDEN, IqAnswer, iq_answer_for

@@ -29,8 +29,7 @@ from slixmpp.exceptions import XMPPError
 from slixmpp.plugins.xep_0030.stanza import DiscoInfo, DiscoItems
 from slixmpp.plugins.xep_0050.stanza import Command
 
-from gateway.model import CommandResult, CommandStatus
-from gateway.upstreams.base import IncomingCommand
+from gateway.model import CommandResult, CommandStatus, IncomingCommand
 
 log = logging.getLogger(__name__)
 
