@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make run    - simulated radio world + gateway + private mosquitto, reports shown live"
-	@echo "make test   - install what the tests need, then ruff and pytest (tests/, hil_tests/)"
+	@echo "make test   - install what the tests need, then ruff, import rules and pytest (tests/, hil_tests/)"
 	@echo "make bench  - benchmarks -> docs/PERFORMANCE.md"
 	@echo "make soak   - long fault scenarios;  make fuzz - long parser fuzzing"
 	@echo "make install - install the systemd service on a Raspberry Pi OS machine (root)"
@@ -45,6 +45,7 @@ run: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff format .
@@ -71,4 +72,4 @@ install: $(STAMP)
 	$(VENV)/bin/duogate install-service
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build dist *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache .import_linter_cache .hypothesis build dist *.egg-info

@@ -22,10 +22,7 @@ import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    from gateway.config import CommandsSection
+from typing import Protocol
 
 # A wall clock before this instant has not been set (no RTC, no NTP yet).
 CLOCK_SYNC_EPOCH = datetime(2026, 1, 1, tzinfo=UTC).timestamp()
@@ -56,6 +53,16 @@ EXPIRED_REASONS: dict[Stage, str] = {
 }
 
 
+class TtlBounds(Protocol):
+    """What the policy takes from the ``[commands]`` config section."""
+
+    @property
+    def default_ttl_s(self) -> float: ...
+
+    @property
+    def max_ttl_s(self) -> float: ...
+
+
 class HasDeadline(Protocol):
     @property
     def deadline(self) -> float: ...
@@ -68,7 +75,7 @@ class ExpiryPolicy:
     clock_sync_epoch: float = CLOCK_SYNC_EPOCH
 
     @classmethod
-    def from_config(cls, commands: CommandsSection) -> ExpiryPolicy:
+    def from_config(cls, commands: TtlBounds) -> ExpiryPolicy:
         return cls(default_ttl_s=commands.default_ttl_s, max_ttl_s=commands.max_ttl_s)
 
     def wall_clock_synchronised(self, now_wall: float) -> bool:
