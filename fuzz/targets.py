@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-from drivers.radio.serial_link import FrameDecoder, FrameError, decode_body
+from drivers.radio.serial_frames import FrameDecoder, FrameError, decode_body
 from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.config import ConfigError, load_config
 from gateway.console.editor import LineEditor
@@ -172,7 +172,7 @@ def serial_framing(data: bytes) -> None:
 def _serial_seeds() -> list[bytes]:
     from cobs import cobs
 
-    from drivers.radio.serial_link import RxPacketFrame, TxDone, encode_frame
+    from drivers.radio.serial_frames import RxPacketFrame, TxDone, encode_frame
 
     good = encode_frame(RxPacketFrame(-80, 24, b"\x14\x02payload"))
     done = encode_frame(TxDone(5, 41_216))

@@ -32,7 +32,7 @@ log = logging.getLogger("duogate")
 # is imported only when chosen.
 RADIO_DRIVERS = {
     "sx127x": "drivers.radio.sx127x:Sx127xRadio.from_settings",
-    "serial": "drivers.radio.serial_link:SerialRadio.from_settings",
+    "serial": "drivers.radio.serial_radio:SerialRadio.from_settings",
     "sim": "drivers.sim.inprocess:InProcessSimRadio",
 }
 

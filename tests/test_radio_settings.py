@@ -12,12 +12,8 @@ import pytest
 from pydantic import ValidationError
 
 from drivers.radio.base import RadioError, RadioSettings
-from drivers.radio.serial_link import (
-    ErrorFrame,
-    Frame,
-    SerialPortLink,
-    SettingsFrame,
-)
+from drivers.radio.serial_frames import ErrorFrame, Frame, SettingsFrame
+from drivers.radio.serial_port import SerialPortLink
 from drivers.sim.serial_modem import SerialModemTwin
 from gateway.config import RadioSection
 from gateway.protocol.airtime import BANDWIDTHS_HZ

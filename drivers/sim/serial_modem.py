@@ -1,6 +1,6 @@
 """The simulated LoRa modem at the far end of a serial line (the twin of ``SerialRadio``).
 
-It speaks the frames of ``drivers.radio.serial_link`` on a file descriptor, normally the master
+It speaks the frames of ``drivers.radio.serial_frames`` on a file descriptor, normally the master
 side of a pty whose slave path the gateway opens with pyserial (``SerialModemTwin.on_pty()``).
 It applies SETTINGS (refusing any out of bounds), answers TX_REQUEST with TX_DONE after the
 packet's time on air, and lets tests inject received packets, raw bytes, refusals and silence.
@@ -17,16 +17,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from drivers.radio.base import RadioSettings
-from drivers.radio.serial_link import (
+from drivers.radio.serial_frames import (
     ErrorCode,
     ErrorFrame,
     Frame,
     RxPacketFrame,
-    SerialPortLink,
     SettingsFrame,
     TxDone,
     TxRequest,
 )
+from drivers.radio.serial_port import SerialPortLink
 
 log = logging.getLogger(__name__)
 

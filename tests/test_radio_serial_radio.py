@@ -1,4 +1,4 @@
-"""SerialRadio against the simulated modem over a real pty pair, and the frame codec alone."""
+"""SerialRadio against the simulated modem over a real pty pair."""
 
 from __future__ import annotations
 
@@ -7,22 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from cobs import cobs
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from drivers.radio.base import RadioError, RadioSettings, RxPacket, SerialRadioSettings
-from drivers.radio.serial_link import (
-    BadFrame,
-    ErrorFrame,
-    FrameDecoder,
-    RxPacketFrame,
-    SerialRadio,
-    SettingsFrame,
-    TxDone,
-    TxRequest,
-    _crc,
-    encode_frame,
-)
+from drivers.radio.serial_frames import RxPacketFrame, _crc, encode_frame
+from drivers.radio.serial_radio import SerialRadio
 from drivers.sim.serial_modem import SerialModemTwin
 from gateway.config import Config, RadioSection
 from gateway.driver_settings import radio_driver_settings
@@ -182,51 +170,6 @@ async def wait_until(condition, timeout_s: float = 5.0) -> None:
     async with asyncio.timeout(timeout_s):
         while not condition():
             await asyncio.sleep(0.01)
-
-
-# --- the codec alone ---
-
-FRAMES = [
-    RxPacketFrame(-120, -30, b"\x00\x00payload with zeros\x00"),
-    TxRequest(7, bytes(range(255))),
-    TxDone(255, 123_456),
-    SettingsFrame(1, RadioSettings(implicit_header=True, crc=False, tx_power_dbm=-4)),
-    ErrorFrame(0, 3, "busy ✓"),
-]
-
-
-@pytest.mark.parametrize("frame", FRAMES, ids=lambda frame: type(frame).__name__)
-def test_every_frame_type_round_trips_even_byte_by_byte(frame) -> None:
-    wire = encode_frame(frame)
-    assert FrameDecoder().feed(wire) == [frame]
-    decoder = FrameDecoder()
-    out = []
-    for byte in wire:
-        out += decoder.feed(bytes([byte]))
-    assert out == [frame]
-
-
-def test_frames_that_may_not_be_sent_are_refused() -> None:
-    with pytest.raises(ValueError):
-        encode_frame(TxRequest(0, b"x"))
-    with pytest.raises(ValueError):
-        encode_frame(TxRequest(1, b""))
-    with pytest.raises(ValueError):
-        encode_frame(RxPacketFrame(0, 0, bytes(256)))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=2000))
-def test_any_bytes_decode_to_frames_or_bad_chunks(data: bytes) -> None:
-    items = FrameDecoder().feed(data)
-    assert all(isinstance(item, (BadFrame, *map(type, FRAMES))) for item in items)
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.binary(max_size=300), st.sampled_from(FRAMES), st.binary(max_size=300))
-def test_a_frame_survives_garbage_around_it(before: bytes, frame, after: bytes) -> None:
-    items = FrameDecoder().feed(before + encode_frame(frame) + after)
-    assert frame in items
 
 
 async def test_modem_unplugged_and_plugged_back_in(tmp_path) -> None:
