@@ -37,7 +37,8 @@ from typing import Any
 import pytest
 
 from drivers.radio.base import Radio, RadioSettings, RxPacket
-from drivers.radio.spi import Pins, open_local_chip
+from drivers.radio.spi import Pins
+from drivers.radio.spi_simulated import open_local_chip
 from drivers.radio.sx127x import Sx127xRadio
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer

@@ -11,24 +11,21 @@ from collections.abc import AsyncIterator
 import pytest
 
 from drivers.radio.base import RadioError
-from drivers.radio.spi import (
+from drivers.radio.spi import OUT, RISING, Pins
+from drivers.radio.spi_backends import open_backend, parse_spi_url
+from drivers.radio.spi_simlink import (
     DIO0_EDGE,
     ERROR,
     HELLO,
     HELLO_OK,
-    OUT,
     PROTOCOL_HELLO,
-    RISING,
     XFER,
     XFER_REPLY,
     LinkError,
-    Pins,
     SimChipLink,
     SimGpio,
     SimSpiBus,
     encode_message,
-    open_backend,
-    parse_spi_url,
     split_messages,
 )
 from drivers.sim.chip import SimulatedSX127x

@@ -13,7 +13,8 @@ import pytest
 
 from drivers.radio.base import ChipNotFound, RadioError, RadioSettings, RxPacket, Sx127xSettings
 from drivers.radio.pylora_adapter import load_pylora
-from drivers.radio.spi import Pins, open_local_chip
+from drivers.radio.spi import Pins
+from drivers.radio.spi_simulated import open_local_chip
 from drivers.radio.sx127x import Sx127xRadio, frf_register, packet_snr_db
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer

@@ -46,7 +46,8 @@ from drivers.radio.base import (
     Sx127xSettings,
 )
 from drivers.radio.pylora_adapter import BoardPins, create_lora, load_pylora, pulse_reset
-from drivers.radio.spi import IN, OUT, PUD_DOWN, Backend, Pins, open_backend, parse_spi_url
+from drivers.radio.spi import IN, OUT, PUD_DOWN, Backend, Pins
+from drivers.radio.spi_backends import open_backend, parse_spi_url
 from gateway.protocol.airtime import BANDWIDTHS_HZ, low_data_rate_required
 
 log = logging.getLogger(__name__)

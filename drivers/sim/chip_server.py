@@ -1,7 +1,8 @@
 """Serve one ``SimulatedSX127x`` over the ``sim://`` protocol so a gateway process can drive it.
 
 The gateway opens ``radio.spi = "sim://HOST:PORT"`` and runs its real SX127x driver against this
-chip (client: ``drivers.radio.spi.SimChipLink``). The protocol, from that module's docstring:
+chip (client: ``drivers.radio.spi_simlink.SimChipLink``). The protocol, from that module's
+docstring:
 
 Every message is ``LEN KIND BODY`` with ``LEN`` a big-endian u16 counting ``KIND`` and ``BODY``.
 Requests, answered in order: HELLO 0x00 (``duogate-sim-chip/1``) -> HELLO_OK 0x80; XFER 0x01
@@ -25,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
-from drivers.radio.spi import (
+from drivers.radio.spi_simlink import (
     DIO0_EDGE,
     DIO0_LEVEL,
     DIO0_READ,

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from drivers.radio.base import RadioSettings, RxHandler
-from drivers.radio.spi import Backend, Pins, open_local_chip
+from drivers.radio.spi import Backend, Pins
+from drivers.radio.spi_simulated import open_local_chip
 from drivers.radio.sx127x import Sx127xRadio
 from drivers.sim.settings import SimRadioSettings
 from drivers.sim.world import SimWorld
