@@ -59,6 +59,18 @@ def test_every_section_key_reaches_the_record_or_is_the_gateways(
     assert record_fields - section_fields <= {"implicit_header"}  # a runtime-only radio setting
 
 
+@pytest.mark.parametrize(("section", "record"), RECORDS, ids=lambda item: item.__name__)
+def test_records_default_as_the_config_file_does(section: type[BaseModel], record: type) -> None:
+    for field in dataclasses.fields(record):
+        model_field = section.model_fields.get(field.name)
+        if model_field is None or model_field.is_required():
+            assert field.default is dataclasses.MISSING or field.name == "implicit_header"
+            continue
+        default = model_field.get_default(call_default_factory=True)
+        expected = tuple(default) if isinstance(default, list) else default
+        assert field.default == expected, field.name
+
+
 def config(tmp_path: Path, text: str) -> Config:
     """A config file with ``text`` after a [gateway] table of its own."""
     return parse_config(tomllib.loads(f'[gateway]\ndata_dir = "{tmp_path}"\n{text}'))
