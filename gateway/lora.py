@@ -22,7 +22,6 @@ from drivers.radio.base import Radio, RadioError, RxPacket
 from gateway.config import Config
 from gateway.devices import DeviceInfo, DeviceSink
 from gateway.model import Command, CommandResult, CommandStatus, EventKind, lora_device_id
-from gateway.protocol.airtime import time_on_air_s
 from gateway.protocol.downlink import TX_LEAD_S as TX_LEAD_S
 from gateway.protocol.downlink import (
     Action,
@@ -52,6 +51,7 @@ from gateway.state import Direction, FrameLogEntry, GatewayState
 from gateway.store.command_refs import CommandRefStore
 from gateway.store.db import StoreError
 from gateway.store.leases import LeaseStore, open_core
+from gateway.tasks import TaskSet, cancel_and_wait
 
 log = logging.getLogger("duogate.lora")
 
@@ -101,7 +101,7 @@ class LoraNetwork:
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._stored_report_ids: dict[str, deque[str]] = {}
-        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tasks = TaskSet(log, "LoRa frame handling failed")
         self._flush_task: asyncio.Task[None] | None = None
         self._lease_lock = asyncio.Lock()
         self._registry: set[str] = set()
@@ -134,7 +134,7 @@ class LoraNetwork:
         self._scheduler = DownlinkScheduler(
             self._core,
             DownlinkSettings(commands.queue_per_device, commands.node_answer_timeout_s),
-            time_on_air=self._airtime,
+            time_on_air=lambda size: self.radio.settings.time_on_air_s(size),
             frequency_hz=lambda: self.radio.settings.frequency_hz,
             duty=self.duty,
             ref_reservations=reservations,
@@ -153,18 +153,11 @@ class LoraNetwork:
         )
 
     async def stop(self) -> None:
-        if self._flush_task is not None:
-            self._flush_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flush_task
+        await cancel_and_wait(self._flush_task)
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await self._tasks.cancel_all()
         for future in self._waiting.values():
             if not future.done():
                 future.set_exception(asyncio.CancelledError())
@@ -288,17 +281,7 @@ class LoraNetwork:
             log.debug("frame rejected (%s): %s", exc.reason, exc)
             return
         for action in actions:
-            self._spawn(self._handle(action, packet))
-
-    def _spawn(self, coroutine: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coroutine)
-        self._tasks.add(task)
-        task.add_done_callback(self._task_done)
-
-    def _task_done(self, task: asyncio.Task[Any]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("LoRa frame handling failed: %r", task.exception())
+            self._tasks.spawn(self._handle(action, packet))
 
     async def _handle(self, action: Any, packet: RxPacket) -> None:
         uplink = isinstance(action, ReportReceived | CommandResultReceived)
@@ -392,18 +375,6 @@ class LoraNetwork:
         )
 
     # ------------------------------------------------------------------ transmission
-
-    def _airtime(self, size: int) -> float:
-        s = self.radio.settings
-        return time_on_air_s(
-            size,
-            s.spreading_factor,
-            s.bandwidth_hz,
-            s.coding_rate,
-            s.preamble_length,
-            not s.implicit_header,
-            s.crc,
-        )
 
     async def _transmit(self, tx: Transmit) -> bool:
         now = self._mono()
