@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import logging
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,14 +89,23 @@ class Gateway:
     lora: LoraNetwork | None = None
 
     @classmethod
-    def build(cls, config: Config, *, radio: Radio | None = None) -> Gateway:
+    def build(
+        cls,
+        config: Config,
+        *,
+        radio: Radio | None = None,
+        upstreams: Sequence[Upstream] | None = None,
+    ) -> Gateway:
+        """The gateway the config describes; ``radio`` and ``upstreams`` replace the ones it
+        names (a test's twins)."""
         gateway = cls(config)
         gateway.radio = radio if radio is not None else build_radio(config)
         # The drivers are registered below, once the LoRa driver can be given the bridge's
         # progress callback; the XMPP device list reads the directory when asked.
         drivers = DriverDirectory()
         # load_config refuses a file with no upstream (gateway.config_checks).
-        upstreams = build_upstreams(config, drivers.rows)
+        if upstreams is None:
+            upstreams = build_upstreams(config, drivers.rows)
         gateway.bridge = Bridge(config, gateway.state, upstreams, drivers, radio=gateway.radio)
         gateway.lora = LoraNetwork(
             config, gateway.radio, gateway.state, progress=gateway.bridge.on_driver_progress

@@ -9,7 +9,6 @@ awaits whatever is still running when the owner stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Coroutine
 from typing import Any
@@ -39,9 +38,8 @@ class TaskSet:
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if tasks:
+            await asyncio.wait(tasks)
 
     def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
@@ -50,12 +48,16 @@ class TaskSet:
 
 
 async def cancel_and_wait(task: asyncio.Future[Any] | None) -> None:
-    """Cancel ``task`` (if any) and wait for it to end, whatever it ends with."""
+    """Cancel ``task`` (if any) and wait for it to end, whatever it ends with.
+
+    Waiting never swallows the caller's own cancellation (``asyncio.wait`` does not raise
+    what the task raised; a bare ``await task`` under ``suppress(CancelledError)`` would).
+    """
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    await asyncio.wait([task])
+    _retrieve(task)
 
 
 async def first_of(*awaitables: Any) -> None:
@@ -66,9 +68,15 @@ async def first_of(*awaitables: Any) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        await asyncio.wait(tasks)
         for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            _retrieve(task)
+
+
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark the outcome of an ended task as seen (its owner logged any failure)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def describe(exc: BaseException | None) -> str:
