@@ -14,7 +14,12 @@ from gateway.discovery import HA_COMMAND_QOS, HA_STATUS_QOS
 from gateway.model import EventKind
 from gateway.upstreams.memory import MemoryUpstream
 from tests.bridge_fixtures import GATEWAY_ID, PREFIX, joined_devices, world_of
-from tests.twin_fixtures import twin_config, twin_gateway, wait_for_counter, wait_for_final
+from tests.twin_fixtures import (
+    reporting_node,
+    twin_config,
+    twin_gateway,
+    wait_for_final,
+)
 
 
 async def test_discovery_and_availability_follow_joins_events_and_reconnects(
@@ -66,9 +71,8 @@ async def test_entity_command_topics_switch_the_node_and_reject_what_does_not_fi
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path)) as (gateway, twin):
-        node = world_of(gateway).nodes[0]
+        node = await reporting_node(gateway, twin)
         device = node.device_id
-        await wait_for_counter(twin, [device], 1)
         command_filter = f"{PREFIX}/devices/+/ha/+/set"
         assert (command_filter, HA_COMMAND_QOS, True) in twin.subscriptions
         topic = f"{PREFIX}/devices/{device}/ha/relay/set"
@@ -105,8 +109,7 @@ async def test_without_discovery_availability_and_health_are_still_published(
 async def test_an_upstream_without_extras_gets_no_retained_status(tmp_path: Path) -> None:
     xmpp = MemoryUpstream("xmpp", with_extras=False)
     async with twin_gateway(twin_config(tmp_path), xmpp) as (gateway, twin):
-        device = world_of(gateway).nodes[0].device_id
-        await wait_for_counter(twin, [device], 1)
+        await reporting_node(gateway, twin)
         assert gateway.bridge is not None and gateway.bridge.home_assistant is None
         assert twin.events  # the join still goes out as an event
     assert twin.raw == [] and twin.subscriptions == []

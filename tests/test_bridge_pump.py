@@ -15,6 +15,7 @@ from gateway.upstreams.memory import MemoryUpstream
 from tests.bridge_fixtures import AckDropper, assert_no_gaps, world_of
 from tests.twin_fixtures import (
     counters_of,
+    reporting_node,
     twin_config,
     twin_gateway,
     wait_for_counter,
@@ -58,8 +59,7 @@ async def test_an_upstream_lost_mid_stream_gets_everything_after_it_returns(
 
 async def test_a_refused_publish_pauses_delivery_and_loses_nothing(tmp_path: Path) -> None:
     async with twin_gateway(twin_config(tmp_path, nodes=1)) as (gateway, twin):
-        device = world_of(gateway).nodes[0].device_id
-        await wait_for_counter(twin, [device], 1)
+        device = (await reporting_node(gateway, twin)).device_id
         twin.refuse(3)
         await wait_for_counter(twin, [device], 4)
     assert_no_gaps(wire_reports(twin), [device], ids_once=False)
@@ -85,8 +85,7 @@ async def test_an_item_the_upstream_can_never_take_is_dropped_and_counted(
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path, nodes=1)) as (gateway, twin):
-        device = world_of(gateway).nodes[0].device_id
-        await wait_for_counter(twin, [device], 1)
+        device = (await reporting_node(gateway, twin)).device_id
         twin.cannot_carry(1)
         await twin.wait_for(lambda: bool(twin.not_carried), "an item it cannot carry")
         await wait_for_counter(twin, [device], max(counters_of(twin.reports, device)) + 3)

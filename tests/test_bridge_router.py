@@ -20,9 +20,9 @@ import pytest
 import gateway.bridge.results
 from gateway.model import CommandStatus
 from gateway.timefmt import rfc3339
-from tests.bridge_fixtures import world_of
 from tests.twin_fixtures import (
     counters_of,
+    reporting_node,
     twin_config,
     twin_gateway,
     wait_for_counter,
@@ -57,9 +57,8 @@ async def test_malformed_commands_are_rejected_with_a_reason_and_disturb_nothing
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path)) as (gateway, twin):
-        node = world_of(gateway).nodes[0]
+        node = await reporting_node(gateway, twin)
         device = node.device_id
-        await wait_for_counter(twin, [device], 1)
         for index, (_, body, _) in enumerate(MALFORMED):
             await twin.send_command(device, body, reply_to={"tag": f"bad-{index}"})
         strangers = ["lora-00000000000000ff", "not-a-device", "modbus-x-1"]
@@ -96,9 +95,8 @@ async def test_commands_that_expire_before_the_receive_window_never_reach_the_no
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path)) as (gateway, twin):
-        node = world_of(gateway).nodes[0]
+        node = await reporting_node(gateway, twin)
         device = node.device_id
-        await wait_for_counter(twin, [device], 1)
         # Less than one whole second to live: it cannot reach the node with time left.
         await twin.send_command(
             device, {"id": "short", "action": "relay", "params": {"on": True}, "ttl_s": 0.9}
@@ -128,9 +126,8 @@ async def test_a_repeated_command_is_answered_from_the_store_and_executed_once(
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path)) as (gateway, twin):
-        node = world_of(gateway).nodes[0]
+        node = await reporting_node(gateway, twin)
         device = node.device_id
-        await wait_for_counter(twin, [device], 1)
         body = {"id": "once", "action": "ping", "ttl_s": 20}
         await twin.send_command(device, body, reply_to={"try": 1})
         await twin.send_command(device, body, reply_to={"try": 2})
@@ -151,8 +148,7 @@ async def test_a_refused_final_result_is_retried_with_backoff_then_given_up(
     monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_MAX_S", 0.1)
     attempts = gateway.bridge.results.MAX_RESULT_ATTEMPTS
     async with twin_gateway(twin_config(tmp_path)) as (gw, twin):
-        device = world_of(gw).nodes[0].device_id
-        await wait_for_counter(twin, [device], 1)
+        device = (await reporting_node(gw, twin)).device_id
         assert gw.bridge is not None and gw.bridge.commands is not None
         twin.refuse_results(attempts + 5)
         await twin.send_command(device, {"id": "late", "action": "ping", "expires_at": past()})
@@ -173,8 +169,7 @@ async def test_results_due_while_the_upstream_is_down_are_published_once_it_is_b
 ) -> None:
     monkeypatch.setattr(gateway.bridge.results, "RESULT_RETRY_S", 0.02)
     async with twin_gateway(twin_config(tmp_path)) as (gw, twin):
-        device = world_of(gw).nodes[0].device_id
-        await wait_for_counter(twin, [device], 1)
+        device = (await reporting_node(gw, twin)).device_id
         assert gw.bridge is not None and gw.bridge.commands is not None
         twin.disconnect()
         await twin.send_command(device, {"id": "away", "action": "ping", "expires_at": past()})
@@ -191,8 +186,7 @@ async def test_console_commands_take_the_same_path_and_return_their_final_result
     tmp_path: Path,
 ) -> None:
     async with twin_gateway(twin_config(tmp_path)) as (gateway, twin):
-        node = world_of(gateway).nodes[0]
-        await wait_for_counter(twin, [node.device_id], 1)
+        node = await reporting_node(gateway, twin)
         assert gateway.bridge is not None
         console = gateway.bridge.controls_for("console")
         result = await console.send_command(node.device_id, "relay", {"on": True}, 20)

@@ -8,11 +8,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+from drivers.sim.node import SimNode
 from gateway.config import Config, parse_config
 from gateway.daemon import Gateway
 from gateway.model import Report
 from gateway.upstreams.memory import MemoryUpstream
-from tests.bridge_fixtures import fast_settings
+from tests.bridge_fixtures import fast_settings, world_of
 
 UNUSED_PORT = 1  # the config names a broker; the twin stands in for it
 
@@ -66,3 +67,10 @@ async def wait_for_final(twin: MemoryUpstream, command_id: str) -> str:
         f"a final result of {command_id!r}",
     )
     return next(s for s in twin.statuses(command_id) if s in finals)
+
+
+async def reporting_node(gateway: Gateway, twin: MemoryUpstream) -> SimNode:
+    """The world's first node, once its first report has come through the twin."""
+    node = world_of(gateway).nodes[0]
+    await wait_for_counter(twin, [node.device_id], 1)
+    return node
