@@ -276,7 +276,8 @@ class MqttUpstream:
     async def wait_connected(self, timeout: float | None = None) -> bool:
         """Wait until ``connected``; False if ``timeout`` passed first."""
         try:
-            await asyncio.wait_for(self._online.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._online.wait()
         except TimeoutError:
             return False
         return True

@@ -202,8 +202,9 @@ class MqttClient:
         self._closing = True
         self._connected = False
         if self._client.disconnect() == paho.MQTT_ERR_SUCCESS:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._lost.wait(), timeout)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._lost.wait()
 
     async def close(self) -> None:
         """The end: no connection, no timers, no socket. The client is not used again."""
@@ -251,7 +252,10 @@ class MqttClient:
             lambda: client.connect(options.host, options.port, options.keepalive_s, **kwargs),
         )
         await asyncio.shield(self._connect_job)
-        self.session_present = await asyncio.wait_for(self._connack, options.connect_timeout_s)
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+        # arrives as the awaited future completes, and the stop would wait forever.
+        async with asyncio.timeout(options.connect_timeout_s):
+            self.session_present = await self._connack
         self._connected = True
         self.stats["connects"] += 1
 
@@ -279,7 +283,8 @@ class MqttClient:
             future: asyncio.Future[list[ReasonCode]] = loop.create_future()
             self._pending_subscribes[mid] = future
             try:
-                codes = await asyncio.wait_for(future, self.options.ack_timeout_s)
+                async with asyncio.timeout(self.options.ack_timeout_s):
+                    codes = await future
             except TimeoutError:
                 raise MqttUnavailable(f"no SUBACK for {topic_filter}") from None
             finally:
