@@ -12,22 +12,16 @@ It knows MQTT, not the gateway's topics (those are in ``gateway.upstreams.mqtt``
   and logged. Each carries its arrival time (``gateway.upstreams.arrival``).
 * Errors have one root, ``MqttError``, itself an ``UpstreamError``.
 
-paho's socket is watched with ``loop.add_reader``/``add_writer``, ``loop_misc`` runs once a
-second for keepalive, and only the blocking TCP/TLS connect runs in an executor thread.
+paho's socket is driven from the event loop (``mqtt_socket.LoopSocket``); only the blocking
+TCP/TLS connect runs in an executor thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import ssl
-import struct
-import termios
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
@@ -39,9 +33,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from gateway.tasks import cancel_and_wait, describe
+from gateway.tasks import describe
 from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import UpstreamError, UpstreamUnavailable
+from gateway.upstreams.mqtt_socket import LoopSocket
 
 log = logging.getLogger("gateway.upstreams.mqtt")
 
@@ -141,17 +136,14 @@ class MqttClient:
         self._pending_subscribes: dict[int, asyncio.Future[list[ReasonCode]]] = {}
         self._early_acks: dict[int, ReasonCode] = {}
         self._inside_publish = False
-        self._read_arrival = time.monotonic()  # stamp of the messages being read now
         self._connected = False
         self._closing = False  # a clean disconnect is under way: not a loss
         self._lost = asyncio.Event()
         self._in_use = False
         self._connack: asyncio.Future[bool] | None = None
         self._connect_job: asyncio.Future[Any] | None = None
-        self._misc: asyncio.Task[None] | None = None
-        self._watched_fd: int | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
+        self._socket = LoopSocket(self.arrival, on_broken=self._socket_broken)
         self._client = self._make_client()
 
     @property
@@ -217,10 +209,7 @@ class MqttClient:
             await asyncio.wait([job])
             if not job.cancelled():
                 job.exception()  # retrieved: a failed last attempt is not worth a warning
-        await cancel_and_wait(self._misc)
-        self.arrival.stop()
-        if self._loop is not None:
-            self._unwatch_socket()
+        await self._socket.close()
         sock = self._client.socket()
         if sock is not None:
             with contextlib.suppress(OSError):
@@ -230,8 +219,7 @@ class MqttClient:
     async def _connect(self) -> None:
         if self._loop is None:
             self._loop = asyncio.get_running_loop()
-            self._loop_thread = threading.get_ident()
-            self.arrival.start(self._loop)
+            self._socket.bind(self._loop)
         loop = self._loop
         options = self.options
         client = self._client
@@ -262,8 +250,7 @@ class MqttClient:
     def _abandon(self, why: str) -> None:
         """Stop watching the socket and fail what waits on it; the next connect() closes it."""
         self._connected = False
-        if self._loop is not None:
-            self._unwatch_socket()
+        self._socket.unwatch()
         self._fail_pending(why)
 
     # -- calls that wait for the broker -------------------------------------------------------
@@ -385,11 +372,19 @@ class MqttClient:
         client.on_publish = self._on_publish
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
-        client.on_socket_open = self._on_socket_open
-        client.on_socket_close = self._on_socket_close
-        client.on_socket_register_write = self._on_socket_register_write
-        client.on_socket_unregister_write = self._on_socket_unregister_write
+        self._socket.install(client)
         return client
+
+    def _socket_broken(self) -> None:
+        """paho failed on the socket in a way it does not handle itself: connection lost."""
+        if not self._lost.is_set():
+            self._on_disconnect(
+                self._client,
+                None,
+                paho.DisconnectFlags(False),
+                ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
+                None,
+            )
 
     # paho callbacks run on the event loop thread (socket ones may come from the connect thread).
 
@@ -456,7 +451,7 @@ class MqttClient:
     def _on_message(self, client: paho.Client, userdata: Any, message: paho.MQTTMessage) -> None:
         self.stats["messages_received"] += 1
         try:
-            self._inbox.put_nowait(_message_of(message, self._read_arrival))
+            self._inbox.put_nowait(_message_of(message, self._socket.read_arrival))
         except asyncio.QueueFull:
             self.stats["inbox_dropped"] += 1
             log.warning(
@@ -465,93 +460,6 @@ class MqttClient:
                 message.topic,
                 self.stats["inbox_dropped"],
             )
-
-    # -- socket plumbing (the aiomqtt pattern) ------------------------------------------------
-
-    def _in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn`` on the event loop: directly there, else scheduled from another thread."""
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._watch_socket, sock.fileno())
-
-    def _on_socket_close(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._unwatch_socket, sock.fileno())
-
-    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._watch_writable, sock.fileno())
-
-    def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._unwatch_writable, sock.fileno())
-
-    def _watch_socket(self, fd: int) -> None:
-        assert self._loop is not None
-        self._watched_fd = fd
-        self._loop.add_reader(fd, self._readable)
-        if self._misc is None or self._misc.done():
-            self._misc = self._loop.create_task(self._misc_loop(), name="mqtt-misc")
-
-    def _unwatch_socket(self, fd: int | None = None) -> None:
-        assert self._loop is not None
-        fd = self._watched_fd if fd is None else fd
-        if fd is None or fd < 0:
-            return
-        self._loop.remove_reader(fd)
-        self._loop.remove_writer(fd)
-        if fd == self._watched_fd:
-            self._watched_fd = None
-
-    def _watch_writable(self, fd: int) -> None:
-        assert self._loop is not None
-        if fd == self._watched_fd:
-            self._loop.add_writer(fd, self._writable)
-
-    def _unwatch_writable(self, fd: int) -> None:
-        assert self._loop is not None
-        if fd >= 0:
-            self._loop.remove_writer(fd)
-
-    def _readable(self) -> None:
-        client = self._client
-        self._read_arrival = self.arrival.arrival()
-        self._drive(client.loop_read)
-        # TLS may hold decrypted bytes the socket no longer signals: read them out now.
-        sock = client.socket()
-        for _ in range(_MAX_BUFFERED_READS):
-            if not isinstance(sock, ssl.SSLSocket) or client.socket() is not sock:
-                break
-            if sock.pending() <= 0:
-                break
-            self._drive(client.loop_read)
-        if sock is not None and client.socket() is sock and _unread_bytes(sock) == 0:
-            self.arrival.drained()
-
-    def _writable(self) -> None:
-        self._drive(self._client.loop_write)
-
-    def _drive(self, step: Callable[[], Any]) -> None:
-        try:
-            step()
-        except Exception as exc:
-            # paho handles ordinary socket errors itself; anything else: drop the connection.
-            log.warning("mqtt: socket error: %s", describe(exc))
-            self._unwatch_socket()
-            if not self._lost.is_set():
-                self._on_disconnect(
-                    self._client,
-                    None,
-                    paho.DisconnectFlags(False),
-                    ReasonCode(PacketTypes.DISCONNECT, "Unspecified error"),
-                    None,
-                )
-
-    async def _misc_loop(self) -> None:
-        while self._client.loop_misc() == paho.MQTT_ERR_SUCCESS:
-            await asyncio.sleep(1)
 
 
 def _message_of(message: paho.MQTTMessage, arrival: float) -> Message:
@@ -580,14 +488,3 @@ def _message_of(message: paho.MQTTMessage, arrival: float) -> Message:
 def _time_out(future: asyncio.Future[Any]) -> None:
     if not future.done():
         future.set_exception(TimeoutError())
-
-
-def _unread_bytes(sock: Any) -> int:
-    """Bytes waiting to be read on ``sock`` (decrypted TLS bytes included); -1 if unknown."""
-    try:
-        waiting = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
-    except (OSError, ValueError):
-        return -1
-    if isinstance(sock, ssl.SSLSocket):
-        waiting += sock.pending()
-    return waiting
