@@ -16,7 +16,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
@@ -28,6 +27,7 @@ from typing import Any
 from aiohttp import web
 
 from gateway.config import Config
+from gateway.config_checks import is_loopback
 from gateway.console.parser import ConsoleInputError, SendRequest, parse_command
 from gateway.http_service import HttpService
 from gateway.model import CommandResult
@@ -72,15 +72,6 @@ SECURITY_HEADERS = {
 
 class WebConfigError(ValueError):
     """A web server that must not start as configured; the message is one line."""
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 @dataclass(slots=True)
