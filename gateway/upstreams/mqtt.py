@@ -227,9 +227,7 @@ class MqttUpstream:
         try:
             await self._publish(response_topic, payload, qos, properties=properties)
         except UpstreamError as exc:
-            self._counters["response_publishes_failed"] += 1
-            failed = self._counters["response_publishes_failed"]
-            if failed == 1 or failed % 100 == 0:
+            if failed := self._count("response_publishes_failed", log_every=100):
                 log.warning(
                     "mqtt: %s result of %r not published to its response topic, given up: %s "
                     "(%d so far)",
@@ -437,14 +435,19 @@ class MqttUpstream:
             self._counters["retained_commands_dropped"],
         )
 
+    def _count(self, counter: str, *, log_every: int) -> int:
+        """Count one more; the new count when it is worth a log line (the first, then every
+        ``log_every``-th: a hostile client must not flood the log), else 0."""
+        self._counters[counter] += 1
+        count = self._counters[counter]
+        return count if count == 1 or count % log_every == 0 else 0
+
     def _take_response_topic(self, topic: str, device: str, reply_to: dict[str, Any]) -> None:
         refusal = self.response_topics.refusal(topic)
         if refusal is None:
             reply_to["response_topic"] = topic
             return
-        self._counters["response_topics_refused"] += 1
-        refused = self._counters["response_topics_refused"]
-        if refused == 1 or refused % 1000 == 0:
+        if refused := self._count("response_topics_refused", log_every=1000):
             log.warning(
                 "mqtt: response topic %r of a command for %s not used (%s); results go to the "
                 "device's command/result topic only (%d refused so far)",
