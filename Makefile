@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench soak fuzz install system-deps clean help
+.PHONY: run test lint format bench bench-deps soak fuzz install system-deps clean help
 
 help:
 	@echo "make run    - simulated radio world + gateway + private mosquitto, reports shown live"
@@ -57,8 +57,19 @@ TEST_WORKERS ?= 2
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
-bench: $(STAMP) system-deps
+bench: $(STAMP) system-deps bench-deps
 	$(PY) -m bench.run
+
+# strace counts the sync calls of the storage-writes benchmark (without it: bytes only).
+bench-deps:
+	@command -v strace >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing strace via apt-get"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strace >/dev/null; \
+	  else \
+	    echo "strace missing: syncs per report not counted. Install it with: sudo apt-get install strace" >&2; \
+	  fi; \
+	}
 
 soak: $(STAMP) system-deps
 	DUOGATE_SOAK=1 $(VENV)/bin/pytest -q hil_tests -m "slow or not slow"

@@ -55,6 +55,8 @@ BENCHMARKS = {
     "cpu": ("bench.pipeline", "cpu_per_report"),
     "outage": ("bench.outage", "memory_and_drain"),
     "xmpp": ("bench.xmpp_wire", "xmpp_throughput"),
+    "storage": ("bench.storage", "storage_writes"),
+    "idle": ("bench.startup", "idle_cpu"),
 }
 
 

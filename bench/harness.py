@@ -224,18 +224,22 @@ class NodeFleet:
         radio.transmitted.clear()
         return pending
 
-    def report_frames(self, count: int, *, start: int = 0) -> Iterator[tuple[Node, int, bytes]]:
-        """``count`` new unconfirmed report frames, round robin over the nodes.
+    def report_frames(
+        self, count: int, *, start: int = 0, confirmed: Callable[[int], bool] | None = None
+    ) -> Iterator[tuple[Node, int, bytes]]:
+        """``count`` new report frames, round robin over the nodes.
 
-        Unconfirmed: at these rates acks could not go on air anyway (duty cycle), and the
-        figures are about the way up.
+        Unconfirmed unless ``confirmed(n)`` says so for the n-th frame: at the throughput
+        benchmarks' rates acks could not go on air anyway (duty cycle), and those figures are
+        about the way up.
         """
         nodes = self.nodes
         for n in range(start, start + count):
             node = nodes[n % len(nodes)]
             assert node.session is not None
             body = {"temperature_c": 20.0 + (n % 150) / 10, "relay": n % 2 == 0, "counter": n}
-            counter, phy = node.session.report(body, confirmed=False)
+            wanted = confirmed is not None and confirmed(n)
+            counter, phy = node.session.report(body, confirmed=wanted)
             yield node, counter, phy
 
 

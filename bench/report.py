@@ -13,6 +13,17 @@ LATENCY_P99_GOAL_MS = 5.0
 RSS_GOAL_MB = 40.0
 CPU_GOAL_US = 150.0
 DRAIN_GOAL = 0.8  # x pipeline rate
+SYNCS_PER_REPORT_GOAL = 0.1
+DISK_BYTES_PER_REPORT_GOAL = 1024
+
+
+def sync_floor(case: dict[str, Any]) -> float:
+    """Syncs per report that acking each confirmed report only after its commit requires at
+    least: one commit can serve every confirmed report whose ack is due within one receive
+    delay, so at most one sync per receive delay, fewer when confirmed reports are rarer
+    (and none when the upstreams acknowledged a report before its ack is due)."""
+    confirmed_per_s = case["rate"] * case["confirmed_fraction"]
+    return min(confirmed_per_s, 1 / case["rx_delay_s"]) / case["rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +225,81 @@ def rows(figures: dict[str, Any]) -> list[Row]:
         ]
 
     out += _guarded(figures, "web", "Web page weight and extra memory", "-", web)
+    out += _guarded(figures, "storage", "P7 storage writes", "<= 0.1 syncs/report", storage_rows)
+    out += _guarded(figures, "startup", "P8 start-up and idle CPU", "-", startup_rows)
     return out
+
+
+def storage_rows(f: dict[str, Any]) -> list[Row]:
+    found = []
+    for key, case in f.items():
+        busy = key == "busy"
+        where = (
+            f"at {case['rate']:g} reports/s"
+            if busy
+            else f"at {case['rate']:g} reports/s (one LoRa channel)"
+        )
+        title = f"P7 storage writes {where}, {case['confirmed_fraction']:.0%} confirmed"
+        reports, floor = case["reports"], sync_floor(case)
+        floor_text = (
+            f"ack-after-commit floor {floor:.2f} (one per {case['rx_delay_s']:g} s receive delay)"
+        )
+        if case["syncs"] is None:
+            found.append(
+                Row(f"{title}: syncs per report", "strace not installed", "", NOT_MEASURED)
+            )
+        else:
+            per_report = case["syncs"] / reports
+            calls = case["calls"]
+            measured = (
+                f"{per_report:.2f} ({calls['fdatasync']} fdatasync + {calls['fsync']} fsync for"
+                f" {reports} reports in {case['window_s']:.0f} s, {case['confirmed']} confirmed;"
+                f" {calls['pwrite64'] / reports:.1f} pwrite64 per report); {floor_text},"
+                f" {per_report / floor:.0f}x the floor"
+            )
+            if busy:
+                goal = f"<= {SYNCS_PER_REPORT_GOAL:g}"
+                verdict = at_most(per_report, SYNCS_PER_REPORT_GOAL, "syncs/report")
+            else:
+                goal, verdict = f"floor {floor:.2f}", f"{per_report / floor:.1f}x the floor"
+            found.append(Row(f"{title}: syncs per report", measured, goal, verdict))
+        per_report_bytes = case["bytes_per_report"]
+        pwritten = (
+            f"; pwrite64 {case['pwrite_bytes'] / reports:.0f} B"
+            if case.get("pwrite_bytes") is not None
+            else ""
+        )
+        found.append(
+            Row(
+                f"{title}: bytes written to disk per report",
+                f"{per_report_bytes:.0f} B (write_bytes {case['write_bytes'] / 1024:.0f} KiB over"
+                f" the window{pwritten})",
+                f"<= {DISK_BYTES_PER_REPORT_GOAL // 1024} KiB" if busy else "-",
+                at_most(per_report_bytes, DISK_BYTES_PER_REPORT_GOAL, "B") if busy else "-",
+            )
+        )
+    return found
+
+
+def startup_rows(f: dict[str, Any]) -> list[Row]:
+    ready, idle = f["ready"], f["idle"]
+    starts = ", ".join(f"{seconds:.2f}" for seconds in ready["seconds"])
+    return [
+        Row(
+            f"P8 start-up: `duogate run` (simulated radio, {ready['nodes']} nodes) to READY=1",
+            f"median {ready['median_s']:.2f} s, max {ready['max_s']:.2f} s"
+            f" ({ready['runs']} starts: {starts})",
+            "-",
+            "-",
+        ),
+        Row(
+            f"P8 idle CPU with {idle['nodes']} joined nodes (keepalives only)",
+            f"{idle['cpu_ms_per_s']:.2f} ms/s ({idle['cpu_ms_per_s'] / 10:.2f}% of one core,"
+            f" over {idle['idle_s']:.0f} s; MQTT keepalive {idle['keepalive_s']} s)",
+            "-",
+            "-",
+        ),
+    ]
 
 
 def table_text(found: list[Row]) -> str:
@@ -325,6 +410,28 @@ discovery, and a short reconnect backoff.
 * **Bytes on the wire** are the gateway socket's TCP counters (`TCP_INFO`
   `tcpi_bytes_acked` + `tcpi_bytes_received`) over the burst, divided by the reports: MQTT is
   plaintext on loopback, XMPP runs inside TLS as the server requires.
+* **P7 storage writes.** The pipeline gateway (as for latency) with 100 joined nodes; a
+  thread hands frames over at a steady rate as a DIO0 handler does, confirmed ones spread
+  evenly among them (their acks go out at the receive delay, only after the report's row is
+  committed). After a warm-up, the child reads `write_bytes` of `/proc/self/io` (every
+  thread) at the start and the end of a steady window: bytes the process caused to be
+  written to the disk (the data directory is on the root file system, not tmpfs). The child
+  runs under `strace -f -ttt -e trace=fdatasync,fsync,pwrite64` (`bench/syscalls.py`), and
+  the calls that started inside the window are counted; pwrite64's returned sizes give the
+  bytes SQLite handed the kernel. The window counts the frames handed over in it. The
+  floor: a confirmed report's ack leaves at the receive delay after the uplink, and its row
+  must be durable by then, so one commit can serve every report whose ack falls due within
+  one receive delay: at least min(confirmed reports/s, 1 / receive delay) syncs per second,
+  divided by the rate (less when every upstream acknowledged a report before its ack is due).
+* **P8 start-up and idle CPU.** `duogate run --config FILE` as a child process with a real
+  file (`bench/startup.py`: simulated radio with 100 simulated nodes in the process, open
+  join, the bench's mosquitto, console and metrics on), `NOTIFY_SOCKET` naming a datagram
+  socket the benchmark owns; the time runs from just before the process is spawned to the
+  `READY=1` datagram, each start from an empty data directory, stopped with SIGTERM after.
+  Idle CPU: the gateway as `duogate run` assembles it (console and metrics on) with the
+  injecting radio, 100 nodes joined through the real join path and their events delivered,
+  then process CPU time (user + system, all threads) over a quiet spell with nothing but
+  the MQTT keepalives and the gateway's own timers.
 * **Units.** MB is 2^20 bytes, us is microseconds, B is bytes.
 * **Web page.** `bench/web_weight.py`: bytes of the page's files and the daemon's extra
   resident memory with the web server idle and with the page open.

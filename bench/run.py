@@ -26,6 +26,8 @@ from typing import Any
 from bench import report
 from bench.machine import describe
 from bench.rawpaho import raw_paho_rate
+from bench.startup import time_to_ready
+from bench.syscalls import count_in_window, strace_prefix
 from tests.servers import Mosquitto, Prosody
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +52,18 @@ class Sizes:
     xmpp_nodes: int = 100
     xmpp_reports: int = 5000
     web_live_s: float = 5.0
+    storage_nodes: int = 100
+    # (label, reports/s, confirmed fraction, steady window s): a busy gateway, and the rate
+    # one LoRa channel really carries, mostly confirmed
+    storage_cases: tuple[tuple[str, float, float, float], ...] = (
+        ("busy", 20.0, 0.5, 30.0),
+        ("channel", 3.0, 0.8, 40.0),
+    )
+    storage_warmup_s: float = 5.0
+    start_nodes: int = 100
+    start_runs: int = 5
+    idle_nodes: int = 100
+    idle_s: float = 20.0
 
 
 FULL = Sizes()
@@ -67,6 +81,13 @@ QUICK = Sizes(
     xmpp_nodes=5,
     xmpp_reports=100,
     web_live_s=1.0,
+    storage_nodes=10,
+    storage_cases=(("busy", 20.0, 0.5, 1.0), ("channel", 3.0, 0.8, 1.0)),
+    storage_warmup_s=0.5,
+    start_nodes=5,
+    start_runs=1,
+    idle_nodes=5,
+    idle_s=1.0,
 )
 
 
@@ -82,11 +103,22 @@ def run_child(
     params: dict[str, Any],
     on_event: EventHandler | None = None,
     timeout_s: float = 600,
+    prefix: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run ``bench.child NAME`` and answer its events; its RESULT, or ChildFailed."""
+    """Run ``bench.child NAME`` (behind ``prefix``, e.g. a tracer) and answer its events;
+    its RESULT, or ChildFailed."""
     with tempfile.TemporaryFile(mode="w+") as errors:
         proc = subprocess.Popen(
-            [sys.executable, "-X", "faulthandler", "-m", "bench.child", name, json.dumps(params)],
+            [
+                *(prefix or []),
+                sys.executable,
+                "-X",
+                "faulthandler",
+                "-m",
+                "bench.child",
+                name,
+                json.dumps(params),
+            ],
             cwd=ROOT,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -200,6 +232,43 @@ def bench_outage(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
         )
     finally:
         broker.start()
+
+
+def bench_storage(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+    """P7: each case in a child run under strace; syncs counted in the child's window."""
+    figures: dict[str, Any] = {}
+    for label, rate, confirmed_fraction, seconds in sizes.storage_cases:
+        trace = workdir / f"storage-{label}.strace"
+        prefix = strace_prefix(trace)
+        case = run_child(
+            "storage",
+            {
+                "mqtt_port": broker.port,
+                "nodes": sizes.storage_nodes,
+                "rate": rate,
+                "confirmed_fraction": confirmed_fraction,
+                "seconds": seconds,
+                "warmup_s": sizes.storage_warmup_s,
+            },
+            prefix=prefix,
+        )
+        if prefix is None:
+            case["syncs"] = None  # strace missing: bytes only
+        else:
+            counts = count_in_window(trace.read_text(), *case["window_wall"])
+            trace.unlink()
+            case.update(syncs=counts.syncs, calls=counts.calls, pwrite_bytes=counts.pwrite_bytes)
+        figures[label] = case
+    return figures
+
+
+def bench_startup(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+    """P8: ``duogate run`` to READY=1, then idle CPU of a gateway with joined nodes."""
+    figures = {"ready": time_to_ready(broker.port, sizes.start_nodes, sizes.start_runs)}
+    figures["idle"] = run_child(
+        "idle", {"mqtt_port": broker.port, "nodes": sizes.idle_nodes, "idle_s": sizes.idle_s}
+    )
+    return figures
 
 
 def bench_xmpp(workdir: Path, sizes: Sizes) -> dict[str, Any]:
@@ -324,6 +393,8 @@ def run_all(
                 ("cpu", lambda: bench_cpu(broker, sizes)),
                 ("outage", lambda: bench_outage(broker, sizes)),
                 ("xmpp", lambda: bench_xmpp(Path(tmp), sizes)),
+                ("storage", lambda: bench_storage(broker, Path(tmp), sizes)),
+                ("startup", lambda: bench_startup(broker, sizes)),
             ]
             for name, step in steps:
                 figures[name] = _timed(name, step, log)
@@ -359,7 +430,14 @@ def sizes_text(sizes: Sizes) -> str:
         f"{sizes.throughput_reports} reports; latency {sizes.latency_s:g} s at "
         f"{sizes.latency_rate:g}/s; CPU {sizes.cpu_s:g} s at {sizes.cpu_rate:g}/s; "
         f"{sizes.leased_nodes} leases and {sizes.buffered_reports} buffered reports; XMPP "
-        f"{sizes.xmpp_reports} reports"
+        f"{sizes.xmpp_reports} reports; storage writes "
+        + ", ".join(
+            f"{seconds:g} s at {rate:g}/s ({fraction:.0%} confirmed)"
+            for _, rate, fraction, seconds in sizes.storage_cases
+        )
+        + f" with {sizes.storage_nodes} nodes; {sizes.start_runs} starts with"
+        f" {sizes.start_nodes} simulated nodes; idle {sizes.idle_s:g} s with"
+        f" {sizes.idle_nodes} joined nodes"
     )
 
 

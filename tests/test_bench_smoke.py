@@ -7,11 +7,14 @@ ordered percentiles, every report accounted for), so the benchmark code cannot r
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from bench.run import QUICK, run_all
+from bench.syscalls import count_in_window, strace_prefix
 
 
 @pytest.mark.timeout(300)
@@ -22,7 +25,7 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     out = tmp_path / "PERFORMANCE.md"
     outcome = run_all(QUICK, out, log=lambda _line: None)
     figures = outcome["figures"]
-    for name in ("throughput", "latency", "cpu", "outage", "xmpp"):
+    for name in ("throughput", "latency", "cpu", "outage", "xmpp", "storage", "startup"):
         assert isinstance(figures[name], dict), f"{name}: {figures[name]}"
 
     throughput = figures["throughput"]
@@ -52,8 +55,57 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert xmpp["subscriber_received"] == QUICK.xmpp_reports
     assert xmpp["bounced"] == 0
 
+    for label, rate, fraction, _seconds in QUICK.storage_cases:
+        storage = figures["storage"][label]
+        assert storage["rate"] == rate and storage["confirmed_fraction"] == fraction
+        assert storage["reports"] > 0 and 0 < storage["confirmed"] <= storage["reports"]
+        assert storage["write_bytes"] > 0  # the outbox is on disk, not on tmpfs
+        if shutil.which("strace") is not None:
+            assert storage["syncs"] > 0 and storage["calls"]["pwrite64"] > 0
+        assert storage["lora_counters"].get("report_not_stored", 0) == 0
+
+    startup = figures["startup"]
+    assert len(startup["ready"]["seconds"]) == QUICK.start_runs
+    assert 0 < startup["ready"]["median_s"] <= startup["ready"]["max_s"]
+    assert startup["idle"]["nodes"] == QUICK.idle_nodes and startup["idle"]["cpu_ms_per_s"] >= 0
+
     text = out.read_text()
     assert "| figure | measured | goal | verdict |" in text
     assert outcome["machine"]["cpu"] in text
     measured = [row for row in outcome["rows"] if row.verdict != "not measured"]
     assert len(measured) >= 8, outcome["rows"]
+    assert any(row.figure.startswith("P7") for row in measured), outcome["rows"]
+    assert any(row.figure.startswith("P8") for row in measured), outcome["rows"]
+
+
+TRACED_WRITER = """
+import os, sys, time
+fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT)
+os.fdatasync(fd)  # before the window
+start = time.time()
+for offset in range(3):
+    os.pwrite(fd, b"x" * 100, offset * 100)
+    os.fdatasync(fd)
+os.fsync(fd)
+end = time.time()
+os.fsync(fd)  # after the window
+print(start, end)
+"""
+
+
+def test_sync_calls_are_counted_inside_the_window_only(tmp_path: Path) -> None:
+    trace = tmp_path / "trace.txt"
+    prefix = strace_prefix(trace)
+    if prefix is None:
+        pytest.skip("strace is not installed (`make bench` installs it)")
+    done = subprocess.run(
+        [*prefix, sys.executable, "-c", TRACED_WRITER, str(tmp_path / "data")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    start, end = map(float, done.stdout.split())
+    counts = count_in_window(trace.read_text(), start, end)
+    assert counts.calls == {"fdatasync": 3, "fsync": 1, "pwrite64": 3}
+    assert counts.syncs == 4 and counts.pwrite_bytes == 300
