@@ -125,6 +125,7 @@ async def _open_page(port: int, live_seconds: float) -> tuple[dict[str, int], in
 async def _serve(nodes: int, frames_per_s: float) -> None:
     import aiohttp.web  # noqa: F401  the daemon has it loaded already (metrics)
 
+    import gateway.config_checks  # noqa: F401  so has it: load_config runs the checks
     from drivers.radio.base import RadioSettings
     from gateway.state import Direction, FrameLogEntry, GatewayState, OutboxStats
 
