@@ -16,7 +16,8 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from drivers.radio.base import Radio, RadioError, RxPacket
 from gateway.config import Config
@@ -67,6 +68,7 @@ LORA_FIELDS: dict[str, dict[str, Any]] = {
 STORED_IDS_PER_DEVICE = 32
 
 ProgressCallback = Callable[[Command, CommandStatus, str | None], None]
+T = TypeVar("T")
 
 
 class LoraNetwork:
@@ -104,6 +106,10 @@ class LoraNetwork:
         self._tasks = TaskSet(log, "LoRa frame handling failed")
         self._flush_task: asyncio.Task[None] | None = None
         self._lease_lock = asyncio.Lock()
+        # The lease and reference stores' connections are used from this one thread only. With
+        # a pool, a waiter cancelled at stop would let the next write (or the close) start on
+        # the same SQLite connection while the first still runs in its thread: a crash.
+        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-store")
         self._registry: set[str] = set()
         self.presence = Presence(config.join.offline_after_s)
 
@@ -126,10 +132,10 @@ class LoraNetwork:
         settings, registry = load_join(self.config)
         self._registry = {lora_device_id(eui) for eui in registry}
         data_dir = self.config.gateway.data_dir
-        self._leases = await asyncio.to_thread(LeaseStore.open, data_dir)
-        self._core = await asyncio.to_thread(open_core, self._leases, settings, registry)
-        self._refs = await asyncio.to_thread(CommandRefStore.open, data_dir)
-        reservations = await asyncio.to_thread(self._refs.load)
+        self._leases = await self._in_store_thread(LeaseStore.open, data_dir)
+        self._core = await self._in_store_thread(open_core, self._leases, settings, registry)
+        self._refs = await self._in_store_thread(CommandRefStore.open, data_dir)
+        reservations = await self._in_store_thread(self._refs.load)
         commands = self.config.commands
         self._scheduler = DownlinkScheduler(
             self._core,
@@ -166,9 +172,10 @@ class LoraNetwork:
         if self._leases is not None and self._core is not None:
             with contextlib.suppress(StoreError):
                 await self._flush_leases()
-            await asyncio.to_thread(self._leases.close)
+            await self._in_store_thread(self._leases.close)
         if self._refs is not None:
-            await asyncio.to_thread(self._refs.close)
+            await self._in_store_thread(self._refs.close)
+        self._store_thread.shutdown(wait=False)  # nothing is queued: the closes were awaited
 
     def devices(self) -> list[DeviceInfo]:
         ids = {info.device_id for info in self._core.leases()} if self._core else set()
@@ -202,7 +209,7 @@ class LoraNetwork:
         while isinstance(actions[0], ReserveCommandRefs):
             reserve = actions[0]
             assert self._refs is not None
-            await asyncio.to_thread(self._refs.reserve, reserve.device, reserve.up_to)
+            await self._in_store_thread(self._refs.reserve, reserve.device, reserve.up_to)
             scheduler.refs_reserved(reserve.device, reserve.up_to)
             actions = scheduler.command_queued(command)
         if isinstance(actions[0], ResolveCommand):
@@ -414,6 +421,9 @@ class LoraNetwork:
 
     # ------------------------------------------------------------------ leases
 
+    async def _in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn, *args)
+
     async def _flush_leases(self) -> None:
         assert self._leases is not None
         async with self._lease_lock:
@@ -423,7 +433,7 @@ class LoraNetwork:
             if not records:
                 return
             try:
-                await asyncio.to_thread(self._leases.save, records)
+                await self._in_store_thread(self._leases.save, records)
             except StoreError:
                 self.core.mark_dirty(record.eui for record in records)
                 raise
