@@ -307,7 +307,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _late_config_errors() -> tuple[type[BaseException], ...]:
     """Configuration refused by a part as it starts (config checks normally catch it first)."""
-    from gateway.web import WebConfigError
+    from gateway.web.errors import WebConfigError
 
     return (WebConfigError,)
 

@@ -1,5 +1,5 @@
-"""An aiohttp application served on the event loop: how the metrics endpoint and the status page
-bind, report their port and stop."""
+"""An aiohttp application served on the event loop: how the status page binds, reports its port
+and stops (the metrics endpoint needs no framework: ``gateway.plain_http``)."""
 
 from __future__ import annotations
 

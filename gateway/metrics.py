@@ -1,7 +1,9 @@
 """Prometheus metrics served over HTTP on the event loop, read from the live state at scrape time.
 
 Nothing is counted twice: a custom collector turns ``GatewayState`` into metric families when
-Prometheus asks, so the numbers always agree with the console and the web page.
+Prometheus asks, so the numbers always agree with the console and the web page. The endpoint
+is served without aiohttp (``gateway.plain_http``): a gateway with the status page off never
+loads it.
 """
 
 from __future__ import annotations
@@ -10,13 +12,12 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
-from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from gateway.config import MetricsSection
-from gateway.http_service import HttpService
+from gateway.plain_http import PlainHttpServer
 from gateway.state import KNOWN_PROBLEMS, GatewayState
 
 log = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ class MetricsServer:
 
     def __init__(self, state: GatewayState, host: str = "127.0.0.1", port: int = 9108) -> None:
         self._registry = make_registry(state)
-        self._http = HttpService(host, port)
+        self._http = PlainHttpServer(host, port, {"/metrics": self._metrics, "/": self._index})
 
     @classmethod
     def from_config(cls, section: MetricsSection, state: GatewayState) -> MetricsServer:
@@ -144,10 +145,7 @@ class MetricsServer:
 
     async def start(self) -> int:
         """Start serving; return the bound port. OSError if the address cannot be bound."""
-        app = web.Application()
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/", self._index)
-        port = await self._http.start(app)
+        port = await self._http.start()
         log.info("metrics on http://%s:%d/metrics", self._http.host, port)
         return port
 
@@ -158,9 +156,8 @@ class MetricsServer:
     async def stop(self) -> None:
         await self._http.stop()
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        body = generate_latest(self._registry)
-        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    def _metrics(self) -> tuple[str, bytes]:
+        return CONTENT_TYPE_LATEST, generate_latest(self._registry)
 
-    async def _index(self, request: web.Request) -> web.Response:
-        return web.Response(text="duogate metrics: /metrics\n")
+    def _index(self) -> tuple[str, bytes]:
+        return "text/plain; charset=utf-8", b"duogate metrics: /metrics\n"

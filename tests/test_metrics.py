@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+import errno
 import socket
 from collections.abc import AsyncIterator
 
@@ -117,3 +119,78 @@ async def test_stop_releases_the_port() -> None:
     await server.stop()
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=5).close()
+
+
+async def exchange(port: int, request: bytes) -> bytes:
+    """Send raw request bytes; everything the server sent until it closed the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        return await reader.read()
+    finally:
+        writer.close()
+
+
+async def test_unknown_paths_are_404_and_the_index_names_the_endpoint(
+    served: tuple[GatewayState, MetricsServer],
+) -> None:
+    _, server = served
+    assert server.port is not None
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"http://127.0.0.1:{server.port}/nothing") as response:
+            assert response.status == 404
+        async with session.get(f"http://127.0.0.1:{server.port}/") as response:
+            assert response.status == 200
+            assert await response.text() == "duogate metrics: /metrics\n"
+        async with session.head(f"http://127.0.0.1:{server.port}/metrics") as response:
+            assert response.status == 200
+            assert int(response.headers["Content-Length"]) > 0
+            assert await response.read() == b""
+
+
+async def test_one_connection_carries_several_scrapes(
+    served: tuple[GatewayState, MetricsServer],
+) -> None:
+    state, server = served
+    assert server.port is not None
+    state.count_received()
+    one = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    replies = await exchange(server.port, one + one + last)
+    assert replies.count(b"HTTP/1.1 200 OK\r\n") == 3
+    assert replies.count(b"duogate_frames_received_total 1.0\n") == 3
+
+
+async def test_a_request_line_that_is_not_http_is_refused(
+    served: tuple[GatewayState, MetricsServer],
+) -> None:
+    _, server = served
+    assert server.port is not None
+    reply = await exchange(server.port, b"GET /metrics and more HTTP/1.1\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400 ")
+
+
+async def test_stop_closes_kept_alive_connections() -> None:
+    server = MetricsServer(GatewayState(), "127.0.0.1", 0)
+    port = await server.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await reader.readuntil(b"\r\n\r\n")  # answered; the connection stays open
+        await server.stop()
+        await reader.read()  # returns at the close, whatever of the body was left
+        assert reader.at_eof()
+    finally:
+        writer.close()
+
+
+async def test_a_taken_port_is_an_os_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        server = MetricsServer(GatewayState(), "127.0.0.1", taken.getsockname()[1])
+        with pytest.raises(OSError) as info:
+            await server.start()
+    assert info.value.errno == errno.EADDRINUSE

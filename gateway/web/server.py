@@ -32,6 +32,7 @@ from gateway.console.parser import ConsoleInputError, SendRequest, parse_command
 from gateway.http_service import HttpService
 from gateway.model import CommandResult
 from gateway.state import FRAME_LOG_SIZE, Controls, GatewayState
+from gateway.web.errors import WebConfigError
 from gateway.web.history import SignalHistory
 from gateway.web.live import EventHub, resolve_device
 from gateway.web.views import (
@@ -68,10 +69,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
 }
-
-
-class WebConfigError(ValueError):
-    """A web server that must not start as configured; the message is one line."""
 
 
 @dataclass(slots=True)
