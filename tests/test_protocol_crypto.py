@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.protocol import crypto
-from gateway.protocol.crypto import AirDirection
+from gateway.protocol.crypto import AirDirection, SessionKeys
 
 RFC4493_KEY = bytes.fromhex("2b7e151628aed2a6abf7158809cf4f3c")
 
@@ -75,6 +75,44 @@ def test_ctr_is_aes_keystream_over_the_counter_blocks(
     encrypted = crypto.ctr_crypt(key, AirDirection.UPLINK, address, counter, data)
     assert encrypted == expected
     assert crypto.ctr_crypt(key, AirDirection.UPLINK, address, counter, encrypted) == data
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    keys=st.tuples(st.binary(min_size=16, max_size=16), st.binary(min_size=16, max_size=16)),
+    direction=st.sampled_from(AirDirection),
+    address=st.integers(0, 0xFFFF),
+    counters=st.lists(st.integers(0, 0xFFFF_FFFF), min_size=1, max_size=4),
+    data=st.binary(max_size=243),
+)
+def test_session_keys_give_the_same_bytes_as_the_one_shot_functions_frame_after_frame(
+    keys: tuple[bytes, bytes],
+    direction: AirDirection,
+    address: int,
+    counters: list[int],
+    data: bytes,
+) -> None:
+    integrity, encryption = keys
+    session = SessionKeys(integrity, encryption)
+    for counter in counters:  # the kept contexts carry nothing from one frame to the next
+        assert session.crypt(direction, address, counter, data) == crypto.ctr_crypt(
+            encryption, direction, address, counter, data
+        )
+        signed = data + counter.to_bytes(4, "big")
+        expected_tag = crypto.tag(integrity, signed)
+        assert session.tag(signed) == expected_tag
+        assert session.tag_matches(signed, expected_tag)
+        assert not session.tag_matches(signed, bytes([expected_tag[0] ^ 1]) + expected_tag[1:])
+
+
+def test_session_keys_compare_and_print_by_their_keys_alone() -> None:
+    used, fresh = SessionKeys(bytes(16), bytes(range(16))), SessionKeys(bytes(16), bytes(range(16)))
+    used.tag(b"frame")
+    used.crypt(AirDirection.DOWNLINK, 1, 2, b"body")
+    assert used == fresh
+    assert repr(used) == "SessionKeys(<redacted>)"
+    with pytest.raises(ValueError):
+        SessionKeys(bytes(15), bytes(16)).tag(b"frame")
 
 
 def test_wrong_key_sizes_are_refused() -> None:

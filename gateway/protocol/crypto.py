@@ -11,7 +11,7 @@ docs/protocol.md gives the exact byte layouts; the test vectors there are checke
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import IntEnum
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -34,15 +34,58 @@ class AirDirection(IntEnum):
     DOWNLINK = 1
 
 
+class _SessionCiphers:
+    """AES key schedules of one session, built once: a keyed CMAC to copy for each tag, and
+    an ECB encryptor that turns counter blocks into CTR keystream."""
+
+    __slots__ = ("ecb", "mac")
+
+    def __init__(self, integrity: bytes, encryption: bytes) -> None:
+        self.mac = CMAC(algorithms.AES(integrity))
+        self.ecb = Cipher(algorithms.AES(encryption), modes.ECB()).encryptor()
+
+
 @dataclass(frozen=True, slots=True)
 class SessionKeys:
-    """The two keys of one session: never the same, never the root key."""
+    """The two keys of one session: never the same, never the root key.
+
+    ``tag`` and ``crypt`` reuse the session's cipher contexts (built at the first use, about
+    2 KB), so a frame costs no key schedule. One session is used from one thread at a time.
+    """
 
     integrity: bytes
     encryption: bytes
+    _ciphers: _SessionCiphers | None = field(default=None, init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:  # keep keys out of logs and tracebacks
         return "SessionKeys(<redacted>)"
+
+    def _contexts(self) -> _SessionCiphers:
+        ciphers = self._ciphers
+        if ciphers is None:
+            ciphers = _SessionCiphers(self.integrity, self.encryption)
+            object.__setattr__(self, "_ciphers", ciphers)
+        return ciphers
+
+    def tag(self, data: bytes) -> bytes:
+        """The 4-byte integrity tag of ``data`` under the integrity key."""
+        mac = self._contexts().mac.copy()
+        mac.update(data)
+        return mac.finalize()[:TAG_LEN]
+
+    def tag_matches(self, data: bytes, received: bytes) -> bool:
+        return hmac.compare_digest(self.tag(data), received)
+
+    def crypt(self, direction: AirDirection, address: int, counter: int, data: bytes) -> bytes:
+        """``ctr_crypt`` under the encryption key: AES-128-CTR keystream XOR ``data``."""
+        if not data:
+            return b""
+        first = int.from_bytes(ctr_block(direction, address, counter), "big")
+        # The block's low 72 bits start at zero, so counting up never carries past them.
+        blocks = b"".join([(first + i).to_bytes(16, "big") for i in range(-(-len(data) // 16))])
+        keystream = self._contexts().ecb.update(blocks)[: len(data)]
+        mixed = int.from_bytes(data, "big") ^ int.from_bytes(keystream, "big")
+        return mixed.to_bytes(len(data), "big")
 
 
 def _check_key(key: bytes) -> None:

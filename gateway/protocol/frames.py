@@ -475,20 +475,20 @@ def encode_session(frame: SessionFrame, keys: SessionKeys) -> bytes:
     if frame.encrypted:
         flags |= Flag.ENCRYPTED
         direction = AirDirection.UPLINK if frame_type in UPLINK_TYPES else AirDirection.DOWNLINK
-        body = crypto.ctr_crypt(keys.encryption, direction, frame.address, frame.counter, body)
+        body = keys.crypt(direction, frame.address, frame.counter, body)
     head = (
         bytes([_first_byte(frame_type), flags])
         + frame.address.to_bytes(2, "big")
         + frame.counter.to_bytes(4, "big")
     )
     unsigned = head + body
-    return unsigned + crypto.tag(keys.integrity, unsigned)
+    return unsigned + keys.tag(unsigned)
 
 
 def decode_session(phy: bytes, keys: SessionKeys) -> SessionFrame:
     header = peek(phy)
     _expect(header, SESSION_TYPES)
-    if not crypto.tag_matches(keys.integrity, phy[:-TAG_LEN], header.tag):
+    if not keys.tag_matches(phy[:-TAG_LEN], header.tag):
         raise FrameRejected("bad_tag", header.type.name.lower())
     return open_session_body(phy, header, keys)
 
@@ -501,7 +501,7 @@ def open_session_body(phy: bytes, header: Header, keys: SessionKeys) -> SessionF
     body = bytes(phy[SESSION_HEADER_LEN:-TAG_LEN])
     if encrypted:
         direction = AirDirection.UPLINK if header.type in UPLINK_TYPES else AirDirection.DOWNLINK
-        body = crypto.ctr_crypt(keys.encryption, direction, address, counter, body)
+        body = keys.crypt(direction, address, counter, body)
     confirmed = bool(header.flags & Flag.CONFIRMED)
     if header.type is AirFrameType.REPORT:
         value = decode_cbor(body)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.model import CommandStatus, lora_device_id
-from gateway.protocol import crypto, frames
+from gateway.protocol import frames
 from gateway.protocol.frames import (
     AirFrameType,
     CommandResultFrame,
@@ -72,7 +72,7 @@ def verify_uplink(
     else is a replay. State changes only for frames that are accepted.
     """
     device_id = lease.device_id
-    if not crypto.tag_matches(lease.keys.integrity, phy[: -frames.TAG_LEN], header.tag):
+    if not lease.keys.tag_matches(phy[: -frames.TAG_LEN], header.tag):
         raise FrameRejected("bad_tag", header.type.name.lower(), device_id=device_id)
     assert header.counter is not None
     counter = header.counter
