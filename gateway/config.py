@@ -214,9 +214,10 @@ class CommandsSection(Section):
 
 class OutboxSection(Section):
     max_entries: Annotated[int, Field(ge=100)] = 200_000
-    # 0: commit as soon as a row waits; rows arriving during a commit share the next one, so
-    # one disk sync still covers many reports under load. > 0 waits that long to batch more.
-    commit_interval_s: Annotated[float, Field(ge=0, le=5)] = 0.0
+    # The longest a report or event nobody waits for stays in memory only: it is written
+    # with the first commit due after it (a confirmed LoRa report is due just before its
+    # ack), or never if every upstream acknowledged it first. 0: write every row at once.
+    commit_interval_s: Annotated[float, Field(ge=0, le=60)] = 2.0
 
 
 class ModbusRegister(Section):

@@ -24,6 +24,7 @@ from gateway.devices import DeviceDriver
 from gateway.lora import LoraNetwork
 from gateway.sdnotify import Notifier, Watchdog
 from gateway.state import GatewayState
+from gateway.store.journal import Journal
 from gateway.upstreams.base import Upstream
 
 log = logging.getLogger("duogate")
@@ -106,9 +107,17 @@ class Gateway:
         # load_config refuses a file with no upstream (gateway.config_checks).
         if upstreams is None:
             upstreams = build_upstreams(config, drivers.rows)
-        gateway.bridge = Bridge(config, gateway.state, upstreams, drivers, radio=gateway.radio)
+        # The outbox and the LoRa leases share one database connection and its commits.
+        journal = Journal(config.gateway.data_dir)
+        gateway.bridge = Bridge(
+            config, gateway.state, upstreams, drivers, radio=gateway.radio, journal=journal
+        )
         gateway.lora = LoraNetwork(
-            config, gateway.radio, gateway.state, progress=gateway.bridge.on_driver_progress
+            config,
+            gateway.radio,
+            gateway.state,
+            progress=gateway.bridge.on_driver_progress,
+            journal=journal,
         )
         drivers.add(gateway.lora, *build_bus_drivers(config))
         return gateway

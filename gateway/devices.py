@@ -36,13 +36,20 @@ class DeviceSink(Protocol):
         snr: float | None = None,
         seq: int | None = None,
         report_id: str | None = None,
+        safe_within_s: float | None = None,
     ) -> None:
-        """Store a reading durably (returns after commit); it then goes to every upstream."""
+        """Take a reading; it goes to every upstream and is kept until each has it.
+
+        With ``safe_within_s`` (for a reading something acknowledges, such as a LoRa ack),
+        return only once it is safe: on disk, or taken by every upstream; the store makes sure
+        of that within so many seconds (0: now). Without it, return once it is taken; it is on
+        disk within the outbox's commit interval unless every upstream took it first.
+        """
 
     async def event(
         self, device: str, event: EventKind, detail: dict[str, Any] | None = None
     ) -> None:
-        """Store a device event (online/offline/...) durably."""
+        """Take a device event (online/offline/...), kept as a reading without a deadline."""
 
 
 class DeviceDriver(Protocol):

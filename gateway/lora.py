@@ -2,10 +2,12 @@
 
 The I/O shell around two pure parts: ``NetworkCore`` (joins, sessions, uplink verification)
 and ``DownlinkScheduler`` (what goes on air in each receive window, command queues, expiry,
-duty cycle). Received frames go to the core; reports go to the sink (stored durably before
-anything acks them); the scheduler's actions are carried out in order: transmit at a given
-time, write leases or command reference reservations, answer the waiting ``execute`` calls,
-arm its one timer. Leases are also written every second.
+duty cycle). Received frames go to the core; reports go to the sink (a confirmed one must be
+safe, on disk or taken by every upstream, by the time the scheduler's ``store_by`` gives, just
+before its ack goes on air); the scheduler's actions are carried out in order: transmit at a
+given time, write leases or command reference reservations, answer the waiting ``execute``
+calls, arm its one timer. Leases and reservations live in the journal's database; changed
+leases ride its next commit, due within ``LEASE_SYNC_S`` of an uplink.
 """
 
 from __future__ import annotations
@@ -16,8 +18,7 @@ import logging
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any
 
 from drivers.radio.base import Radio, RadioError, RxPacket
 from gateway.config import Config
@@ -51,7 +52,8 @@ from gateway.registry import load_join
 from gateway.state import Direction, FrameLogEntry, GatewayState
 from gateway.store.command_refs import CommandRefStore
 from gateway.store.db import StoreError
-from gateway.store.leases import LeaseStore, open_core
+from gateway.store.journal import Journal
+from gateway.store.leases import LEASE_SYNC_S, LeaseStore, LeaseWriter, open_core
 from gateway.tasks import TaskSet, cancel_and_wait
 
 log = logging.getLogger("duogate.lora")
@@ -68,7 +70,6 @@ LORA_FIELDS: dict[str, dict[str, Any]] = {
 STORED_IDS_PER_DEVICE = 32
 
 ProgressCallback = Callable[[Command, CommandStatus, str | None], None]
-T = TypeVar("T")
 
 
 class LoraNetwork:
@@ -83,9 +84,11 @@ class LoraNetwork:
         state: GatewayState,
         *,
         progress: ProgressCallback | None = None,
+        journal: Journal | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """``journal``: the database shared with the bridge's outbox (default: its own)."""
         self.config = config
         self.radio = radio
         self.state = state
@@ -97,19 +100,15 @@ class LoraNetwork:
         self._sink: DeviceSink | None = None
         self._core: NetworkCore | None = None
         self._scheduler: DownlinkScheduler | None = None
-        self._leases: LeaseStore | None = None
+        self._journal = journal if journal is not None else Journal(config.gateway.data_dir)
+        self._lease_writer: LeaseWriter | None = None
         self._refs: CommandRefStore | None = None
         self._waiting: dict[int, asyncio.Future[CommandResult]] = {}  # id(command) -> outcome
         self._timer: asyncio.TimerHandle | None = None
         self._stopping = False
         self._stored_report_ids: dict[str, deque[str]] = {}
         self._tasks = TaskSet(log, "LoRa frame handling failed")
-        self._flush_task: asyncio.Task[None] | None = None
-        self._lease_lock = asyncio.Lock()
-        # The lease and reference stores' connections are used from this one thread only. With
-        # a pool, a waiter cancelled at stop would let the next write (or the close) start on
-        # the same SQLite connection while the first still runs in its thread: a crash.
-        self._store_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lora-store")
+        self._presence_task: asyncio.Task[None] | None = None
         self._registry: set[str] = set()
         self.presence = Presence(config.join.offline_after_s)
 
@@ -131,11 +130,14 @@ class LoraNetwork:
         self._sink = sink
         settings, registry = load_join(self.config)
         self._registry = {lora_device_id(eui) for eui in registry}
-        data_dir = self.config.gateway.data_dir
-        self._leases = await self._in_store_thread(LeaseStore.open, data_dir)
-        self._core = await self._in_store_thread(open_core, self._leases, settings, registry)
-        self._refs = await self._in_store_thread(CommandRefStore.open, data_dir)
-        reservations = await self._in_store_thread(self._refs.load)
+        journal = self._journal
+        await journal.open()
+        leases = await journal.run(lambda: LeaseStore(journal.conn))
+        self._core = await journal.run(open_core, leases, settings, registry)
+        self._refs = await journal.run(lambda: CommandRefStore(journal.conn))
+        reservations = await journal.run(self._refs.load)
+        self._lease_writer = LeaseWriter(self._core, journal)
+        journal.register(self._lease_writer)
         commands = self.config.commands
         self._scheduler = DownlinkScheduler(
             self._core,
@@ -151,7 +153,7 @@ class LoraNetwork:
             node.last_seen = info.last_seen or None
             self.presence.heard(info.device_id, self._mono())
         await self.radio.open(self._on_receive)
-        self._flush_task = asyncio.create_task(self._flush_leases_forever(), name="lease-flush")
+        self._presence_task = asyncio.create_task(self._watch_presence(), name="lora-presence")
         log.info(
             "LoRa network up: %d leases, %d free addresses",
             len(self._core.leases()),
@@ -159,7 +161,7 @@ class LoraNetwork:
         )
 
     async def stop(self) -> None:
-        await cancel_and_wait(self._flush_task)
+        await cancel_and_wait(self._presence_task)
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
@@ -169,13 +171,13 @@ class LoraNetwork:
                 future.set_exception(asyncio.CancelledError())
         with contextlib.suppress(RadioError):
             await self.radio.close()
-        if self._leases is not None and self._core is not None:
+        if self._lease_writer is not None:
             with contextlib.suppress(StoreError):
-                await self._flush_leases()
-            await self._in_store_thread(self._leases.close)
-        if self._refs is not None:
-            await self._in_store_thread(self._refs.close)
-        self._store_thread.shutdown(wait=False)  # nothing is queued: the closes were awaited
+                await self._journal.commit()
+            self._journal.unregister(self._lease_writer)
+            self._lease_writer = None
+            with contextlib.suppress(StoreError):
+                await self._journal.close()
 
     def devices(self) -> list[DeviceInfo]:
         ids = {info.device_id for info in self._core.leases()} if self._core else set()
@@ -209,7 +211,7 @@ class LoraNetwork:
         while isinstance(actions[0], ReserveCommandRefs):
             reserve = actions[0]
             assert self._refs is not None
-            await self._in_store_thread(self._refs.reserve, reserve.device, reserve.up_to)
+            await self._journal.run(self._refs.reserve, reserve.device, reserve.up_to)
             scheduler.refs_reserved(reserve.device, reserve.up_to)
             actions = scheduler.command_queued(command)
         if isinstance(actions[0], ResolveCommand):
@@ -253,7 +255,7 @@ class LoraNetwork:
         all_sent = True
         for action in actions:
             if isinstance(action, PersistLeases):
-                await self._flush_leases()
+                await self._journal.commit()  # the lease writer's changes ride it
             elif isinstance(action, Transmit):
                 all_sent = await self._transmit(action) and all_sent
             else:
@@ -287,6 +289,7 @@ class LoraNetwork:
             self._log_up("?", f"rejected:{exc.reason}", packet, None)
             log.debug("frame rejected (%s): %s", exc.reason, exc)
             return
+        self._journal.due_in(LEASE_SYNC_S)  # the lease's counters changed
         for action in actions:
             self._tasks.spawn(self._handle(action, packet))
 
@@ -326,6 +329,8 @@ class LoraNetwork:
             report.device_id, deque(maxlen=STORED_IDS_PER_DEVICE)
         )
         if report.report_id not in stored:
+            store_by = self.scheduler.store_by(report, packet.t_mono)
+            safe_within_s = None if store_by is None else max(0.0, store_by - self._mono())
             try:
                 await self._sink.report(
                     report.device_id,
@@ -335,6 +340,7 @@ class LoraNetwork:
                     snr=packet.snr,
                     seq=report.counter,
                     report_id=report.report_id,
+                    safe_within_s=safe_within_s,
                 )
             except Exception as exc:  # the outbox refused: no ack, the node retransmits
                 self.counters["report_not_stored"] += 1
@@ -421,30 +427,9 @@ class LoraNetwork:
 
     # ------------------------------------------------------------------ leases
 
-    async def _in_store_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._store_thread, fn, *args)
-
-    async def _flush_leases(self) -> None:
-        assert self._leases is not None
-        async with self._lease_lock:
-            # The core is only touched on the loop (it changes with every uplink); only the
-            # write runs in a thread.
-            records = self.core.take_dirty()
-            if not records:
-                return
-            try:
-                await self._in_store_thread(self._leases.save, records)
-            except StoreError:
-                self.core.mark_dirty(record.eui for record in records)
-                raise
-
-    async def _flush_leases_forever(self) -> None:
+    async def _watch_presence(self) -> None:
         while True:
             await asyncio.sleep(1.0)
-            try:
-                await self._flush_leases()
-            except StoreError as exc:
-                log.error("leases not saved (will retry): %s", exc)
             try:
                 await self._mark_silent_offline()
             except Exception as exc:  # the event was not stored (disk full): next second

@@ -46,6 +46,7 @@ class RecordingSink:
         snr: float | None = None,
         seq: int | None = None,
         report_id: str | None = None,
+        safe_within_s: float | None = None,
     ) -> None:
         self.reports.append(StoredReport(device, kind, dict(data), rssi, snr, seq, report_id))
         self._changed.set()

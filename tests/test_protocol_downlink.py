@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from drivers.sim.node import NodeSession, join_request, open_join_answer
 from gateway.model import Command, CommandStatus, lora_device_id
 from gateway.protocol.downlink import (
+    COMMIT_MARGIN_S,
     LATE_LIMIT_S,
     REF_MODULUS,
     REF_RESERVATION,
@@ -107,6 +110,21 @@ def test_a_confirmed_report_is_acked_in_its_receive_window() -> None:
     downlink = gateway.node.open_downlink(tx.frame)
     assert downlink.ack_counter == 0 and downlink.command is None
     assert tx.summary == {"ack": 0}
+
+
+def test_a_confirmed_report_is_due_on_disk_a_commit_before_its_ack_and_an_unconfirmed_never() -> (
+    None
+):
+    gateway = Gateway()
+    for confirmed, due in ((True, 50.0 + RX_DELAY_S - TX_LEAD_S - COMMIT_MARGIN_S), (False, None)):
+        _, phy = gateway.node.report({"n": 1}, confirmed=confirmed)
+        (uplink,) = gateway.core.receive(phy, 2000.0)
+        assert isinstance(uplink, ReportReceived)
+        assert gateway.scheduler.store_by(uplink, 50.0) == due
+        if due is not None:
+            (tx,) = gateway.scheduler.uplink_received(uplink, 50.0)
+            assert isinstance(tx, Transmit)
+            assert tx.at - due == pytest.approx(COMMIT_MARGIN_S)
 
 
 def test_an_unconfirmed_report_with_nothing_queued_gets_no_downlink() -> None:

@@ -399,3 +399,79 @@ def test_hundred_thousand_reports_stay_on_disk_not_in_memory(tmp_path: Path) -> 
     assert (seen, size) == (100_000, 100_000)
     growth_kib = peak_kib - baseline_kib
     assert growth_kib < 8 * 1024, f"outbox grew RSS by {growth_kib} KiB over {baseline_kib} KiB"
+
+
+def rows_on_disk(path: Path) -> int:
+    with sqlite3.connect(path / DATABASE_NAME) as conn:
+        return int(conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
+async def test_a_row_every_upstream_took_before_it_was_due_is_never_written(
+    tmp_path: Path,
+) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt", "xmpp"], commit_interval_s=30.0)
+    try:
+        waiting = asyncio.ensure_future(outbox.add_durable(report(1), within_s=30.0))
+        await asyncio.sleep(0)  # taken
+        outbox.add(report(2))
+        ids = [e.entry_id for e in await outbox.pending("mqtt")]
+        assert [e.entry_id for e in await outbox.pending("xmpp")] == ids
+        outbox.mark_delivered("mqtt", ids)
+        await asyncio.sleep(0)
+        assert not waiting.done()  # one upstream is not enough
+        outbox.mark_delivered("xmpp", ids)
+        assert await asyncio.wait_for(waiting, TIMEOUT_S) == ids[0]
+        assert outbox.never_written == 2 and outbox.size == 0
+        await outbox.flush()
+        assert outbox.commits == 0
+    finally:
+        await outbox.close()
+    assert rows_on_disk(tmp_path) == 0
+
+
+async def test_a_row_nobody_took_is_written_by_its_due_time_with_everything_before_it(
+    tmp_path: Path,
+) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt"], commit_interval_s=30.0)
+    try:
+        for n in range(20):
+            outbox.add(report(n))  # due in 30 s
+        safe = asyncio.ensure_future(outbox.add_durable(report(20), within_s=0.3))
+        await asyncio.sleep(0.05)
+        assert not safe.done() and rows_on_disk(tmp_path) == 0
+        await asyncio.wait_for(safe, TIMEOUT_S)
+        assert rows_on_disk(tmp_path) == 21  # one commit served every row taken before
+        assert outbox.commits == 1
+    finally:
+        await outbox.close()
+
+
+async def test_delivery_marks_of_written_rows_ride_a_later_commit(tmp_path: Path) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt"], commit_interval_s=30.0)
+    try:
+        ids = [await outbox.add_durable(report(n)) for n in range(3)]
+        assert rows_on_disk(tmp_path) == 3
+        outbox.mark_delivered("mqtt", ids[:2])
+        assert [e.entry_id for e in await outbox.pending("mqtt")] == ids[2:]
+        assert rows_on_disk(tmp_path) == 3  # not worth a sync of its own
+        await outbox.flush()
+        assert rows_on_disk(tmp_path) == 1
+    finally:
+        await outbox.close()
+
+
+async def test_a_backlog_beyond_the_memory_cache_is_read_from_disk_in_order(
+    tmp_path: Path,
+) -> None:
+    outbox = await Outbox.open(tmp_path, ["mqtt"], commit_interval_s=30.0)
+    try:
+        for n in range(3000):
+            outbox.add(report(n))
+        await outbox.flush()
+        outbox.add(report(3000))  # in memory only
+        entries = await all_pending(outbox, "mqtt")
+        assert [e.item for e in entries] == [report(n) for n in range(3001)]
+        outbox.mark_delivered("mqtt", [e.entry_id for e in entries[:2999]])
+        assert [e.item for e in await all_pending(outbox, "mqtt")] == [report(2999), report(3000)]
+    finally:
+        await outbox.close()

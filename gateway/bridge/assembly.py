@@ -37,6 +37,7 @@ from gateway.model import Command, CommandStatus, DeviceEvent, EventKind, Incomi
 from gateway.protocol import expiry
 from gateway.state import GatewayState
 from gateway.store.commands import CommandStore, CommandStoreError
+from gateway.store.journal import Journal
 from gateway.store.outbox import Outbox, OutboxClosed, OutboxError, UnstorableItem
 from gateway.tasks import TaskSet, cancel_and_wait
 from gateway.upstreams.base import Upstream
@@ -58,10 +59,13 @@ class Bridge:
         drivers: DriverDirectory | Sequence[DeviceDriver],
         *,
         radio: Radio | None = None,
+        journal: Journal | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
+        """``journal``: the database shared with the LoRa network (default: the outbox's own)."""
         self.config = config
+        self.journal = journal
         self.state = state
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
         self.drivers = drivers if isinstance(drivers, DriverDirectory) else DriverDirectory(drivers)
@@ -92,6 +96,8 @@ class Bridge:
             max_entries=config.outbox.max_entries,
             commit_interval_s=config.outbox.commit_interval_s,
             droppable_kinds=droppable,
+            journal=self.journal,
+            on_storage=self._storage_problem,
         )
         self.commands = await CommandStore.open(config.gateway.data_dir)
         self.results = ResultSender(
@@ -215,6 +221,7 @@ class Bridge:
         snr: float | None = None,
         seq: int | None = None,
         report_id: str | None = None,
+        safe_within_s: float | None = None,
     ) -> None:
         now = self._wall()
         number = next(self._report_ids)
@@ -225,28 +232,31 @@ class Bridge:
         )
         if not device.startswith("lora-"):
             self.state.note_uplink(device, kind, rssi=rssi, snr=snr, data=data)
-        await self._store(report)
+        await self._store(report, safe_within_s)
 
     async def event(
         self, device: str, event: EventKind, detail: dict[str, Any] | None = None
     ) -> None:
         item = DeviceEvent(device, event, self._wall(), detail or {})
-        await self._store(item)
+        await self._store(item, None)
         if self.home_assistant is not None:
             self.home_assistant.device_event(item)
 
-    async def _store(self, item: Report | DeviceEvent) -> None:
-        """Commit ``item`` to the outbox; a failing database makes the gateway ``degraded``
-        (the caller does not acknowledge the item, so its sender keeps it)."""
+    async def _store(self, item: Report | DeviceEvent, safe_within_s: float | None) -> None:
+        """Give ``item`` to the outbox (see ``DeviceSink.report``). A failing database makes
+        the gateway ``degraded`` (told by the outbox after each commit); the caller does not
+        acknowledge an item that was refused, so its sender keeps it."""
         assert self.outbox is not None, "Bridge.start() first"
         try:
-            await self.outbox.add_durable(item)
+            if safe_within_s is None:
+                self.outbox.add(item)
+            else:
+                await self.outbox.add_durable(item, safe_within_s)
         except (UnstorableItem, OutboxClosed):
             raise
         except STORE_ERRORS as exc:
             self._storage_problem(f"outbox: {exc}")
             raise
-        self._storage_problem(None)
 
     def _storage_problem(self, detail: str | None) -> None:
         """Say in the log, the metrics and ``<prefix>/status/health`` when storing fails or

@@ -9,6 +9,7 @@ returns actions; the shell (``gateway/lora.py``) carries them out in order and d
 else: it transmits, arms one timer, writes the store and answers the waiting callers.
 
 Events (methods)                      Actions returned
+  store_by(uplink, rx_done) -> float    -
   command_queued(command)               CommandQueued, ReserveCommandRefs, ResolveCommand
   refs_reserved(device, up_to)          -
   uplink_received(uplink, rx_done)      ResolveCommand, Transmit
@@ -26,6 +27,11 @@ windows while the node has not answered and time is left (the node answers a rep
 reference from memory instead of executing twice); resolved by the node's answer, or
 ``expired`` if never sent by its deadline, or ``timeout`` ``node_answer_timeout_s`` after its
 deadline without an answer.
+
+An ack goes on air only once the report it acks is safe: on disk, or taken by every
+upstream. ``store_by`` says by when that must be, so that the store can write it with one
+commit just before the window (serving every row that came in meanwhile), or not at all if
+the upstreams acknowledge it first.
 
 Pure: no I/O, no clock reads; every time is passed in (monotonic seconds).
 """
@@ -59,6 +65,9 @@ REF_MODULUS = 0x10000
 TIMER_SLACK_S = 1e-3
 
 NO_ANSWER = "no_answer_from_node"
+# A report an ack waits for is due on disk this long before the ack goes on air: the time a
+# commit (one write and one sync on an SD card) may take.
+COMMIT_MARGIN_S = 0.15
 
 
 # ----------------------------------------------------------------------------------- actions
@@ -258,6 +267,13 @@ class DownlinkScheduler:
         return actions + self._wake_change()
 
     # ---------------------------------------------------------------------- receive windows
+
+    def store_by(self, uplink: ReportReceived, rx_done: float) -> float | None:
+        """When the report of an uplink that ended at ``rx_done`` must be safe for its ack
+        to go out in the receive window; None if nothing acks it (not confirmed)."""
+        if not uplink.confirmed:
+            return None
+        return rx_done + uplink.rx_delay_s - TX_LEAD_S - COMMIT_MARGIN_S
 
     def uplink_received(
         self, uplink: ReportReceived | CommandResultReceived, rx_done: float

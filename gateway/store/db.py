@@ -21,18 +21,21 @@ class StoreError(Exception):
 def open_database(data_dir: Path, name: str = DATABASE_NAME) -> sqlite3.Connection:
     """Open (creating if needed) the gateway database in WAL mode with durable commits.
 
-    ``synchronous=FULL`` makes every commit survive a power cut; callers batch many writes
-    into one transaction so one sync covers many reports.
+    ``synchronous=FULL`` makes every commit survive a power cut; the journal commits only
+    when something must be on disk, so one sync covers many writes.
     """
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(data_dir / name, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        # Checkpoint every 1 MiB of log and cut the file back to that afterwards: on a small or
-        # nearly full card the log must not grow to SQLite's 4 MiB default and keep the space.
-        conn.execute("PRAGMA wal_autocheckpoint=256")
-        conn.execute("PRAGMA journal_size_limit=1048576")
+        # For flash: a page changed by many commits is copied from the log into the database
+        # once per checkpoint, so checkpoint rarely (every 4 MiB of log, SQLite's default
+        # size), and let the log file keep that size: it is overwritten in place from its
+        # start after a checkpoint instead of being cut and grown again (file-size metadata
+        # written each time). Commits are few, so the log fills slowly.
+        conn.execute("PRAGMA wal_autocheckpoint=1000")
+        conn.execute("PRAGMA journal_size_limit=4194304")
         conn.execute("PRAGMA busy_timeout=5000")
         conn.execute("PRAGMA foreign_keys=ON")
     except (OSError, sqlite3.Error) as exc:

@@ -5,8 +5,9 @@ uplink counters already accepted, the downlink counter reservation) and the EUI'
 history (generation, recent nonces). Session keys are not stored: they are derived again
 from the registry's root key and the two nonces.
 
-Writes are batched: the LoRa shell takes the changed records from the core (``take_dirty``)
-and writes them in one transaction (``save``) every second and before it answers a join; see
+Writes are batched: ``LeaseWriter`` takes the changed records from the core (``take_dirty``)
+and writes them with the journal's next commit, which the LoRa shell asks for within
+``LEASE_SYNC_S`` of an uplink and at once before it answers a join; see
 ``gateway/protocol/session.py`` for what a crash between two writes can cost.
 """
 
@@ -21,8 +22,12 @@ from gateway.protocol.crypto import NONCE_LEN, TAG_LEN
 from gateway.protocol.join import DeviceCredentials, JoinSettings, LeaseRecord, RandomBytes
 from gateway.protocol.session import NetworkCore
 from gateway.store.db import StoreError, open_database
+from gateway.store.journal import Journal, Write
 
 log = logging.getLogger(__name__)
+
+# Changed lease records (uplink counters, last seen) are on disk within this long.
+LEASE_SYNC_S = 5.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS lora_leases (
@@ -194,6 +199,32 @@ class LeaseStore:
         except StoreError:
             core.mark_dirty(record.eui for record in records)
             raise
+
+
+class LeaseWriter:
+    """The core's changed lease records, written with the journal's next commit (a
+    ``JournalWriter``). Records of a failed commit are marked changed again."""
+
+    def __init__(self, core: NetworkCore, journal: Journal) -> None:
+        self.core = core
+        self.journal = journal
+        self._taken: list[LeaseRecord] = []
+
+    def take(self) -> Write | None:
+        records = self.core.take_dirty()
+        if not records:
+            return None
+        self._taken = records
+        rows = [_row(record) for record in records]
+        return lambda conn: conn.executemany(_UPSERT, rows).rowcount
+
+    def committed(self, outcome: object) -> None:
+        self._taken = []
+
+    def failed(self, error: StoreError) -> None:
+        self.core.mark_dirty(record.eui for record in self._taken)
+        self._taken = []
+        self.journal.due_in(LEASE_SYNC_S)
 
 
 def open_core(

@@ -1,65 +1,59 @@
-"""Durable outbox: every report and event waits in SQLite until each upstream acknowledged it.
+"""Durable outbox: every report and event waits until each upstream acknowledged it.
 
-Writes are group-committed: ``add`` queues a row in memory and a background task commits all
-queued rows (and delivery marks) in one transaction every ``commit_interval_s``, or at once
-when ``commit_rows`` rows wait, so one disk sync covers many reports. ``add_durable`` returns
-only after the commit that holds its row, so the bridge can ack on air afterwards.
+A new row is kept in memory first and handed to the upstreams at once; it is written to disk
+only if it is still needed when its commit is due. Each row says by when it must be safe:
+``add_durable(item, within_s)`` for a row something waits for (a LoRa ack goes on air only
+once the report is safe), ``add(item)`` for a row nobody waits for, due within
+``commit_interval_s``. The journal (``gateway/store/journal.py``) commits once at the earliest
+due time, and one transaction (one disk sync) serves every row that came in since the last
+one. A row every upstream acknowledged before its commit was due is safe without a local
+sync: the servers hold it, and it is never written.
 
 Each entry carries a bitmask of the enabled upstreams that still have to deliver it; it is
-deleted when the mask reaches zero. Upstreams read their pending entries in id order (which
-keeps every device's order) one page at a time, so a large backlog stays on disk, not in
-Python objects. A restart replays whatever was not delivered.
+deleted when the mask reaches zero (a delivery mark rides the next commit). Upstreams read
+their pending entries in id order (which keeps every device's order): the newest from memory,
+an older backlog from disk one page at a time, so a large backlog stays on disk, not in Python
+objects. A restart replays whatever was stored and not delivered.
 
 When the outbox holds more than ``max_entries`` it drops, oldest first: entries of the
 QoS-0 class (kinds published at QoS 0, ``droppable_kinds``), then reports, then (only if the
-outbox is nothing but events) events. Every drop is counted in ``dropped`` and logged with
-the count.
-
-All database work runs on one worker thread that owns the connection; the event loop never
-waits for a disk sync.
+outbox is nothing but events) events. Every drop is counted in ``dropped`` and logged.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
+from dataclasses import dataclass
+from enum import IntEnum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from gateway.model import DeviceEvent, EventKind, Report
-from gateway.store.db import DatabaseWorker, StoreError
+from gateway.model import DeviceEvent, Report
+from gateway.store.db import StoreError
+from gateway.store.journal import Journal, Write
+from gateway.store.outbox_rows import (
+    MAX_UPSTREAMS,
+    NotPlainJson,
+    decode,
+    droppable_kinds_for_mqtt,
+    encode,
+    init_schema,
+)
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_NAME = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
-MAX_UPSTREAMS = 62  # bits of a positive SQLite integer
 DEFAULT_COMMIT_ROWS = 500
 DEFAULT_MAX_QUEUED_ROWS = 10_000
-RETRY_AFTER_FAILED_COMMIT_S = 1.0
+# Rows already on disk kept in memory for the upstreams, beyond those not yet written.
+CACHED_STORED_ROWS = 1024
 
-Kind = Literal["report", "event"]
 DropClass = Literal["qos0", "report", "event", "corrupt"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    kind TEXT NOT NULL,
-    droppable INTEGER NOT NULL,
-    pending INTEGER NOT NULL,
-    body TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS outbox_droppable ON outbox(id) WHERE droppable = 1;
-CREATE TABLE IF NOT EXISTS outbox_upstreams (
-    name TEXT PRIMARY KEY,
-    bit INTEGER NOT NULL UNIQUE
-);
-"""
 
 
 class OutboxError(Exception):
@@ -92,24 +86,37 @@ class OutboxEntry:
     item: Report | DeviceEvent
 
 
-@dataclass(slots=True)
-class _Batch:
-    rows: list[tuple[str, int, int, str]] = field(default_factory=list)
-    durable: list[tuple[int, asyncio.Future[int]]] = field(default_factory=list)  # row index
-    marks: dict[int, set[int]] = field(default_factory=dict)  # bit -> entry ids
-    discard: set[int] = field(default_factory=set)
+class _State(IntEnum):
+    QUEUED = 0  # in memory only
+    WRITING = 1  # in the commit running now
+    STORED = 2  # on disk (and still in memory for the upstreams)
+    GONE = 3  # left memory: delivered everywhere before it was written, or refused
 
-    def empty(self) -> bool:
-        return not (self.rows or self.marks or self.discard)
+
+@dataclass(slots=True, eq=False)
+class _Row:
+    entry_id: int
+    kind: str
+    droppable: bool
+    pending: int
+    item: Report | DeviceEvent
+    body: str
+    state: _State = _State.QUEUED
+    waiter: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class _Taken:
+    rows: list[_Row]
+    marks: dict[int, set[int]]  # bit -> ids of stored entries delivered
+    discard: set[int]
 
 
 @dataclass(frozen=True, slots=True)
-class _CommitOutcome:
-    first_id: int
-    last_id: int
-    removed: int
-    dropped: dict[str, int]
+class _Written:
     count: int
+    dropped: dict[str, int]
+    dropped_ids: frozenset[int]
 
 
 class Outbox:
@@ -129,12 +136,17 @@ class Outbox:
         commit_rows: int = DEFAULT_COMMIT_ROWS,
         droppable_kinds: Collection[str] = (),
         max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS,
+        journal: Journal | None = None,
+        on_storage: Callable[[str | None], None] | None = None,
     ) -> Outbox:
         """Open the outbox in ``data_dir`` for the enabled ``upstreams`` (e.g. ["mqtt"]).
 
+        ``commit_interval_s``: the longest a row nobody waits for stays in memory only.
         ``droppable_kinds`` names the kinds ("report", "event") published at QoS 0; they are
         dropped first when the outbox is full. Entries still waiting only for upstreams that
-        are no longer enabled are removed (and logged).
+        are no longer enabled are removed (and logged). ``journal``: share the database
+        connection and its commits with other stores (by default the outbox has its own).
+        ``on_storage`` hears after each commit: None if it worked, else what went wrong.
         """
         if not upstreams:
             raise ValueError("the outbox needs at least one upstream")
@@ -147,60 +159,41 @@ class Outbox:
         if unknown_kinds:
             raise ValueError(f"unknown kinds {sorted(unknown_kinds)}")
         self = object.__new__(cls)
-        self._setup(
-            max_entries=max_entries,
-            commit_interval_s=commit_interval_s,
-            commit_rows=max(1, commit_rows),
-            droppable_kinds=frozenset(droppable_kinds),
-            max_queued_rows=max_queued_rows,
-        )
-        names = list(upstreams)
-        self._db, (bits, count, last_id) = await DatabaseWorker.open(
-            data_dir,
-            thread_name="outbox",
-            error=StorageFailed,
-            error_prefix="outbox database",
-            setup=lambda conn: _init_schema(conn, names),
-        )
-        self._conn = self._db.conn
-        self._bits = bits
-        self._all_bits = sum(bits.values())
-        self._count = count
-        self._last_id = last_id
-        self._flusher = asyncio.create_task(self._flush_loop(), name="outbox-flush")
-        if count:
-            log.info("outbox: %d entries waiting from before the restart", count)
-        return self
-
-    def _setup(
-        self,
-        *,
-        max_entries: int,
-        commit_interval_s: float,
-        commit_rows: int,
-        droppable_kinds: frozenset[str],
-        max_queued_rows: int,
-    ) -> None:
         self.max_entries = max_entries
         self.commit_interval_s = commit_interval_s
-        self.commit_rows = commit_rows
-        self.droppable_kinds = droppable_kinds
+        self.commit_rows = max(1, commit_rows)
+        self.droppable_kinds = frozenset(droppable_kinds)
         self.max_queued_rows = max_queued_rows
         self.dropped: dict[str, int] = {"qos0": 0, "report": 0, "event": 0, "corrupt": 0}
         self.commits = 0
-        self._db: DatabaseWorker
-        self._conn: sqlite3.Connection
-        self._batch = _Batch()
-        self._work = asyncio.Event()
-        self._batch_full = asyncio.Event()
-        self._committed = asyncio.Condition()
+        self.never_written = 0  # rows every upstream took before their commit was due
+        self._on_storage = on_storage
+        self._journal = journal if journal is not None else Journal(data_dir)
         self._closed = False
-        self._bits: dict[str, int] = {}
-        self._all_bits = 0
-        self._count = 0
-        self._last_id = 0
-        self._flusher: asyncio.Task[None]
-        self._commit_in_flight: asyncio.Future[None] | None = None
+        self._rows: dict[int, _Row] = {}  # in id order: not yet written, then a cache
+        self._queued: list[_Row] = []
+        self._marks: dict[int, set[int]] = {}
+        self._discard: set[int] = set()
+        self._arrival: asyncio.Future[None] | None = None
+        self._taken = _Taken([], {}, set())
+        names = list(upstreams)
+        await self._journal.open()
+        try:
+            bits, count, last_id = await self._journal.run(
+                lambda: init_schema(self._journal.conn, names)
+            )
+        except BaseException:
+            await self._journal.close()
+            raise
+        self._bits: dict[str, int] = bits
+        self._all_bits = sum(bits.values())
+        self._stored = count
+        self._last_id = last_id
+        self._cache_floor = last_id + 1  # every pending row from here on is in ``_rows``
+        self._journal.register(self)
+        if count:
+            log.info("outbox: %d entries waiting from before the restart", count)
+        return self
 
     # -- public API -------------------------------------------------------------------------
 
@@ -210,58 +203,72 @@ class Outbox:
 
     @property
     def size(self) -> int:
-        """Entries stored (committed), for metrics."""
-        return self._count
+        """Entries waiting for an upstream (on disk or not yet written), for metrics."""
+        return self._stored + sum(1 for row in self._queued if row.state is _State.QUEUED)
 
     @property
     def last_id(self) -> int:
-        """Id of the newest committed entry (0 if none ever)."""
+        """Id of the newest entry (0 if none ever)."""
         return self._last_id
 
     def add(self, item: Report | DeviceEvent) -> None:
-        """Queue ``item`` for the next group commit (not yet durable when this returns)."""
-        self._queue(item)
+        """Take ``item``; it is safe within ``commit_interval_s`` (not when this returns).
+        Raises UnstorableItem or OutboxBusy."""
+        self._queue(item, self.commit_interval_s)
 
-    async def add_durable(self, item: Report | DeviceEvent) -> int:
-        """Store ``item`` and return its entry id once the commit holding it is on disk.
+    async def add_durable(self, item: Report | DeviceEvent, within_s: float = 0.0) -> int:
+        """Take ``item`` and return its entry id once it is safe: on disk, or acknowledged by
+        every upstream. It is written by ``within_s`` from now unless every upstream took it
+        first (the time it takes to write is the caller's margin).
 
         Raises UnstorableItem, OutboxBusy, or CommitFailed (the row was not stored).
         """
-        index = self._queue(item)
-        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._batch.durable.append((index, future))
-        return await future
+        row = self._queue(item, min(within_s, self.commit_interval_s) if within_s else 0.0)
+        row.waiter = asyncio.get_running_loop().create_future()
+        return await row.waiter
 
     def mark_delivered(self, upstream: str, entry_ids: Iterable[int]) -> None:
-        """Record that ``upstream`` delivered these entries; applied at the next commit."""
+        """Record that ``upstream`` delivered these entries; a row not yet written that every
+        upstream has now delivered is never written."""
         self._check_open()
         bit = self._bit(upstream)
-        ids = self._batch.marks.setdefault(bit, set())
-        ids.update(entry_ids)
-        self._work.set()
+        marked = False
+        for entry_id in entry_ids:
+            row = self._rows.get(entry_id)
+            if row is None:  # on disk only
+                self._marks.setdefault(bit, set()).add(entry_id)
+                marked = True
+                continue
+            if not row.pending & bit:
+                continue
+            row.pending &= ~bit
+            if row.state is not _State.QUEUED:
+                self._marks.setdefault(bit, set()).add(entry_id)
+                marked = True
+            if row.pending:
+                continue
+            if row.state is _State.QUEUED:
+                self.never_written += 1
+                row.state = _State.GONE
+                if row.waiter is not None and not row.waiter.done():
+                    row.waiter.set_result(entry_id)
+            if row.state is not _State.WRITING:
+                del self._rows[entry_id]
+        if marked:
+            self._journal.due_in(self.commit_interval_s)
 
     async def flush(self) -> None:
-        """Commit everything queued so far (rows and delivery marks); CommitFailed if not."""
+        """Write everything taken so far (rows and delivery marks); CommitFailed if not."""
         self._check_open()
-        target = self._batch
-        if target.empty():
-            if self._commit_in_flight is not None:
-                await asyncio.shield(self._commit_in_flight)
-            return
-        marker: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        target.durable.append((-1, marker))
-        self._batch_full.set()
-        self._work.set()
-        await marker
+        try:
+            await self._journal.commit()
+        except StoreError as exc:
+            raise CommitFailed(f"outbox commit failed: {exc}") from None
 
     async def pending(
         self, upstream: str, after_id: int = 0, limit: int = 256
     ) -> list[OutboxEntry]:
-        """Up to ``limit`` entries ``upstream`` has not delivered, with id > ``after_id``.
-
-        Empty only when there is nothing more to deliver (delivered-but-not-yet-committed
-        entries are skipped without shortening the answer to nothing).
-        """
+        """Up to ``limit`` entries ``upstream`` has not delivered, with id > ``after_id``."""
         entries: list[OutboxEntry] = []
         async with contextlib.aclosing(self.iter_pending(upstream, after_id, limit)) as stream:
             async for entry in stream:
@@ -273,69 +280,84 @@ class Outbox:
     async def iter_pending(
         self, upstream: str, after_id: int = 0, page_size: int = 256
     ) -> AsyncIterator[OutboxEntry]:
-        """Stream every pending entry for ``upstream`` in order, one page at a time."""
+        """Stream every pending entry for ``upstream`` in order: a backlog from disk one page
+        at a time, then the rows in memory."""
         self._check_open()
         bit = self._bit(upstream)
-        while True:
-            page = await self._run(self._select_pending, bit, after_id, page_size)
-            if not page:
-                return
-            after_id = page[-1][0]
-            queued_marks = self._batch.marks.get(bit, ())
+        while after_id + 1 < self._cache_floor:
+            below = self._cache_floor
+            page = await self._read(self._select_pending, bit, after_id, below, page_size)
+            marked = self._marks.get(bit, ())
             for entry_id, kind, body in page:
-                if entry_id in queued_marks:
+                if entry_id in marked or entry_id >= self._cache_floor:
                     continue
                 item = self._decode(entry_id, kind, body)
                 if item is not None:
                     yield OutboxEntry(entry_id, item)
-            if len(page) < page_size:
-                return
+            after_id = page[-1][0] if len(page) == page_size else below - 1
+        for row in [r for r in self._rows.values() if r.entry_id > after_id]:
+            if row.pending & bit and row.state is not _State.GONE:
+                yield OutboxEntry(row.entry_id, row.item)
 
     async def wait_for_entries_after(self, entry_id: int) -> None:
-        """Return once an entry with an id above ``entry_id`` is committed."""
-        async with self._committed:
-            await self._committed.wait_for(lambda: self._last_id > entry_id or self._closed)
+        """Return once an entry with an id above ``entry_id`` was taken."""
+        while self._last_id <= entry_id and not self._closed:
+            if self._arrival is None:
+                self._arrival = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._arrival)  # shared by every waiting upstream
         self._check_open()
 
     async def pending_count(self, upstream: str) -> int:
         bit = self._bit(upstream)
-        return await self._run(
-            lambda: self._conn.execute(
+        on_disk = await self._read(
+            lambda: self._journal.conn.execute(
                 "SELECT COUNT(*) FROM outbox WHERE (pending & ?) != 0", (bit,)
             ).fetchone()[0]
         )
+        in_memory = sum(1 for row in self._queued if row.pending & bit)
+        return on_disk - len(self._marks.get(bit, ())) + in_memory
 
     async def close(self) -> None:
-        """Commit what is queued, then stop the worker and close the database."""
+        """Write what is pending, then leave the database."""
         if self._closed:
             return
         try:
             await self.flush()
         finally:
             self._closed = True
-            self._flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._flusher
-            async with self._committed:
-                self._committed.notify_all()
-            for _, future in self._batch.durable:
-                if not future.done():
-                    future.set_exception(OutboxClosed("outbox closed before the commit"))
-            await self._db.close()
+            self._journal.unregister(self)
+            self._announce()
+            for row in self._queued:
+                if row.waiter is not None and not row.waiter.done():
+                    row.waiter.set_exception(OutboxClosed("outbox closed before the commit"))
+            with contextlib.suppress(StoreError):  # already said by the flush
+                await self._journal.close()
 
-    # -- queueing ---------------------------------------------------------------------------
+    # -- taking rows ------------------------------------------------------------------------
 
-    def _queue(self, item: Report | DeviceEvent) -> int:
+    def _queue(self, item: Report | DeviceEvent, within_s: float) -> _Row:
         self._check_open()
-        if len(self._batch.rows) >= self.max_queued_rows:
-            raise OutboxBusy(f"{len(self._batch.rows)} rows already wait for a commit")
-        kind, body = _encode(item)
-        droppable = 1 if kind in self.droppable_kinds else 0
-        self._batch.rows.append((kind, droppable, self._all_bits, body))
-        if len(self._batch.rows) >= self.commit_rows:
-            self._batch_full.set()
-        self._work.set()
-        return len(self._batch.rows) - 1
+        if len(self._queued) >= self.max_queued_rows:
+            raise OutboxBusy(f"{len(self._queued)} rows already wait for a commit")
+        try:
+            kind, body = encode(item)
+        except NotPlainJson as exc:
+            raise UnstorableItem(str(exc)) from None
+        self._last_id += 1
+        droppable = kind in self.droppable_kinds
+        row = _Row(self._last_id, kind, droppable, self._all_bits, item, body)
+        self._rows[row.entry_id] = row
+        self._queued.append(row)
+        if len(self._queued) >= self.commit_rows:
+            within_s = 0.0
+        self._journal.due_in(within_s)
+        self._announce()
+        return row
+
+    def _announce(self) -> None:
+        arrival, self._arrival = self._arrival, None
+        if arrival is not None and not arrival.done():
+            arrival.set_result(None)
 
     def _bit(self, upstream: str) -> int:
         try:
@@ -347,48 +369,95 @@ class Outbox:
         if self._closed:
             raise OutboxClosed("outbox is closed")
 
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        return await self._db.run(fn, *args)
+    async def _read(self, fn: Callable[..., object], *args: object) -> object:
+        try:
+            return await self._journal.run(fn, *args)
+        except StoreError as exc:
+            raise StorageFailed(f"outbox database: {exc}") from None
 
-    # -- group commit -----------------------------------------------------------------------
+    # -- JournalWriter ----------------------------------------------------------------------
 
-    async def _flush_loop(self) -> None:
-        while True:
-            await self._work.wait()
-            if self.commit_interval_s > 0 and not self._batch_full.is_set():
-                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow close()'s cancel.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(self.commit_interval_s):
-                        await self._batch_full.wait()
-            self._work.clear()
-            self._batch_full.clear()
-            batch, self._batch = self._batch, _Batch()
-            if batch.empty():
-                _resolve(batch.durable, 0)
-                continue
-            in_flight = asyncio.get_running_loop().create_future()
-            self._commit_in_flight = in_flight
-            try:
-                outcome = await self._run(self._commit, batch)
-            except StorageFailed as exc:
-                self._requeue_after_failure(batch, exc)
-                await asyncio.sleep(RETRY_AFTER_FAILED_COMMIT_S)
-                continue
-            else:
-                self._apply(batch, outcome)
-            finally:
-                in_flight.set_result(None)
-                self._commit_in_flight = None
+    def take(self) -> Write | None:
+        rows = [row for row in self._queued if row.state is _State.QUEUED]
+        self._queued = []
+        if not (rows or self._marks or self._discard):
+            return None
+        for row in rows:
+            row.state = _State.WRITING
+        taken = _Taken(rows, self._marks, self._discard)
+        self._marks, self._discard = {}, set()
+        self._taken = taken
+        return lambda conn: self._write(conn, taken)
 
-    def _apply(self, batch: _Batch, outcome: _CommitOutcome) -> None:
+    def committed(self, outcome: _Written) -> None:
+        taken = self._taken
         self.commits += 1
-        self._count = outcome.count
-        if outcome.last_id > self._last_id:
-            self._last_id = outcome.last_id
-        for index, future in batch.durable:
-            if not future.done():
-                future.set_result(outcome.first_id + index if index >= 0 else 0)
-        for drop_class, number in outcome.dropped.items():
+        self._stored = outcome.count
+        for row in taken.rows:
+            if row.waiter is not None and not row.waiter.done():
+                row.waiter.set_result(row.entry_id)
+            if row.entry_id in outcome.dropped_ids or not row.pending:
+                row.state = _State.GONE
+                self._rows.pop(row.entry_id, None)
+            else:
+                row.state = _State.STORED
+        if outcome.dropped_ids:
+            for entry_id in outcome.dropped_ids:
+                dropped = self._rows.pop(entry_id, None)
+                if dropped is not None:
+                    dropped.state = _State.GONE
+        self._log_drops(outcome.dropped)
+        self._evict_cached()
+        if self._on_storage is not None:
+            self._on_storage(None)
+
+    def failed(self, error: StoreError) -> None:
+        """Rows something waits for fail (their sender retries); the rest is taken again."""
+        taken = self._taken
+        kept = []
+        for row in taken.rows:
+            if not row.pending:  # every upstream took it meanwhile: safe without the write
+                row.state = _State.GONE
+                self._rows.pop(row.entry_id, None)
+                if row.waiter is not None and not row.waiter.done():
+                    row.waiter.set_result(row.entry_id)
+            elif row.waiter is not None:
+                row.state = _State.GONE
+                self._rows.pop(row.entry_id, None)
+                if not row.waiter.done():
+                    row.waiter.set_exception(CommitFailed(f"outbox commit failed: {error}"))
+            else:
+                row.state = _State.QUEUED
+                kept.append(row)
+        log.error(
+            "outbox commit failed (%s): %d rows refused, %d kept for retry",
+            error,
+            len(taken.rows) - len(kept),
+            len(kept),
+        )
+        self._queued = kept + self._queued
+        for bit, ids in taken.marks.items():
+            self._marks.setdefault(bit, set()).update(ids)
+        self._discard |= taken.discard
+        if kept or taken.marks or taken.discard:
+            self._journal.due_in(self.commit_interval_s)
+        if self._on_storage is not None:
+            self._on_storage(f"outbox: {error}")
+
+    def _evict_cached(self) -> None:
+        """Keep at most CACHED_STORED_ROWS written rows in memory, dropping the oldest (only
+        from the front, so that every pending row at or above the floor stays in memory)."""
+        excess = len(self._rows) - len(self._queued) - CACHED_STORED_ROWS
+        while excess > 0 and self._rows:
+            oldest = next(iter(self._rows.values()))
+            if oldest.state is not _State.STORED:
+                break
+            del self._rows[oldest.entry_id]
+            self._cache_floor = oldest.entry_id + 1
+            excess -= 1
+
+    def _log_drops(self, dropped: dict[str, int]) -> None:
+        for drop_class, number in dropped.items():
             if number:
                 self.dropped[drop_class] += number
                 log.warning(
@@ -398,217 +467,75 @@ class Outbox:
                     drop_class,
                     self.dropped[drop_class],
                 )
-        asyncio.get_running_loop().create_task(self._notify())
 
-    async def _notify(self) -> None:
-        async with self._committed:
-            self._committed.notify_all()
+    # -- database thread --------------------------------------------------------------------
 
-    def _requeue_after_failure(self, batch: _Batch, exc: Exception) -> None:
-        """Durable rows fail (their sender retries); the rest goes back for the next commit."""
-        durable_rows = {index for index, _ in batch.durable if index >= 0}
-        log.error(
-            "outbox commit failed (%s): %d rows refused, %d kept for retry",
-            exc,
-            len(durable_rows),
-            len(batch.rows) - len(durable_rows),
-        )
-        for _, future in batch.durable:
-            if not future.done():
-                future.set_exception(CommitFailed(f"outbox commit failed: {exc}"))
-        kept = [row for index, row in enumerate(batch.rows) if index not in durable_rows]
-        newer = self._batch
-        newer.rows[:0] = kept
-        newer.durable = [(index + len(kept), f) for index, f in newer.durable if index >= 0] + [
-            (index, f) for index, f in newer.durable if index < 0
-        ]
-        for bit, ids in batch.marks.items():
-            newer.marks.setdefault(bit, set()).update(ids)
-        newer.discard |= batch.discard
-        self._work.set()
-
-    # -- worker thread ----------------------------------------------------------------------
-
-    def _commit(self, batch: _Batch) -> _CommitOutcome:
-        conn = self._conn
-        dropped: dict[str, int] = {}
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            first_id = self._next_id()
-            if batch.rows:
-                conn.executemany(
-                    "INSERT INTO outbox (kind, droppable, pending, body) VALUES (?, ?, ?, ?)",
-                    batch.rows,
-                )
-            last_id = first_id + len(batch.rows) - 1
-            removed = 0
-            for bit, ids in batch.marks.items():
-                conn.executemany(
-                    "UPDATE outbox SET pending = pending & ? WHERE id = ?",
-                    ((~bit, entry_id) for entry_id in ids),
-                )
-                cur = conn.executemany(
-                    "DELETE FROM outbox WHERE id = ? AND pending = 0", ((i,) for i in ids)
-                )
-                removed += max(cur.rowcount, 0)
-            if batch.discard:
-                cur = conn.executemany(
-                    "DELETE FROM outbox WHERE id = ?", ((i,) for i in batch.discard)
-                )
-                removed += max(cur.rowcount, 0)
-            count = self._count + len(batch.rows) - removed
-            if count > self.max_entries:
-                dropped = self._drop_oldest(count - self.max_entries)
-                count -= sum(dropped.values())
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
-        return _CommitOutcome(first_id, last_id, removed, dropped, count)
-
-    def _next_id(self) -> int:
-        row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return (row[0] if row else 0) + 1
-
-    def _drop_oldest(self, excess: int) -> dict[str, int]:
-        dropped: dict[str, int] = {}
-        for drop_class, condition in (
-            ("qos0", "droppable = 1"),
-            ("report", "kind = 'report'"),
-            ("event", "1"),
-        ):
-            if excess <= 0:
-                break
-            cur = self._conn.execute(
-                f"DELETE FROM outbox WHERE id IN "
-                f"(SELECT id FROM outbox WHERE {condition} ORDER BY id LIMIT ?)",
-                (excess,),
+    def _write(self, conn: sqlite3.Connection, taken: _Taken) -> _Written:
+        if taken.rows:
+            conn.executemany(
+                "INSERT INTO outbox (id, kind, droppable, pending, body) VALUES (?, ?, ?, ?, ?)",
+                [(r.entry_id, r.kind, int(r.droppable), r.pending, r.body) for r in taken.rows],
             )
-            dropped[drop_class] = cur.rowcount
-            excess -= cur.rowcount
-        return dropped
+        removed = 0
+        for bit, ids in taken.marks.items():
+            conn.executemany(
+                "UPDATE outbox SET pending = pending & ? WHERE id = ?",
+                ((~bit, entry_id) for entry_id in ids),
+            )
+            cur = conn.executemany(
+                "DELETE FROM outbox WHERE id = ? AND pending = 0", ((i,) for i in ids)
+            )
+            removed += max(cur.rowcount, 0)
+        if taken.discard:
+            cur = conn.executemany("DELETE FROM outbox WHERE id = ?", ((i,) for i in taken.discard))
+            removed += max(cur.rowcount, 0)
+        count = self._stored + len(taken.rows) - removed
+        dropped: dict[str, int] = {}
+        dropped_ids: set[int] = set()
+        if count > self.max_entries:
+            dropped, dropped_ids = _drop_oldest(conn, count - self.max_entries)
+            count -= sum(dropped.values())
+        return _Written(count, dropped, frozenset(dropped_ids))
 
-    def _select_pending(self, bit: int, after_id: int, limit: int) -> list[tuple[int, str, str]]:
-        return self._conn.execute(
-            "SELECT id, kind, body FROM outbox WHERE id > ? AND (pending & ?) != 0 "
+    def _select_pending(
+        self, bit: int, after_id: int, below_id: int, limit: int
+    ) -> list[tuple[int, str, str]]:
+        return self._journal.conn.execute(
+            "SELECT id, kind, body FROM outbox WHERE id > ? AND id < ? AND (pending & ?) != 0 "
             "ORDER BY id LIMIT ?",
-            (after_id, bit, limit),
+            (after_id, below_id, bit, limit),
         ).fetchall()
-
-    # -- rows <-> records -------------------------------------------------------------------
 
     def _decode(self, entry_id: int, kind: str, body: str) -> Report | DeviceEvent | None:
         try:
-            return _decode(kind, body)
+            return decode(kind, body)
         except (ValueError, TypeError, KeyError) as exc:
             self.dropped["corrupt"] += 1
             log.error("outbox: entry %d is unreadable (%s); removing it", entry_id, exc)
-            self._batch.discard.add(entry_id)
-            self._work.set()
+            self._discard.add(entry_id)
+            self._journal.due_in(self.commit_interval_s)
             return None
 
 
-def _init_schema(conn: sqlite3.Connection, upstreams: list[str]) -> tuple[dict[str, int], int, int]:
-    """Create the tables; give each upstream its bit, forgetting those no longer enabled.
-
-    Returns the bits by upstream name, the number of stored entries and the newest id.
-    """
-    try:
-        conn.executescript(_SCHEMA)
-        conn.execute("BEGIN IMMEDIATE")
-        known = dict(conn.execute("SELECT name, bit FROM outbox_upstreams").fetchall())
-        for name, bit in list(known.items()):
-            if name not in upstreams:
-                _forget_upstream(conn, name, bit)
-                del known[name]
-        used = set(known.values())
-        for name in upstreams:
-            if name not in known:
-                free = next(b for b in range(MAX_UPSTREAMS) if b not in used)
-                used.add(free)
-                known[name] = free
-                conn.execute("INSERT INTO outbox_upstreams VALUES (?, ?)", (name, free))
-        conn.execute("COMMIT")
-    except BaseException:
-        with contextlib.suppress(sqlite3.Error):
-            conn.execute("ROLLBACK")
-        raise
-    count = conn.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
-    row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-    return {name: 1 << known[name] for name in upstreams}, count, row[0] if row else 0
-
-
-def _forget_upstream(conn: sqlite3.Connection, name: str, bit: int) -> None:
-    mask = 1 << bit
-    conn.execute("UPDATE outbox SET pending = pending & ? WHERE (pending & ?) != 0", (~mask, mask))
-    removed = conn.execute("DELETE FROM outbox WHERE pending = 0").rowcount
-    conn.execute("DELETE FROM outbox_upstreams WHERE name = ?", (name,))
-    log.warning(
-        "outbox: upstream %r is no longer enabled; %d entries only it still needed removed",
-        name,
-        removed,
-    )
-
-
-def _resolve(waiters: list[tuple[int, asyncio.Future[int]]], value: int) -> None:
-    for _, future in waiters:
-        if not future.done():
-            future.set_result(value)
-
-
-def _encode(item: Report | DeviceEvent) -> tuple[Kind, str]:
-    if isinstance(item, Report):
-        kind: Kind = "report"
-        fields: dict[str, Any] = {
-            "id": item.id,
-            "device": item.device,
-            "kind": item.kind,
-            "ts": item.ts,
-            "seq": item.seq,
-            "data": item.data,
-            "rssi": item.rssi,
-            "snr": item.snr,
-        }
-    elif isinstance(item, DeviceEvent):
-        kind = "event"
-        fields = {
-            "device": item.device,
-            "event": str(item.event),
-            "ts": item.ts,
-            "detail": item.detail,
-        }
-    else:
-        raise UnstorableItem(f"not a Report or DeviceEvent: {type(item).__name__}")
-    try:
-        body = json.dumps(fields, separators=(",", ":"), allow_nan=False, ensure_ascii=False)
-    except (TypeError, ValueError, RecursionError) as exc:
-        raise UnstorableItem(f"{kind} from {item.device} is not plain JSON: {exc}") from None
-    return kind, body
-
-
-def _decode(kind: str, body: str) -> Report | DeviceEvent:
-    fields = json.loads(body)
-    if kind == "report":
-        return Report(**fields)
-    if kind == "event":
-        return DeviceEvent(
-            device=fields["device"],
-            event=EventKind(fields["event"]),
-            ts=fields["ts"],
-            detail=fields["detail"],
-        )
-    raise ValueError(f"unknown kind {kind!r}")
-
-
-def droppable_kinds_for_mqtt(qos_reports: int, qos_events: int) -> frozenset[str]:
-    """The kinds the MQTT config publishes at QoS 0 (``mqtt.qos_reports``/``qos_events``)."""
-    kinds = set()
-    if qos_reports == 0:
-        kinds.add("report")
-    if qos_events == 0:
-        kinds.add("event")
-    return frozenset(kinds)
+def _drop_oldest(conn: sqlite3.Connection, excess: int) -> tuple[dict[str, int], set[int]]:
+    dropped: dict[str, int] = {}
+    ids: set[int] = set()
+    for drop_class, condition in (
+        ("qos0", "droppable = 1"),
+        ("report", "kind = 'report'"),
+        ("event", "1"),
+    ):
+        if excess <= 0:
+            break
+        gone = conn.execute(
+            f"DELETE FROM outbox WHERE id IN "
+            f"(SELECT id FROM outbox WHERE {condition} ORDER BY id LIMIT ?) RETURNING id",
+            (excess,),
+        ).fetchall()
+        dropped[drop_class] = len(gone)
+        ids.update(entry_id for (entry_id,) in gone)
+        excess -= len(gone)
+    return dropped, ids
 
 
 __all__ = [
