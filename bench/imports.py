@@ -3,14 +3,16 @@
     python -m bench.imports     # prints JSON: [[stage, VmRSS KiB after it], ...]
 
 Run in a fresh interpreter (``bench.run`` does), importing the modules ``duogate run`` loads
-with the default configuration (MQTT upstream, console and metrics server on), in an order
-that separates the big libraries.
+with the default configuration (MQTT upstream, console and metrics server on, status page
+off: no aiohttp), in an order that separates the big libraries. ``tests/test_run_start.py``
+checks from ``duogate run``'s own import log that aiohttp stays out.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import sys
 from pathlib import Path
 
 STAGES = (
@@ -27,7 +29,7 @@ STAGES = (
         "gateway core (bridge, LoRa, outbox, MQTT upstream)",
         ("gateway.daemon", "gateway.upstreams.mqtt"),
     ),
-    ("aiohttp and prometheus_client (metrics)", ("gateway.metrics",)),
+    ("prometheus_client (metrics)", ("gateway.metrics",)),
     ("console", ("gateway.console.server",)),
 )
 
@@ -45,6 +47,8 @@ def main() -> int:
         for module in modules:
             importlib.import_module(module)
         found.append([stage, rss_kib()])
+    if "aiohttp" in sys.modules:
+        raise RuntimeError("aiohttp was imported: duogate run loads it only for the status page")
     print(json.dumps(found))
     return 0
 

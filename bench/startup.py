@@ -5,7 +5,8 @@
   simulated nodes inside the process), the shared mosquitto, console and metrics server on;
   ``NOTIFY_SOCKET`` names a datagram socket this function owns. The time runs from just
   before the process is spawned to the arrival of the datagram with ``READY=1``
-  (``gateway.sdnotify``); the gateway is then stopped with SIGTERM and started again.
+  (``gateway.sdnotify``); the process's ``VmRSS`` is read then (everything it imported and
+  built, before any report); the gateway is then stopped with SIGTERM and started again.
 * ``idle_cpu`` (a ``bench.child``): the gateway as ``duogate run`` assembles it
   (``gateway.daemon.Gateway``, console and metrics included) with the benchmark's injecting
   radio, nodes joined through the real join path and their ``joined`` events delivered; then
@@ -72,8 +73,16 @@ def duogate_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "gateway"]
 
 
-def start_until_ready(config: Path, notify_path: Path) -> float:
-    """Seconds from spawning ``duogate run`` to its READY=1; the process is stopped again."""
+def process_rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise BenchError(f"no VmRSS for process {pid}")
+
+
+def start_until_ready(config: Path, notify_path: Path) -> tuple[float, int]:
+    """Seconds from spawning ``duogate run`` to its READY=1, and its VmRSS (KiB) then; the
+    process is stopped again."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
         notify.bind(str(notify_path))
         notify.settimeout(READY_TIMEOUT_S)
@@ -96,6 +105,7 @@ def start_until_ready(config: Path, notify_path: Path) -> float:
                     raise BenchError(f"no READY=1 in {READY_TIMEOUT_S:g} s") from None
                 if "READY=1" in message.splitlines():
                     ready = time.monotonic() - started
+                    rss_kib = process_rss_kib(proc.pid)
                     break
             proc.send_signal(signal.SIGTERM)
             _, errors = proc.communicate(timeout=STOP_TIMEOUT_S)
@@ -107,23 +117,27 @@ def start_until_ready(config: Path, notify_path: Path) -> float:
                 proc.kill()
                 proc.wait()
         notify_path.unlink()
-        return ready
+        return ready, rss_kib
 
 
 def time_to_ready(mqtt_port: int, nodes: int, runs: int) -> dict[str, Any]:
-    times = []
+    times, rss_kib = [], []
     with tempfile.TemporaryDirectory(prefix="duogate-bench-start-") as tmp:
         config = Path(tmp) / "duogate.toml"
         for run in range(runs):
             data_dir = Path(tmp) / f"data{run}"  # every start from an empty data directory
             config.write_text(run_config(data_dir, mqtt_port, nodes))
-            times.append(start_until_ready(config, Path(tmp) / "notify.sock"))
+            seconds, rss = start_until_ready(config, Path(tmp) / "notify.sock")
+            times.append(seconds)
+            rss_kib.append(rss)
     return {
         "nodes": nodes,
         "runs": runs,
         "seconds": times,
         "median_s": statistics.median(times),
         "max_s": max(times),
+        "rss_kib_at_ready": rss_kib,
+        "median_rss_kib_at_ready": statistics.median(rss_kib),
     }
 
 
