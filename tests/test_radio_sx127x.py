@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import queue
 import sys
 import threading
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 
@@ -171,6 +174,115 @@ async def test_received_packet_has_payload_rssi_and_snr(make_radio, chip) -> Non
     assert (strong.payload, strong.snr, strong.rssi) == (b"strong", 9.5, -61.0)
     assert received.threads == {threading.main_thread().name}  # handed to the loop's thread
     assert radio.counters["rx_packets"] == 2
+
+
+class HandOverCountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the callbacks other threads hand it (its wake-ups)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.handed_over = 0
+        self.errors: list[dict[str, Any]] = []
+        self.set_exception_handler(lambda loop, context: self.errors.append(context))
+
+    def call_soon_threadsafe(
+        self,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
+        self.handed_over += 1
+        return super().call_soon_threadsafe(callback, *args, context=context)
+
+
+def burst_payload(index: int) -> bytes:
+    return bytes([index]) * (8 + index)  # 20 of them wrap around the 256-byte FIFO
+
+
+async def burst_while_the_loop_stands_still(
+    frames: int, on_receive: Callable[[RxPacket], None]
+) -> tuple[list[tuple[float, float]], int]:
+    """Open a radio on a chip in this process and let ``frames`` packets arrive back to back
+    while the loop is held up; return (before, after) each packet was taken off the chip and
+    how many callbacks other threads handed the loop meanwhile."""
+    loop = asyncio.get_running_loop()
+    assert isinstance(loop, HandOverCountingLoop)
+    chip = SimulatedSX127x(loop, name="gateway chip")
+    radio = Sx127xRadio(
+        SETTINGS, open_bus=lambda: open_local_chip(chip, PINS), probe_interval_s=60.0
+    )
+    await radio.open(on_receive)
+    taken_at: list[tuple[float, float]] = []
+    burst_over = threading.Event()
+
+    def arrive_back_to_back() -> None:
+        try:
+            for index in range(frames):
+                before = time.monotonic()
+                chip.deliver(burst_payload(index), rssi_dbm=-40.0 - index, snr_db=index / 4)
+                deadline = before + 5.0
+                while radio.counters["rx_packets"] <= index and time.monotonic() < deadline:
+                    time.sleep(0.0005)
+                taken_at.append((before, time.monotonic()))
+        finally:
+            burst_over.set()
+
+    try:
+        handed_before = loop.handed_over
+        sender = threading.Thread(target=arrive_back_to_back, name="burst")
+        sender.start()
+        burst_over.wait(30.0)  # the loop stands still, as in a long commit, until the burst ends
+        sender.join()
+        handed_over = loop.handed_over - handed_before
+        await asyncio.sleep(0)  # the loop runs what it was handed
+        await asyncio.sleep(0)
+    finally:
+        await radio.close()
+    assert radio.counters["rx_packets"] == frames
+    return taken_at, handed_over
+
+
+def run_on_counting_loop(main: Callable[[], Awaitable[None]]) -> None:
+    loop = HandOverCountingLoop()
+    try:
+        loop.run_until_complete(main())
+    finally:
+        loop.close()
+
+
+def test_a_burst_reaches_the_loop_in_one_wake_up_in_order_with_own_stamps() -> None:
+    frames = 20
+    packets: list[RxPacket] = []
+
+    async def main() -> None:
+        taken_at, handed_over = await burst_while_the_loop_stands_still(frames, packets.append)
+        assert [packet.payload for packet in packets] == [burst_payload(i) for i in range(frames)]
+        assert [(packet.rssi, packet.snr) for packet in packets] == [
+            (-40.0 - i, i / 4) for i in range(frames)
+        ]
+        for packet, (before, after) in zip(packets, taken_at, strict=True):
+            assert before <= packet.t_mono <= after  # stamped at its own RxDone
+        assert handed_over == 1  # one wake-up for the whole burst, not one per packet
+
+    run_on_counting_loop(main)
+
+
+def test_a_failing_receive_handler_loses_no_other_packet_of_the_burst() -> None:
+    packets: list[RxPacket] = []
+
+    def on_receive(packet: RxPacket) -> None:
+        if packet.payload == burst_payload(1):
+            raise ValueError("handler bug")
+        packets.append(packet)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        assert isinstance(loop, HandOverCountingLoop)
+        await burst_while_the_loop_stands_still(4, on_receive)
+        assert [packet.payload for packet in packets] == [burst_payload(i) for i in (0, 2, 3)]
+        assert [type(error.get("exception")) for error in loop.errors] == [ValueError]
+
+    run_on_counting_loop(main)
 
 
 async def test_crc_errors_are_counted_and_dropped(make_radio, chip) -> None:

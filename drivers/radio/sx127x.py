@@ -5,9 +5,13 @@ thread (DIO0 callbacks), always under ``_spi_lock``, so the loop never waits on 
 pyLoRa's read-modify-write sequences never interleave. Results reach the loop through
 ``loop.call_soon_threadsafe``.
 
-Receive is continuous (RXCONT, DIO0 = RxDone). On RxDone the GPIO thread reads the flags, drops
-and counts a packet with PayloadCrcError, else reads the FIFO, packet RSSI and SNR and hands an
-``RxPacket`` to the loop. ``transmit()`` switches DIO0 to TxDone, writes the FIFO and starts TX;
+Receive is continuous (RXCONT, DIO0 = RxDone). On RxDone the GPIO thread reads RegFifoRxCurrentAddr
+through RegPktRssiValue in one burst (flags, length, start, SNR and RSSI of the same packet),
+clears the flags, drops and counts a packet with PayloadCrcError, else reads the FIFO: four SPI
+transfers per packet. Received packets wait in a queue for the loop; the first one into an empty
+queue wakes the loop, which takes every packet queued by then, so packets arriving while the loop
+is busy cost one wake-up between them, not one each. ``on_receive`` still runs once per packet,
+in order. ``transmit()`` switches DIO0 to TxDone, writes the FIFO and starts TX;
 the TxDone callback clears the flag and goes straight back to RXCONT. A TxDone that does not
 come within the time on air plus a margin raises RadioError after the chip has been reset
 through RST and set up again.
@@ -18,11 +22,12 @@ everywhere, or another version, is ``ChipNotFound``. While open, a probe checks 
 silently); ``healthy()`` is false from a failed probe or transfer until a reset and setup
 succeed again.
 
-Three of pyLoRa's helpers are not used: ``get_pkt_snr_value`` computes ``(256 - v) / 4``,
-which is wrong for the signed register; ``get_pkt_rssi_value`` omits the datasheet's correction
-for packets below the noise floor (this module reads both registers through pyLoRa and applies
-the formulas of SX1276 datasheet 5.5.5); ``set_detect_optimize`` overwrites the reserved upper
-bits of RegDetectOptimize, so it is written read-modify-write instead.
+pyLoRa's receive helpers are not used: ``get_pkt_snr_value`` computes ``(256 - v) / 4``, which
+is wrong for the signed register; ``get_pkt_rssi_value`` omits the datasheet's correction for
+packets below the noise floor (this module applies the formulas of SX1276 datasheet 5.5.5);
+``read_payload`` and ``clear_irq_flags`` take three transfers and an ``eval`` per bit where the
+burst above needs none. ``set_detect_optimize`` overwrites the reserved upper bits of
+RegDetectOptimize, so it is written read-modify-write instead.
 """
 
 from __future__ import annotations
@@ -32,7 +37,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -59,6 +64,20 @@ REG_VERSION = 0x42
 # pyLoRa's BW codes (RegModemConfig1 bits 7-4) by nominal bandwidth.
 BW_CODES = {bw: code for code, bw in enumerate(sorted(BANDWIDTHS_HZ))}
 IRQ_ALL = 0xFF
+SPI_WRITE = 0x80
+REG_FIFO = 0x00
+REG_FIFO_ADDR_PTR = 0x0D
+# Read in one burst on RxDone (addresses auto-increment): RegFifoRxCurrentAddr .. RegPktRssiValue.
+REG_FIFO_RX_CURRENT_ADDR = 0x10
+REG_IRQ_FLAGS = 0x12
+REG_RX_NB_BYTES = 0x13
+REG_PKT_SNR_VALUE = 0x19
+REG_PKT_RSSI_VALUE = 0x1A
+RX_STATUS_FIRST = REG_FIFO_RX_CURRENT_ADDR
+RX_STATUS_LENGTH = REG_PKT_RSSI_VALUE - RX_STATUS_FIRST + 1
+IRQ_RX_DONE = 0x40
+IRQ_PAYLOAD_CRC_ERROR = 0x20
+IRQ_VALID_HEADER = 0x10
 LF_PORT_MAX_HZ = 525_000_000  # up to here the LF port (bands 2 and 3): RSSI offset -164
 MAX_PAYLOAD = 255
 
@@ -131,6 +150,11 @@ class Sx127xRadio:
         self._lora: Any = None
         self._on_receive: RxHandler | None = None
         self._tx_waiter: asyncio.Future[None] | None = None
+        # Packets from the GPIO thread waiting for the loop; a drain is scheduled while the
+        # queue is not empty, so only the packet that finds it empty wakes the loop.
+        self._rx_queue: deque[RxPacket] = deque()
+        self._rx_queue_lock = threading.Lock()
+        self._rx_drain_scheduled = False
         self._healthy = False
         self._recovery_failing = False
         self._closed = True
@@ -158,6 +182,9 @@ class Sx127xRadio:
         load_pylora()  # fail early and clearly when pyLoRa is missing
         self._loop = asyncio.get_running_loop()
         self._on_receive = on_receive
+        with self._rx_queue_lock:
+            self._rx_queue.clear()
+            self._rx_drain_scheduled = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="sx127x")
         self._closed = False
         try:
@@ -284,9 +311,22 @@ class Sx127xRadio:
             self._executor = None
         self._closed = True
 
-    def _deliver(self, packet: RxPacket) -> None:
-        if self._on_receive is not None and not self._closed:
-            self._on_receive(packet)
+    def _deliver_received(self) -> None:
+        """Hand every packet queued so far to ``on_receive``, oldest first."""
+        with self._rx_queue_lock:
+            packets, self._rx_queue = self._rx_queue, deque()
+            self._rx_drain_scheduled = False
+        for packet in packets:
+            on_receive = self._on_receive
+            if on_receive is None or self._closed:
+                return
+            try:
+                on_receive(packet)
+            except Exception as exc:  # as if each packet had its own loop callback
+                assert self._loop is not None
+                self._loop.call_exception_handler(
+                    {"message": "SX127x on_receive failed", "exception": exc}
+                )
 
     def _tx_finished(self, error: RadioError | None) -> None:
         waiter = self._tx_waiter
@@ -297,12 +337,15 @@ class Sx127xRadio:
         else:
             waiter.set_exception(error)
 
-    def _to_loop(self, callback: Callable[..., None], *args: Any) -> None:
+    def _to_loop(self, callback: Callable[..., None], *args: Any) -> bool:
         loop = self._loop
         if loop is None:
-            return
-        with contextlib.suppress(RuntimeError):  # the loop closed under us
+            return False
+        try:
             loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the loop closed under us
+            return False
+        return True
 
     def _backend_name(self) -> str:
         return self._backend.description if self._backend is not None else self.spi_url
@@ -489,28 +532,46 @@ class Sx127xRadio:
         lora = self._lora
         if lora is None:
             return
-        reg = load_pylora().REG.LORA
+        spi = lora.spi
         try:
             with self._spi_lock:
-                flags = lora.get_irq_flags()
-                if not flags["rx_done"]:
+                status = spi.xfer([REG_FIFO_RX_CURRENT_ADDR] + [0] * RX_STATUS_LENGTH)[1:]
+                flags = status[REG_IRQ_FLAGS - RX_STATUS_FIRST]
+                if not flags & IRQ_RX_DONE:
                     self.counters["spurious_irq"] += 1
                     return
-                lora.clear_irq_flags(RxDone=1, PayloadCrcError=1, ValidHeader=1)
-                if flags["crc_error"]:
+                spi.xfer(
+                    [
+                        REG_IRQ_FLAGS | SPI_WRITE,
+                        IRQ_RX_DONE | IRQ_PAYLOAD_CRC_ERROR | IRQ_VALID_HEADER,
+                    ]
+                )
+                if flags & IRQ_PAYLOAD_CRC_ERROR:
                     self.counters["crc_errors"] += 1
                     log.warning("SX127x: dropped a packet with a payload CRC error")
                     return
-                payload = bytes(lora.read_payload(nocheck=True))
-                snr = packet_snr_db(lora.get_register(reg.PKT_SNR_VALUE))
-                raw_rssi = lora.get_register(reg.PKT_RSSI_VALUE)
+                spi.xfer([REG_FIFO_ADDR_PTR | SPI_WRITE, status[0]])  # RegFifoRxCurrentAddr
+                length = status[REG_RX_NB_BYTES - RX_STATUS_FIRST]
+                payload = bytes(spi.xfer([REG_FIFO] + [0] * length)[1:])
         except RadioError as exc:
             self._bus_failed(exc)
             return
+        snr = packet_snr_db(status[REG_PKT_SNR_VALUE - RX_STATUS_FIRST])
+        raw_rssi = status[REG_PKT_RSSI_VALUE - RX_STATUS_FIRST]
         low_band = self.settings.frequency_hz <= LF_PORT_MAX_HZ
         packet = RxPacket(payload, packet_rssi_dbm(raw_rssi, snr, low_band=low_band), snr, t_mono)
         self.counters["rx_packets"] += 1
-        self._to_loop(self._deliver, packet)
+        self._queue_for_loop(packet)
+
+    def _queue_for_loop(self, packet: RxPacket) -> None:
+        with self._rx_queue_lock:
+            self._rx_queue.append(packet)
+            if self._rx_drain_scheduled:
+                return
+            self._rx_drain_scheduled = True
+        if not self._to_loop(self._deliver_received):
+            with self._rx_queue_lock:
+                self._rx_drain_scheduled = False
 
     def _on_tx_done(self) -> None:
         lora = self._lora
