@@ -52,8 +52,15 @@ class EdgeDispatcher:
             self._callbacks.pop(pin, None)
 
     def post(self, pin: int, level: int) -> None:
-        """The line ``pin`` changed to ``level``; safe to call from any thread."""
-        self._events.put((pin, level))
+        """The line ``pin`` changed to ``level``; safe to call from any thread.
+
+        An edge no callback is waiting for (DIO0 falling when the driver clears RxDone) does
+        not wake the GPIO thread.
+        """
+        with self._lock:
+            entry = self._callbacks.get(pin)
+        if entry is not None and _wanted(entry[0], level):
+            self._events.put((pin, level))
 
     def close(self) -> None:
         with self._lock:
@@ -70,11 +77,15 @@ class EdgeDispatcher:
             if entry is None:
                 continue
             edge, callback = entry
-            if edge == BOTH or (edge == RISING) == bool(level):
+            if _wanted(edge, level):
                 try:
                     callback(pin)
                 except Exception as exc:
                     log.error("GPIO %d edge callback failed: %s: %s", pin, type(exc).__name__, exc)
+
+
+def _wanted(edge: int, level: int) -> bool:
+    return edge == BOTH or (edge == RISING) == bool(level)
 
 
 class SimulatedLines:
