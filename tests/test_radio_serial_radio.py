@@ -94,6 +94,32 @@ async def test_garbage_on_the_line_is_counted_and_loses_nothing_else(radio, twin
     assert twin.transmitted == [b"still works"]
 
 
+async def test_packets_of_one_read_arrive_in_order_past_a_failing_handler(twin) -> None:
+    assert twin.port is not None
+    loop = asyncio.get_running_loop()
+    errors: list[dict] = []
+    loop.set_exception_handler(lambda loop, context: errors.append(context))
+    delivered: asyncio.Queue[bytes] = asyncio.Queue()
+
+    def on_receive(packet: RxPacket) -> None:
+        if packet.payload == b"two":
+            raise ValueError("handler bug")
+        delivered.put_nowait(packet.payload)
+
+    link = SerialRadio(SETTINGS, twin.port, reply_timeout_s=0.5)
+    await link.open(on_receive)
+    try:
+        payloads = [b"one", b"two", b"three", b"four"]
+        twin.send_raw(b"".join(encode_frame(RxPacketFrame(-50, 20, p)) for p in payloads))
+        got = [await asyncio.wait_for(delivered.get(), 2.0) for _ in range(3)]
+    finally:
+        await link.close()
+        loop.set_exception_handler(None)
+    assert got == [b"one", b"three", b"four"]
+    assert [type(error.get("exception")) for error in errors] == [ValueError]
+    assert link.counters["rx_packets"] == 4
+
+
 async def test_modem_refusal_is_a_radio_error(radio, twin) -> None:
     link, _ = radio
     twin.behaviour.refuse_tx.append("channel busy")

@@ -3,7 +3,8 @@ serial line.
 
 The modem owns the radio; the gateway sends it settings and packets to transmit (the frames of
 ``drivers.radio.serial_frames``, over ``drivers.radio.serial_port``) and it reports received
-packets. Every request is answered by one reply with its ``seq``.
+packets. Every request is answered by one reply with its ``seq``. Received packets decoded from
+one read of the port reach ``on_receive`` in one loop callback, once each and in order.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ class SerialRadio:
         self._link: SerialPortLink | None = None
         self._on_receive: RxHandler | None = None
         self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._received: list[RxPacket] = []
         self._seq = 0
         self._request_lock = asyncio.Lock()
         self._healthy = False
@@ -173,7 +175,9 @@ class SerialRadio:
                 t_mono=time.monotonic(),
             )
             if self._on_receive is not None:
-                asyncio.get_running_loop().call_soon(self._on_receive, packet)
+                if not self._received:
+                    asyncio.get_running_loop().call_soon(self._deliver_received)
+                self._received.append(packet)
             return
         if isinstance(frame, TxRequest):
             self.counters["unexpected_type"] += 1
@@ -189,6 +193,19 @@ class SerialRadio:
                 log.warning("%s: dropped reply for no request (seq %d)", self.port, frame.seq)
             return
         future.set_result(frame)
+
+    def _deliver_received(self) -> None:
+        packets, self._received = self._received, []
+        on_receive = self._on_receive
+        if on_receive is None:
+            return
+        for packet in packets:
+            try:
+                on_receive(packet)
+            except Exception as exc:  # as if each packet had its own loop callback
+                asyncio.get_running_loop().call_exception_handler(
+                    {"message": "serial radio on_receive failed", "exception": exc}
+                )
 
     def _open_port(self) -> None:
         try:
