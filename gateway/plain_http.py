@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import Callable, Mapping
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
 
 # A route answers with its content type and body.
 Route = Callable[[], tuple[str, bytes]]
@@ -58,7 +61,12 @@ class _Exchange(BaseHTTPRequestHandler):
         if route is None:
             self.send_error(HTTPStatus.NOT_FOUND)
             return
-        content_type, body = route()
+        try:
+            content_type, body = route()
+        except Exception:
+            log.exception("http: %s failed", self.path)
+            self.send_error(HTTPStatus.INTERNAL_SERVER_ERROR)
+            return
         self.send_response(HTTPStatus.OK)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))

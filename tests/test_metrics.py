@@ -194,3 +194,19 @@ async def test_a_taken_port_is_an_os_error() -> None:
         with pytest.raises(OSError) as info:
             await server.start()
     assert info.value.errno == errno.EADDRINUSE
+
+
+async def test_a_scrape_that_fails_is_a_500_and_the_next_one_works(
+    served: tuple[GatewayState, MetricsServer],
+) -> None:
+    state, server = served
+    assert server.port is not None
+    state.duty_cycle = lambda: {"g1": "not a ratio"}  # a bug in the bridge
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{server.port}/metrics") as response,
+    ):
+        assert response.status == 500
+    state.duty_cycle = lambda: {"g1": 0.25}
+    samples = await scrape(server.port)
+    assert samples[("duogate_radio_duty_cycle_used_ratio", (("band", "g1"),))] == 0.25
