@@ -1,24 +1,36 @@
 """``make bench``: run every benchmark, print the table and write docs/PERFORMANCE.md.
 
-    python -m bench.run                 # full sizes (about 6-8 minutes on 2 cores)
+    python -m bench.run                 # full sizes (about 12 minutes on 2 cores)
     python -m bench.run --quick --out /tmp/perf.md   # tiny sizes, a smoke run
+    python -m bench.run --only storage --out /tmp/perf.md   # some benchmarks only
 
 One mosquitto serves every MQTT figure (and the raw paho baseline) of a run; each benchmark
 runs in a fresh child process (``bench.child``). A benchmark that fails leaves a row saying
 so and the others still run.
+
+Throughput and CPU per report run twice: on the machine's free cores, and with the gateway
+process pinned to one core (``taskset -c N``; the raw paho baseline's thread pinned to the
+same core), which is closer to a Raspberry Pi. The storage writes (P7) run twice per case:
+the working tree, and today's behaviour, the benchmark child of commit ``TODAY_COMMIT``
+unpacked from this repository (``git archive``) into a temporary directory and run with the
+same interpreter.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +46,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "PERFORMANCE.md"
 LOAD = "load average (1, 5, 15 min)"  # the key bench.machine.describe gives it
 MQTT_INFLIGHT = 64  # the gateway's default mqtt.inflight: the baseline gets the same window
+# Today's behaviour for P7: the last commit before the storage rework (commits timed by
+# deadlines). Its own benchmark child runs against its own gateway code.
+TODAY_COMMIT = "5a86920"
+GIT_TIMEOUT_S = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +60,8 @@ class Sizes:
     latency_rate: float = 20.0
     latency_s: float = 30.0
     latency_warmup_s: float = 2.0
-    cpu_rate: float = 200.0
-    cpu_s: float = 30.0
+    # (reports/s, seconds): the steady rate of the goal, and a tenth of it
+    cpu_cases: tuple[tuple[float, float], ...] = ((200.0, 30.0), (20.0, 30.0))
     cpu_idle_s: float = 5.0
     leased_nodes: int = 1000
     buffered_reports: int = 100_000
@@ -59,6 +75,9 @@ class Sizes:
         ("busy", 20.0, 0.5, 30.0),
         ("channel", 3.0, 0.8, 40.0),
     )
+    # (reports/s, confirmed fraction, steady window s) with the broker stopped: nothing is
+    # acknowledged upstream before its ack is due (working tree only)
+    storage_broker_down: tuple[float, float, float] | None = (3.0, 0.8, 40.0)
     storage_warmup_s: float = 5.0
     start_nodes: int = 100
     start_runs: int = 5
@@ -73,8 +92,7 @@ QUICK = Sizes(
     throughput_rounds=1,
     latency_s=1.0,
     latency_warmup_s=0.25,
-    cpu_rate=100.0,
-    cpu_s=1.0,
+    cpu_cases=((100.0, 1.0), (20.0, 1.0)),
     cpu_idle_s=0.5,
     leased_nodes=20,
     buffered_reports=500,
@@ -83,6 +101,7 @@ QUICK = Sizes(
     web_live_s=1.0,
     storage_nodes=10,
     storage_cases=(("busy", 20.0, 0.5, 1.0), ("channel", 3.0, 0.8, 1.0)),
+    storage_broker_down=(3.0, 0.8, 2.0),
     storage_warmup_s=0.5,
     start_nodes=5,
     start_runs=1,
@@ -104,9 +123,10 @@ def run_child(
     on_event: EventHandler | None = None,
     timeout_s: float = 600,
     prefix: list[str] | None = None,
+    tree: Path = ROOT,
 ) -> dict[str, Any]:
-    """Run ``bench.child NAME`` (behind ``prefix``, e.g. a tracer) and answer its events;
-    its RESULT, or ChildFailed."""
+    """Run ``bench.child NAME`` of the source ``tree`` (behind ``prefix``, e.g. a tracer or
+    ``taskset``) and answer its events; its RESULT, or ChildFailed."""
     with tempfile.TemporaryFile(mode="w+") as errors:
         proc = subprocess.Popen(
             [
@@ -119,7 +139,7 @@ def run_child(
                 name,
                 json.dumps(params),
             ],
-            cwd=ROOT,
+            cwd=tree,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=errors,
@@ -152,22 +172,54 @@ def run_child(
         return result
 
 
+# ------------------------------------------------------------------------------ one core
+
+
+def pinned_core() -> int:
+    """The core pinned runs use: the first this process may run on."""
+    return min(os.sched_getaffinity(0))
+
+
+def pin_prefix(core: int) -> list[str]:
+    """``taskset -c CORE``: the child process and every thread it starts run on that core."""
+    taskset = shutil.which("taskset")
+    if taskset is None:
+        raise ChildFailed("taskset not installed (util-linux): no figures pinned to one core")
+    return [taskset, "-c", str(core)]
+
+
+@contextlib.contextmanager
+def thread_pinned(core: int | None) -> Iterator[None]:
+    """This thread (and threads it starts) on ``core`` only, for the block; None: as is."""
+    if core is None:
+        yield
+        return
+    allowed = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})  # pid 0: the calling thread
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, allowed)
+
+
 # ------------------------------------------------------------------------------ benchmarks
 
 
-def bench_throughput(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
+def bench_throughput(broker: Mosquitto, sizes: Sizes, core: int | None = None) -> dict[str, Any]:
+    """Rounds of raw paho then the gateway's burst; ``core``: both pinned to that core."""
     baselines: list[dict[str, float]] = []
 
     def baseline(_event: str, data: dict[str, Any]) -> None:
-        baselines.append(
-            raw_paho_rate(
-                broker.port,
-                sizes.throughput_reports,
-                data["topic"],
-                data["payload_size"],
-                inflight=MQTT_INFLIGHT,
+        with thread_pinned(core):
+            baselines.append(
+                raw_paho_rate(
+                    broker.port,
+                    sizes.throughput_reports,
+                    data["topic"],
+                    data["payload_size"],
+                    inflight=MQTT_INFLIGHT,
+                )
             )
-        )
 
     figures = run_child(
         "throughput",
@@ -178,7 +230,9 @@ def bench_throughput(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
             "rounds": sizes.throughput_rounds,
         },
         baseline,
+        prefix=None if core is None else pin_prefix(core),
     )
+    figures["pinned_core"] = core
     figures["baseline_rounds"] = baselines
     figures["baseline_rate"] = _median([b["rate"] for b in baselines])
     figures["baseline_cpu_us_per_message"] = _median([b["cpu_us_per_message"] for b in baselines])
@@ -200,17 +254,20 @@ def bench_latency(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
     )
 
 
-def bench_cpu(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
-    return run_child(
+def bench_cpu(broker: Mosquitto, sizes: Sizes, core: int | None = None) -> dict[str, Any]:
+    """CPU per report at each steady rate; ``core``: the gateway pinned to that core."""
+    figures = run_child(
         "cpu",
         {
             "mqtt_port": broker.port,
             "nodes": sizes.nodes,
-            "rate": sizes.cpu_rate,
-            "seconds": sizes.cpu_s,
+            "cases": [list(case) for case in sizes.cpu_cases],
             "idle_s": sizes.cpu_idle_s,
         },
+        prefix=None if core is None else pin_prefix(core),
     )
+    figures["pinned_core"] = core
+    return figures
 
 
 def bench_outage(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
@@ -235,31 +292,111 @@ def bench_outage(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
 
 
 def bench_storage(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, Any]:
-    """P7: each case in a child run under strace; syncs counted in the child's window."""
-    figures: dict[str, Any] = {}
+    """P7: each case in a child run under strace, syncs counted in the child's window; each
+    case once for the working tree and once for today's behaviour (``TODAY_COMMIT``)."""
+    today = today_tree(workdir)
+    figures: dict[str, Any] = {
+        "today_commit": TODAY_COMMIT,
+        "today_unavailable": today if isinstance(today, str) else None,
+        "cases": {},
+    }
     for label, rate, confirmed_fraction, seconds in sizes.storage_cases:
-        trace = workdir / f"storage-{label}.strace"
-        prefix = strace_prefix(trace)
-        case = run_child(
-            "storage",
-            {
-                "mqtt_port": broker.port,
-                "nodes": sizes.storage_nodes,
-                "rate": rate,
-                "confirmed_fraction": confirmed_fraction,
-                "seconds": seconds,
-                "warmup_s": sizes.storage_warmup_s,
-            },
-            prefix=prefix,
-        )
-        if prefix is None:
-            case["syncs"] = None  # strace missing: bytes only
-        else:
-            counts = count_in_window(trace.read_text(), *case["window_wall"])
-            trace.unlink()
-            case.update(syncs=counts.syncs, calls=counts.calls, pwrite_bytes=counts.pwrite_bytes)
-        figures[label] = case
+        params = {
+            "mqtt_port": broker.port,
+            "nodes": sizes.storage_nodes,
+            "rate": rate,
+            "confirmed_fraction": confirmed_fraction,
+            "seconds": seconds,
+            "warmup_s": sizes.storage_warmup_s,
+        }
+        case = storage_case(workdir / f"storage-{label}.strace", params, ROOT)
+        if isinstance(today, Path):
+            try:
+                case["today"] = storage_case(
+                    workdir / f"storage-{label}-today.strace", params, today
+                )
+            except ChildFailed as exc:
+                case["today"] = f"failed: {str(exc).splitlines()[0]}"
+        figures["cases"][label] = case
+    if sizes.storage_broker_down is not None:
+        rate, confirmed_fraction, seconds = sizes.storage_broker_down
+        params = {
+            "mqtt_port": broker.port,
+            "nodes": sizes.storage_nodes,
+            "rate": rate,
+            "confirmed_fraction": confirmed_fraction,
+            "seconds": seconds,
+            "warmup_s": sizes.storage_warmup_s,
+            "broker_down": True,
+        }
+
+        def broker_switch(event: str, _data: dict[str, Any]) -> None:
+            if event == "broker_off":
+                broker.stop()
+            elif event == "broker_on":
+                broker.start()
+
+        try:
+            trace = workdir / "storage-broker-down.strace"
+            figures["cases"]["broker_down"] = storage_case(trace, params, ROOT, broker_switch)
+        finally:
+            broker.start()
     return figures
+
+
+def storage_case(
+    trace: Path, params: dict[str, Any], tree: Path, on_event: EventHandler | None = None
+) -> dict[str, Any]:
+    """One P7 case of the source ``tree``, its sync calls counted from an strace of it."""
+    prefix = strace_prefix(trace)
+    case = run_child("storage", params, on_event, prefix=prefix, tree=tree)
+    if prefix is None:
+        case["syncs"] = None  # strace missing: bytes only
+    else:
+        counts = count_in_window(trace.read_text(), *case["window_wall"])
+        trace.unlink()
+        case.update(syncs=counts.syncs, calls=counts.calls, pwrite_bytes=counts.pwrite_bytes)
+    return case
+
+
+def _git(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, capture_output=True, timeout=GIT_TIMEOUT_S, check=False
+    )
+
+
+def today_tree(workdir: Path) -> Path | str:
+    """The source tree of ``TODAY_COMMIT`` unpacked under ``workdir``, able to run
+    ``bench.child`` with this interpreter and importing its own ``gateway``; else why not."""
+    if shutil.which("git") is None:
+        return "git is not installed"
+    if _git("rev-parse", "--git-dir").returncode != 0:
+        return f"{ROOT} is not a git repository"
+    if _git("cat-file", "-e", f"{TODAY_COMMIT}^{{commit}}").returncode != 0:
+        shallow = _git("rev-parse", "--is-shallow-repository").stdout.strip() == b"true"
+        where = "this shallow clone" if shallow else "this repository"
+        return f"commit {TODAY_COMMIT} is not in {where}"
+    archive = _git("archive", "--format=tar", TODAY_COMMIT)
+    if archive.returncode != 0:
+        return f"git archive {TODAY_COMMIT} failed: {archive.stderr.decode().strip()}"
+    tree = workdir / f"duogate-{TODAY_COMMIT}"
+    tree.mkdir()
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(tree, filter="data")
+    # The interpreter's editable install points at the working tree: the child must import
+    # the unpacked one (its directory comes first on sys.path under ``python -m``).
+    probe = subprocess.run(
+        [sys.executable, "-c", "import bench.child, gateway; print(gateway.__file__)"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=GIT_TIMEOUT_S,
+        check=False,
+    )
+    source = Path(probe.stdout.strip() or "?").resolve()
+    if probe.returncode != 0 or not source.is_relative_to(tree.resolve()):
+        return f"the tree of {TODAY_COMMIT} does not run here ({probe.stderr.strip() or source})"
+    return tree
 
 
 def bench_startup(broker: Mosquitto, sizes: Sizes) -> dict[str, Any]:
@@ -377,30 +514,58 @@ def _median(values: list[float]) -> float:
 # ------------------------------------------------------------------------------ the run
 
 
+STEPS = (
+    "imports",
+    "throughput",
+    "throughput_pinned",
+    "latency",
+    "cpu",
+    "cpu_pinned",
+    "outage",
+    "xmpp",
+    "storage",
+    "startup",
+    "web",
+)
+
+
 def run_all(
-    sizes: Sizes, out: Path | None = DEFAULT_OUT, *, log: Callable[[str], None] = print
+    sizes: Sizes,
+    out: Path | None = DEFAULT_OUT,
+    *,
+    log: Callable[[str], None] = print,
+    only: Collection[str] | None = None,
 ) -> dict[str, Any]:
-    """Every benchmark; returns ``{"machine": ..., "figures": ..., "rows": ...}``."""
+    """Every benchmark (or those named in ``only``, of ``STEPS``); returns
+    ``{"machine": ..., "figures": ..., "rows": ...}``."""
+    wanted = set(STEPS if only is None else only)
     machine = describe()
-    figures: dict[str, Any] = {"imports": _timed("imports", bench_imports, log)}
+    figures: dict[str, Any] = {}
+    if "imports" in wanted:
+        figures["imports"] = _timed("imports", bench_imports, log)
     with tempfile.TemporaryDirectory(prefix="duogate-bench-servers-") as tmp:
         broker = Mosquitto(Path(tmp) / "mosquitto")
         broker.start()
         try:
+            core = pinned_core()
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("throughput", lambda: bench_throughput(broker, sizes)),
+                ("throughput_pinned", lambda: bench_throughput(broker, sizes, core)),
                 ("latency", lambda: bench_latency(broker, sizes)),
                 ("cpu", lambda: bench_cpu(broker, sizes)),
+                ("cpu_pinned", lambda: bench_cpu(broker, sizes, core)),
                 ("outage", lambda: bench_outage(broker, sizes)),
                 ("xmpp", lambda: bench_xmpp(Path(tmp), sizes)),
                 ("storage", lambda: bench_storage(broker, Path(tmp), sizes)),
                 ("startup", lambda: bench_startup(broker, sizes)),
             ]
             for name, step in steps:
-                figures[name] = _timed(name, step, log)
+                if name in wanted:
+                    figures[name] = _timed(name, step, log)
         finally:
             broker.kill()
-    figures["web"] = _timed("web", lambda: bench_web(sizes), log)
+    if "web" in wanted:
+        figures["web"] = _timed("web", lambda: bench_web(sizes), log)
     end = " ".join(f"{load:.2f}" for load in os.getloadavg())
     machine[LOAD] += f" at the start, {end} at the end"
     rows = report.rows(figures)
@@ -428,14 +593,24 @@ def sizes_text(sizes: Sizes) -> str:
     return (
         f"{sizes.nodes} joined nodes; throughput {sizes.throughput_rounds} rounds of "
         f"{sizes.throughput_reports} reports; latency {sizes.latency_s:g} s at "
-        f"{sizes.latency_rate:g}/s; CPU {sizes.cpu_s:g} s at {sizes.cpu_rate:g}/s; "
+        f"{sizes.latency_rate:g}/s; CPU "
+        + ", ".join(f"{seconds:g} s at {rate:g}/s" for rate, seconds in sizes.cpu_cases)
+        + "; throughput and CPU also pinned to one core; "
         f"{sizes.leased_nodes} leases and {sizes.buffered_reports} buffered reports; XMPP "
         f"{sizes.xmpp_reports} reports; storage writes "
         + ", ".join(
             f"{seconds:g} s at {rate:g}/s ({fraction:.0%} confirmed)"
             for _, rate, fraction, seconds in sizes.storage_cases
         )
-        + f" with {sizes.storage_nodes} nodes; {sizes.start_runs} starts with"
+        + (
+            ", {:g} s at {:g}/s ({:.0%} confirmed) with the broker down".format(
+                sizes.storage_broker_down[2], *sizes.storage_broker_down[:2]
+            )
+            if sizes.storage_broker_down
+            else ""
+        )
+        + f" with {sizes.storage_nodes} nodes, each case also for {TODAY_COMMIT};"
+        f" {sizes.start_runs} starts with"
         f" {sizes.start_nodes} simulated nodes; idle {sizes.idle_s:g} s with"
         f" {sizes.idle_nodes} joined nodes"
     )
@@ -444,10 +619,22 @@ def sizes_text(sizes: Sizes) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="markdown file to write")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help=f"markdown file to write (default: {DEFAULT_OUT.relative_to(ROOT)}; none with --only)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=STEPS,
+        metavar="NAME",
+        help=f"run only this benchmark (repeatable): {', '.join(STEPS)}",
+    )
     args = parser.parse_args(argv)
     os.chdir(ROOT)
-    outcome = run_all(QUICK if args.quick else FULL, args.out)
+    out = args.out or (None if args.only else DEFAULT_OUT)  # a partial run keeps the page
+    outcome = run_all(QUICK if args.quick else FULL, out, only=args.only)
     failed = [name for name, value in outcome["figures"].items() if isinstance(value, str)]
     return 1 if failed and failed != ["web"] else 0
 

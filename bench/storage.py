@@ -8,6 +8,11 @@ reads ``write_bytes`` of ``/proc/self/io`` (every thread of the process) at the 
 the end of a steady window, and reports the window's wall-clock instants so that
 ``bench.run``, which started this child under strace, counts the sync calls inside it
 (``bench.syscalls``).
+
+With ``broker_down`` the parent stops the broker once the nodes joined (event ``broker_off``)
+and starts it again after the window (event ``broker_on``): no upstream acknowledges a report
+before its ack is due, so every confirmed one waits for a commit, the case where the
+ack-after-commit promise sets the floor.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from bench.child import Channel
-from bench.harness import InterruptPacer
+from bench.harness import BenchError, BenchGateway, InterruptPacer
 from bench.pipeline import TIMEOUT_FLOOR_S, joined_gateway
 
 TAIL_S = 2.0  # frames keep coming this long after the window, so its end is steady too
+DISCONNECT_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +59,23 @@ def spread(fraction: float) -> Callable[[int], bool]:
     return lambda n: int((n + 1) * fraction) > int(n * fraction)
 
 
+async def until_disconnected(gateway: BenchGateway) -> None:
+    deadline = time.monotonic() + DISCONNECT_TIMEOUT_S
+    while gateway.upstream.connected:
+        if time.monotonic() > deadline:
+            raise BenchError("the upstream still looks connected with the broker stopped")
+        await asyncio.sleep(0.01)
+
+
 async def storage_writes(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
     rate, fraction = params["rate"], params["confirmed_fraction"]
     seconds, warmup_s = params["seconds"], params["warmup_s"]
+    broker_down = bool(params.get("broker_down"))
     async with joined_gateway(params["nodes"], mqtt_port=params["mqtt_port"]) as (gateway, fleet):
+        if broker_down:
+            channel.announce("broker_off")
+            await channel.wait_go()
+            await until_disconnected(gateway)
         count = int(rate * (warmup_s + seconds + TAIL_S))
         is_confirmed = spread(fraction)
         frames, confirmed_keys = [], set()
@@ -73,6 +92,9 @@ async def storage_writes(params: dict[str, Any], channel: Channel) -> dict[str, 
         await asyncio.sleep(seconds)
         end, acks_after = mark(), len(gateway.radio.transmitted)
         await pacer.wait()
+        if broker_down:
+            channel.announce("broker_on")
+            await channel.wait_go()
         await gateway.acks.wait_for(len(frames), TIMEOUT_FLOOR_S, gateway.not_stored)
         rx_delay_s = gateway.config.radio.rx_delay_s
         lora_counters = dict(gateway.lora.counters)
@@ -81,6 +103,7 @@ async def storage_writes(params: dict[str, Any], channel: Channel) -> dict[str, 
     return {
         "rate": rate,
         "confirmed_fraction": fraction,
+        "broker_down": broker_down,
         "rx_delay_s": rx_delay_s,
         "window_s": end.mono - start.mono,
         "window_wall": [start.wall, end.wall],
