@@ -300,8 +300,9 @@ def bench_storage(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, A
         "today_unavailable": today if isinstance(today, str) else None,
         "cases": {},
     }
-    for label, rate, confirmed_fraction, seconds in sizes.storage_cases:
-        params = {
+
+    def params_of(rate: float, confirmed_fraction: float, seconds: float) -> dict[str, Any]:
+        return {
             "mqtt_port": broker.port,
             "nodes": sizes.storage_nodes,
             "rate": rate,
@@ -309,6 +310,9 @@ def bench_storage(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, A
             "seconds": seconds,
             "warmup_s": sizes.storage_warmup_s,
         }
+
+    for label, *case_sizes in sizes.storage_cases:
+        params = params_of(*case_sizes)
         case = storage_case(workdir / f"storage-{label}.strace", params, ROOT)
         if isinstance(today, Path):
             try:
@@ -319,16 +323,7 @@ def bench_storage(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, A
                 case["today"] = f"failed: {str(exc).splitlines()[0]}"
         figures["cases"][label] = case
     if sizes.storage_broker_down is not None:
-        rate, confirmed_fraction, seconds = sizes.storage_broker_down
-        params = {
-            "mqtt_port": broker.port,
-            "nodes": sizes.storage_nodes,
-            "rate": rate,
-            "confirmed_fraction": confirmed_fraction,
-            "seconds": seconds,
-            "warmup_s": sizes.storage_warmup_s,
-            "broker_down": True,
-        }
+        params = {**params_of(*sizes.storage_broker_down), "broker_down": True}
 
         def broker_switch(event: str, _data: dict[str, Any]) -> None:
             if event == "broker_off":
