@@ -271,6 +271,27 @@ async def test_outbox_entry_stays_until_puback(
         await upstream.stop()
 
 
+async def test_a_message_larger_than_the_socket_takes_goes_out_whole_once_it_drains(
+    mosquitto: Mosquitto, proxy: TcpProxy
+) -> None:
+    observer = Observer(mosquitto.host, mosquitto.port, [f"{PREFIX}/bulk"])
+    upstream = await started(make_config("127.0.0.1", proxy.port, publish_timeout_s=10.0))
+    try:
+        payload = bytes(range(256)) * 16384  # 4 MiB: far more than a socket buffer holds
+        proxy.flowing.clear()  # the broker side takes nothing for now
+        bulk = asyncio.ensure_future(upstream.extras.publish_raw(f"{PREFIX}/bulk", payload, 1))
+        behind = asyncio.ensure_future(upstream.publish_report(report(1)))
+        await asyncio.sleep(0.3)
+        assert not bulk.done() and not behind.done()
+        proxy.flowing.set()
+        await asyncio.wait_for(asyncio.gather(bulk, behind), TIMEOUT)
+        message = await observer.next(f"{PREFIX}/bulk")
+        assert message.payload == payload
+    finally:
+        await upstream.stop()
+        observer.close()
+
+
 async def test_missing_puback_times_out_as_unavailable(
     mosquitto: Mosquitto, proxy: TcpProxy
 ) -> None:

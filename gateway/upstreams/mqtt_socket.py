@@ -1,7 +1,10 @@
 """paho's socket on the asyncio event loop, with no paho thread (the aiomqtt pattern).
 
-The socket is watched with ``loop.add_reader``/``add_writer`` and ``loop_misc`` runs once a
-second for keepalive. paho may open the socket from the executor thread that runs its blocking
+The socket is watched with ``loop.add_reader`` and ``loop_misc`` runs once a second for
+keepalive. What paho queues for sending is written on the next turn of the loop, every packet
+queued in the turn before at once; only when the socket cannot take it all is it watched for
+writing (``add_writer``) until paho's queue is empty, so a publish costs no registration with
+the selector. paho may open the socket from the executor thread that runs its blocking
 connect; its socket callbacks are then handed to the loop.
 
 Each read notes when the messages it brings reached the gateway (``arrival.ArrivalClock``):
@@ -42,6 +45,8 @@ class LoopSocket:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: int | None = None
         self._watched_fd: int | None = None
+        self._write_due = False  # a write is scheduled for the next turn of the loop
+        self._watching_writable = False
         self._misc: asyncio.Task[None] | None = None
 
     def install(self, client: paho.Client) -> None:
@@ -69,6 +74,7 @@ class LoopSocket:
         self._loop.remove_writer(fd)
         if fd == self._watched_fd:
             self._watched_fd = None
+            self._watching_writable = False
 
     async def close(self) -> None:
         await cancel_and_wait(self._misc)
@@ -90,7 +96,7 @@ class LoopSocket:
         self._in_loop(self.unwatch, sock.fileno())
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
-        self._in_loop(self._watch_writable, sock.fileno())
+        self._in_loop(self._write_soon, sock.fileno())
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         self._in_loop(self._unwatch_writable, sock.fileno())
@@ -98,18 +104,32 @@ class LoopSocket:
     def _watch(self, fd: int) -> None:
         assert self._loop is not None
         self._watched_fd = fd
+        self._watching_writable = False
         self._loop.add_reader(fd, self._readable)
         if self._misc is None or self._misc.done():
             self._misc = self._loop.create_task(self._misc_loop(), name="mqtt-misc")
 
-    def _watch_writable(self, fd: int) -> None:
+    def _write_soon(self, fd: int) -> None:
         assert self._loop is not None
-        if fd == self._watched_fd:
+        if fd == self._watched_fd and not self._write_due and not self._watching_writable:
+            self._write_due = True
+            self._loop.call_soon(self._write_queued, fd)
+
+    def _write_queued(self, fd: int) -> None:
+        self._write_due = False
+        client = self._client
+        assert client is not None and self._loop is not None
+        if fd != self._watched_fd:
+            return  # the connection it was for is gone
+        self._drive(client.loop_write)
+        if fd == self._watched_fd and client.want_write():  # the socket took only part of it
+            self._watching_writable = True
             self._loop.add_writer(fd, self._writable)
 
     def _unwatch_writable(self, fd: int) -> None:
         assert self._loop is not None
-        if fd >= 0:
+        if fd >= 0 and fd == self._watched_fd and self._watching_writable:
+            self._watching_writable = False
             self._loop.remove_writer(fd)
 
     def _readable(self) -> None:
