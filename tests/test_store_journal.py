@@ -112,3 +112,29 @@ async def test_the_last_user_to_close_commits_and_closes(tmp_path: Path) -> None
     assert journal.is_open and rows(tmp_path, "a") == []
     await journal.close()
     assert not journal.is_open and rows(tmp_path, "a") == [7]
+
+
+async def test_a_refused_write_undoes_only_its_own_changes_in_the_shared_commit(
+    tmp_path: Path,
+) -> None:
+    journal = await open_with_tables(tmp_path, "a")
+    writer = TableWriter(journal, "a")
+    journal.register(writer)
+
+    def insert_then_refuse(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO a VALUES (99)")
+        raise KeyError("no such command")
+
+    try:
+        writer.add(1, within_s=60.0)
+        good = asyncio.ensure_future(
+            journal.write(lambda: journal.conn.execute("INSERT INTO a VALUES (2)").rowcount)
+        )
+        bad = asyncio.ensure_future(journal.write(insert_then_refuse, journal.conn))
+        assert await asyncio.wait_for(good, TIMEOUT_S) == 1
+        with pytest.raises(KeyError, match="no such command"):
+            await asyncio.wait_for(bad, TIMEOUT_S)
+        assert rows(tmp_path, "a") == [1, 2]
+        assert journal.commits == 1  # the writer's row, the good write: one transaction
+    finally:
+        await journal.close()

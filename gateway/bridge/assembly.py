@@ -37,6 +37,7 @@ from gateway.model import Command, CommandStatus, DeviceEvent, EventKind, Incomi
 from gateway.protocol import expiry
 from gateway.state import GatewayState
 from gateway.store.commands import CommandStore, CommandStoreError
+from gateway.store.db import StoreError
 from gateway.store.journal import Journal
 from gateway.store.outbox import Outbox, OutboxClosed, OutboxError, UnstorableItem
 from gateway.tasks import TaskSet, cancel_and_wait
@@ -45,7 +46,7 @@ from gateway.upstreams.base import Upstream
 log = logging.getLogger("duogate.bridge")
 
 # A database that failed (disk full, I/O error): logged, retried, never the end of a loop.
-STORE_ERRORS = (OutboxError, CommandStoreError, sqlite3.Error, OSError)
+STORE_ERRORS = (OutboxError, CommandStoreError, StoreError, sqlite3.Error, OSError)
 
 
 class Bridge:
@@ -65,7 +66,9 @@ class Bridge:
     ) -> None:
         """``journal``: the database shared with the LoRa network (default: the outbox's own)."""
         self.config = config
-        self.journal = journal
+        # The outbox and the command store (and the LoRa leases, when given the same journal)
+        # share one database connection and its commits.
+        self.journal = journal if journal is not None else Journal(config.gateway.data_dir)
         self.state = state
         self.upstreams = {upstream.name: upstream for upstream in upstreams}
         self.drivers = drivers if isinstance(drivers, DriverDirectory) else DriverDirectory(drivers)
@@ -99,7 +102,7 @@ class Bridge:
             journal=self.journal,
             on_storage=self._storage_problem,
         )
-        self.commands = await CommandStore.open(config.gateway.data_dir)
+        self.commands = await CommandStore.open(config.gateway.data_dir, journal=self.journal)
         self.results = ResultSender(
             self.upstreams,
             self.commands,

@@ -19,8 +19,9 @@ keeps refusing is given up, not retried forever. After a restart, ``schedule_unp
 makes every final result that was not confirmed published (a first attempt cut short by the
 stop included) due again.
 
-Each operation is one transaction on the store's own worker thread; final states beyond
-``max_states`` are pruned oldest first.
+Each change rides the journal's next commit (``gateway/store/journal.py``), due at once: it
+shares the transaction, and its one disk sync, with whatever else is pending (outbox rows,
+leases). Final states beyond ``max_states`` are pruned oldest first.
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway.model import Command, CommandResult, CommandStatus
-from gateway.store.db import DatabaseWorker
+from gateway.store.db import StoreError
+from gateway.store.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -124,19 +126,29 @@ class CommandStore:
         raise TypeError("use `await CommandStore.open(data_dir)`")
 
     @classmethod
-    async def open(cls, data_dir: Path, *, max_states: int = DEFAULT_MAX_STATES) -> CommandStore:
+    async def open(
+        cls,
+        data_dir: Path,
+        *,
+        max_states: int = DEFAULT_MAX_STATES,
+        journal: Journal | None = None,
+    ) -> CommandStore:
+        """``journal``: share the database and its commits with other stores."""
         self = object.__new__(cls)
         self.max_states = max_states
         self._accepts = 0
         self._closed = False
-        self._db, _ = await DatabaseWorker.open(
-            data_dir,
-            thread_name="commands",
-            error=CommandStoreError,
-            error_prefix="command store database",
-            setup=_create_schema,
-        )
-        self._conn = self._db.conn
+        self._journal = journal if journal is not None else Journal(data_dir)
+        try:
+            await self._journal.open()
+        except StoreError as exc:
+            raise CommandStoreError(f"command store database: {exc}") from None
+        self._conn = self._journal.conn
+        try:
+            await self._run(_create_schema, self._conn)
+        except BaseException:
+            await self._journal.close()
+            raise
         return self
 
     async def accept(self, command: Command, *, now_mono: float, now_wall: float) -> bool:
@@ -159,7 +171,7 @@ class CommandStore:
             None,
             0,
         )
-        inserted = await self._run(self._insert, row)
+        inserted = await self._write_in_commit(self._insert, row)
         if inserted:
             self._accepts += 1
             if self._accepts % _PRUNE_EVERY == 0:
@@ -183,7 +195,9 @@ class CommandStore:
         """
         key = (command.origin, command.device, command.id)
         entry = HistoryEntry(CommandStatus(status), now_wall, detail)
-        return await self._run(self._transition, key, entry, command.deadline - now_mono)
+        return await self._write_in_commit(
+            self._transition, key, entry, command.deadline - now_mono
+        )
 
     async def get(self, origin: str, device: str, command_id: str) -> CommandState | None:
         rows = await self._run(
@@ -225,7 +239,7 @@ class CommandStore:
         self, origin: str, device: str, command_id: str, *, attempts: int, retry_at: float | None
     ) -> None:
         """Record ``attempts`` failed attempts; retry at ``retry_at`` (None: given up)."""
-        await self._run(
+        await self._write_in_commit(
             self._write,
             "UPDATE command_states SET result_attempts = ?, retry_at = ? "
             "WHERE origin = ? AND device = ? AND id = ?",
@@ -234,7 +248,7 @@ class CommandStore:
 
     async def schedule_unpublished(self, *, now_wall: float, max_attempts: int) -> int:
         """At start: make every unpublished final result not given up due now; how many."""
-        return await self._run(
+        return await self._write_in_commit(
             self._write,
             f"UPDATE command_states SET retry_at = ? WHERE {_UNPUBLISHED} AND result_attempts < ?",
             (now_wall, *_OPEN_STATUSES, max_attempts),
@@ -243,7 +257,7 @@ class CommandStore:
     async def mark_result_published(
         self, origin: str, device: str, command_id: str, status: CommandStatus
     ) -> None:
-        await self._run(
+        await self._write_in_commit(
             self._write,
             "UPDATE command_states SET published_status = ?, retry_at = NULL "
             "WHERE origin = ? AND device = ? AND id = ?",
@@ -252,18 +266,31 @@ class CommandStore:
 
     async def prune(self) -> int:
         """Delete the oldest final states beyond ``max_states``; return how many."""
-        return await self._run(self._prune)
+        return await self._write_in_commit(self._prune)
 
     async def close(self) -> None:
         if self._closed:
             return
         self._closed = True
-        await self._db.close()
+        with contextlib.suppress(StoreError):  # the last user's commit: said by its writer
+            await self._journal.close()
 
     async def _run(self, fn: Any, *args: Any) -> Any:
+        """Reads (and the start-up recovery, a transaction of its own)."""
         if self._closed:
             raise CommandStoreError("command store is closed")
-        return await self._db.run(fn, *args)
+        try:
+            return await self._journal.run(fn, *args)
+        except StoreError as exc:
+            raise CommandStoreError(f"command store database: {exc}") from None
+
+    async def _write_in_commit(self, fn: Any, *args: Any) -> Any:
+        if self._closed:
+            raise CommandStoreError("command store is closed")
+        try:
+            return await self._journal.write(fn, *args)
+        except StoreError as exc:
+            raise CommandStoreError(f"command store database: {exc}") from None
 
     # -- worker thread ----------------------------------------------------------------------
 
@@ -275,30 +302,21 @@ class CommandStore:
         return cur.rowcount == 1
 
     def _transition(self, key: tuple[str, str, str], entry: HistoryEntry, remaining: float) -> bool:
-        conn = self._conn
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            row = conn.execute(
-                "SELECT status, history FROM command_states "
-                "WHERE origin = ? AND device = ? AND id = ?",
-                key,
-            ).fetchone()
-            if row is None:
-                raise UnknownCommand(f"no command {key[2]!r} for {key[1]} from {key[0]}")
-            if CommandStatus(row[0]).final:
-                conn.execute("ROLLBACK")
-                return False
-            history = (*_history_from_json(row[1]), entry)
-            conn.execute(
-                "UPDATE command_states SET status = ?, remaining_s = ?, saved_wall = ?, "
-                "history = ? WHERE origin = ? AND device = ? AND id = ?",
-                (entry.status.value, remaining, entry.ts, _history_json(history), *key),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                conn.execute("ROLLBACK")
-            raise
+        """Inside the journal's transaction (``Journal.write``)."""
+        row = self._conn.execute(
+            "SELECT status, history FROM command_states WHERE origin = ? AND device = ? AND id = ?",
+            key,
+        ).fetchone()
+        if row is None:
+            raise UnknownCommand(f"no command {key[2]!r} for {key[1]} from {key[0]}")
+        if CommandStatus(row[0]).final:
+            return False
+        history = (*_history_from_json(row[1]), entry)
+        self._conn.execute(
+            "UPDATE command_states SET status = ?, remaining_s = ?, saved_wall = ?, "
+            "history = ? WHERE origin = ? AND device = ? AND id = ?",
+            (entry.status.value, remaining, entry.ts, _history_json(history), *key),
+        )
         return True
 
     def _recover(self, now_wall: float) -> list[CommandState]:

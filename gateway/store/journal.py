@@ -63,6 +63,7 @@ class Journal:
         self._not_before = 0.0
         self._wake = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
+        self._writes: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]] = []
         self._committer: asyncio.Task[None] | None = None
         self._opening: asyncio.Lock | None = None
 
@@ -100,10 +101,11 @@ class Journal:
                 committer.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await committer
-            for waiter in self._waiters:
+            closed = StoreError("database closed before the commit")
+            for waiter in [*self._waiters, *(future for _, _, future in self._writes)]:
                 if not waiter.done():
-                    waiter.set_exception(StoreError("database closed before the commit"))
-            self._waiters = []
+                    waiter.set_exception(closed)
+            self._waiters, self._writes = [], []
             db, self._db = self._db, None
             if db is not None:
                 await db.close()
@@ -129,6 +131,17 @@ class Journal:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """``fn(*args)`` on the database thread (reads, schema, single statements)."""
         return await self._database().run(fn, *args)
+
+    async def write(self, fn: Callable[..., T], *args: Any, within_s: float = 0.0) -> T:
+        """``fn(*args)`` on the database thread inside the commit due ``within_s`` from now
+        (shared with every other change pending then); its result once that commit is on
+        disk. What ``fn`` raises undoes only its own changes and is raised here; StoreError
+        if the commit failed."""
+        self._database()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._writes.append((fn, args, future))
+        self.due_in(within_s)
+        return await future
 
     def due(self, at: float) -> None:
         """A commit is needed by loop time ``at`` (the earliest request wins)."""
@@ -174,7 +187,10 @@ class Journal:
 
     async def _commit_once(self, loop: asyncio.AbstractEventLoop) -> None:
         waiters, self._waiters = self._waiters, []
+        writes, self._writes = self._writes, []
         work = [(writer, write) for writer in list(self._writers) if (write := writer.take())]
+        if writes:
+            work.append((_QueuedWrites(writes), _QueuedWrites.run_all(writes)))
         if not work:
             _settle(waiters, None)
             return
@@ -205,6 +221,54 @@ def _transaction(conn: sqlite3.Connection, writes: list[Write]) -> list[Any]:
             conn.execute("ROLLBACK")
         raise
     return outcomes
+
+
+class _QueuedWrites:
+    """The ``Journal.write`` calls of one commit, each in a savepoint of its own."""
+
+    def __init__(
+        self, writes: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]]
+    ) -> None:
+        self.futures = [future for _, _, future in writes]
+
+    @staticmethod
+    def run_all(
+        writes: list[tuple[Callable[..., Any], tuple[Any, ...], asyncio.Future[Any]]],
+    ) -> Write:
+        calls = [(fn, args) for fn, args, _ in writes]
+
+        def run(conn: sqlite3.Connection) -> list[tuple[bool, Any]]:
+            outcomes: list[tuple[bool, Any]] = []
+            for fn, args in calls:
+                conn.execute("SAVEPOINT journal_write")
+                try:
+                    outcomes.append((True, fn(*args)))
+                except sqlite3.Error:
+                    raise  # the database itself failed: the whole commit fails
+                except Exception as exc:  # this write refused (e.g. an unknown key)
+                    conn.execute("ROLLBACK TO journal_write")
+                    outcomes.append((False, exc))
+                conn.execute("RELEASE journal_write")
+            return outcomes
+
+        return run
+
+    def take(self) -> Write | None:  # never registered; here to be a JournalWriter
+        return None
+
+    def committed(self, outcome: list[tuple[bool, Any]]) -> None:
+        for future, (ok, value) in zip(self.futures, outcome, strict=True):
+            if future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            else:
+                future.set_exception(value)
+
+    def failed(self, error: StoreError) -> None:
+        for future in self.futures:
+            if not future.done():
+                future.set_exception(StoreError(str(error)))
 
 
 def _settle(waiters: list[asyncio.Future[None]], error: StoreError | None) -> None:
