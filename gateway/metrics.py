@@ -78,6 +78,19 @@ class StateCollector(Collector):
                 "Age of the oldest outbox entry (0 when empty)",
                 outbox.oldest_age_s or 0.0,
             )
+            yield _counter(
+                "duogate_storage_commits",
+                "Database commits, each one disk sync (outbox, command states, leases)",
+                outbox.commits,
+            )
+            yield _counter(
+                "duogate_outbox_rows_written", "Outbox rows written to disk", outbox.rows_written
+            )
+            yield _counter(
+                "duogate_outbox_rows_never_written",
+                "Outbox rows every upstream acknowledged before they were due on disk",
+                outbox.never_written,
+            )
         yield _gauge("duogate_nodes_seen", "Devices seen since start", len(state.nodes))
 
         upstreams = GaugeMetricFamily(

@@ -75,6 +75,9 @@ SignalListener = Callable[[SignalSample], None]
 class OutboxStats:
     depth: int
     oldest_age_s: float | None  # None when the outbox is empty
+    commits: int = 0  # database commits (each one disk sync), for every store
+    rows_written: int = 0  # outbox rows written to disk
+    never_written: int = 0  # outbox rows every upstream took before they were due on disk
 
 
 @dataclass(frozen=True, slots=True)

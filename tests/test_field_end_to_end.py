@@ -146,6 +146,10 @@ async def test_console_and_metrics_on_a_running_gateway(
         assert metric(text, "duogate_upstream_connected", 'upstream="mqtt"') == 1
         assert metric(text, "duogate_commands_total", 'status="executed"') >= 1
         assert metric(text, "duogate_outbox_depth") >= 0
+        # Each report and event was written, or taken by the broker before it was due on disk.
+        written = metric(text, "duogate_outbox_rows_written_total")
+        assert written + metric(text, "duogate_outbox_rows_never_written_total") >= 4
+        assert metric(text, "duogate_storage_commits_total") >= 1  # the leases at the joins
         # Metrics read the same live model as the console: never behind it.
         assert gateway.state.counters.frames_received >= received
 

@@ -53,7 +53,10 @@ class StateFeeds:
 
     def outbox_stats(self) -> OutboxStats:
         oldest = None if self._oldest_ts is None else max(0.0, self._wall() - self._oldest_ts)
-        return OutboxStats(self.outbox.size, oldest)
+        outbox = self.outbox
+        return OutboxStats(
+            outbox.size, oldest, outbox.journal_commits, outbox.rows_written, outbox.never_written
+        )
 
     def duty_cycle(self) -> dict[str, float]:
         for driver in self.drivers:

@@ -68,6 +68,10 @@ def format_status(state: GatewayState) -> str:
     outbox = state.outbox()
     oldest = "" if outbox.oldest_age_s is None else f", oldest {outbox.oldest_age_s:.1f} s"
     lines.append(f"outbox      {outbox.depth} waiting{oldest}")
+    lines.append(
+        f"storage     {outbox.commits} commits, {outbox.rows_written} rows written, "
+        f"{outbox.never_written} taken upstream before due"
+    )
     lines.append(f"radio       {format_radio(state.radio)}")
     lines.append(f"duty cycle  {format_duty_cycle(state.duty_cycle_used())}")
     counters = state.counters

@@ -167,6 +167,7 @@ class Outbox:
         self.dropped: dict[str, int] = {"qos0": 0, "report": 0, "event": 0, "corrupt": 0}
         self.commits = 0
         self.never_written = 0  # rows every upstream took before their commit was due
+        self.rows_written = 0
         self._on_storage = on_storage
         self._journal = journal if journal is not None else Journal(data_dir)
         self._closed = False
@@ -205,6 +206,11 @@ class Outbox:
     def size(self) -> int:
         """Entries waiting for an upstream (on disk or not yet written), for metrics."""
         return self._stored + sum(1 for row in self._queued if row.state is _State.QUEUED)
+
+    @property
+    def journal_commits(self) -> int:
+        """Commits of the database the outbox shares (each one disk sync)."""
+        return self._journal.commits
 
     @property
     def last_id(self) -> int:
@@ -392,6 +398,7 @@ class Outbox:
     def committed(self, outcome: _Written) -> None:
         taken = self._taken
         self.commits += 1
+        self.rows_written += len(taken.rows)
         self._stored = outcome.count
         for row in taken.rows:
             if row.waiter is not None and not row.waiter.done():
