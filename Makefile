@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium
+APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format bench bench-deps soak fuzz install system-deps clean help
@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium; do \
+	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace; do \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
 	done; \
 	if [ -n "$$missing" ]; then \

@@ -38,7 +38,7 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -222,6 +222,33 @@ class Ledger:
             delivered = sum(
                 len({n for n in self._seen.get(device, ()) if n <= top})
                 for device, top in produced.items()
+            )
+            distinct = sum(len(numbers) for numbers in self._seen.values())
+            duplicates = len(self._deliveries) - distinct
+        return sent, delivered, sent - delivered, duplicates
+
+    def holds(self, acked: Mapping[str, Collection[int]]) -> bool:
+        """Whether every one of these reports (device -> report counters) was received."""
+        with self._lock:
+            return all(
+                set(numbers) <= self._seen.get(device, set()) for device, numbers in acked.items()
+            )
+
+    def missing_of(self, acked: Mapping[str, Collection[int]]) -> dict[str, list[int]]:
+        with self._lock:
+            gaps = {
+                device: sorted(set(numbers) - self._seen.get(device, set()))
+                for device, numbers in acked.items()
+            }
+        return {device: numbers for device, numbers in gaps.items() if numbers}
+
+    def tally_of(self, acked: Mapping[str, Collection[int]]) -> tuple[int, int, int, int]:
+        """(sent, delivered, lost, duplicates) for exactly these reports (device -> counters)."""
+        with self._lock:
+            sent = sum(len(set(numbers)) for numbers in acked.values())
+            delivered = sum(
+                len(set(numbers) & self._seen.get(device, set()))
+                for device, numbers in acked.items()
             )
             distinct = sum(len(numbers) for numbers in self._seen.values())
             duplicates = len(self._deliveries) - distinct
@@ -519,6 +546,40 @@ def produced_from_state_files(state_dir: Path) -> Callable[[], dict[str, int]]:
         return counts
 
     return read
+
+
+def acked_from_state_files(state_dir: Path) -> Callable[[], dict[str, set[int]]]:
+    """Reports each node of a world running in another process has seen acknowledged on air,
+    from its node state file: every report it produced (1..report_counter) that no longer
+    waits in its queue (a node removes a report from its queue when an authenticated downlink
+    acks it). A report the node dropped instead (queue full, attempts used up) counts too and
+    shows as lost, as in ``Ledger.tally``."""
+
+    def read() -> dict[str, set[int]]:
+        acked: dict[str, set[int]] = {}
+        for path in sorted(state_dir.glob("node-*.json")):
+            with contextlib.suppress(OSError, ValueError):
+                data = json.loads(path.read_text())
+                waiting = {
+                    uplink["body"].get("counter")
+                    for uplink in data["pending"]
+                    if uplink["kind"] == "report"
+                }
+                produced = range(1, int(data["report_counter"]) + 1)
+                acked[f"lora-{data['eui']}"] = {n for n in produced if n not in waiting}
+        return acked
+
+    return read
+
+
+async def time_to_hold(
+    ledger: Ledger, acked: Mapping[str, Collection[int]], started: float, timeout: float
+) -> float | None:
+    """Seconds from ``started`` until the subscriber holds every report of ``acked``; None when
+    that does not happen within ``timeout``."""
+    if await wait_until(lambda: ledger.holds(acked), timeout):
+        return time.monotonic() - started
+    return None
 
 
 def base_config(
