@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import ipaddress
 import json
@@ -31,7 +32,7 @@ from gateway.model import (
     Report,
 )
 from gateway.store.outbox import Outbox
-from gateway.upstreams.base import UpstreamUnavailable
+from gateway.upstreams.base import UnpublishableItem, UpstreamUnavailable
 from gateway.upstreams.mqtt import MqttSetupError, MqttUpstream
 from tests.servers import Mosquitto
 
@@ -220,6 +221,24 @@ async def test_reports_arrive_in_order_with_qos1(mosquitto: Mosquitto) -> None:
             assert msg.qos == 1
             assert json.loads(msg.payload) == report(n).to_wire()
         assert upstream.stats["published"] >= 41  # 40 reports + the birth message
+    finally:
+        await upstream.stop()
+        observer.close()
+
+
+async def test_a_report_json_cannot_carry_is_refused_and_the_next_one_goes_out(
+    mosquitto: Mosquitto,
+) -> None:
+    observer = Observer(mosquitto.host, mosquitto.port, [f"{PREFIX}/devices/+/report"])
+    upstream = await started(make_config(mosquitto.host, mosquitto.port))
+    try:
+        for data in ({"temperature": float("nan")}, {"readings": {1, 2}}):
+            bad = dataclasses.replace(report(1), data=data)
+            with pytest.raises(UnpublishableItem, match="not plain JSON"):
+                await upstream.publish_report(bad)
+        await upstream.publish_report(report(2))
+        message = await observer.next()
+        assert json.loads(message.payload) == report(2).to_wire()
     finally:
         await upstream.stop()
         observer.close()

@@ -464,9 +464,13 @@ async def _call(callback: Callable[..., Any], *args: Any) -> None:
         await outcome
 
 
+# One encoder for every payload: json.dumps with options builds a new one per call.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def _json(wire: dict[str, Any]) -> bytes:
     try:
-        return json.dumps(wire, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return _ENCODER.encode(wire).encode()
     except (TypeError, ValueError) as exc:
         raise UnpublishableItem(f"not plain JSON: {exc}") from None
 
