@@ -92,15 +92,13 @@ class Lease:
     up_recent: dict[int, bytes] = field(default_factory=dict)  # counter -> tag, oldest first
     dl_next: int = 0
     dl_reserved: int = 0  # durable bound: no downlink counter at or above it was ever used
+    # Named once, not per frame: neither the EUI nor the join nonce of a lease ever changes.
+    device_id: str = field(init=False)
+    session_id: str = field(init=False)  # names the session in report ids: the join nonce
 
-    @property
-    def device_id(self) -> str:
-        return lora_device_id(self.eui)
-
-    @property
-    def session_id(self) -> str:
-        """Names the session in report ids: the gateway's random join nonce."""
-        return self.gw_nonce.hex()
+    def __post_init__(self) -> None:
+        self.device_id = lora_device_id(self.eui)
+        self.session_id = self.gw_nonce.hex()
 
 
 @dataclass(slots=True)
