@@ -100,8 +100,8 @@ class Bridge:
             commit_interval_s=config.outbox.commit_interval_s,
             droppable_kinds=droppable,
             journal=self.journal,
-            on_storage=self._storage_problem,
         )
+        self.journal.watch(self._storage_problem)
         self.commands = await CommandStore.open(config.gateway.data_dir, journal=self.journal)
         self.results = ResultSender(
             self.upstreams,
@@ -247,7 +247,7 @@ class Bridge:
 
     async def _store(self, item: Report | DeviceEvent, safe_within_s: float | None) -> None:
         """Give ``item`` to the outbox (see ``DeviceSink.report``). A failing database makes
-        the gateway ``degraded`` (told by the outbox after each commit); the caller does not
+        the gateway ``degraded`` (told by the journal after each commit); the caller does not
         acknowledge an item that was refused, so its sender keeps it."""
         assert self.outbox is not None, "Bridge.start() first"
         try:

@@ -59,6 +59,7 @@ class Journal:
         self._users = 0
         self._db: DatabaseWorker | None = None
         self._writers: list[JournalWriter] = []
+        self._watchers: list[Callable[[str | None], None]] = []
         self._due: float | None = None
         self._not_before = 0.0
         self._wake = asyncio.Event()
@@ -121,6 +122,10 @@ class Journal:
 
     def register(self, writer: JournalWriter) -> None:
         self._writers.append(writer)
+
+    def watch(self, listener: Callable[[str | None], None]) -> None:
+        """``listener`` hears after each commit: None if it worked, else what went wrong."""
+        self._watchers.append(listener)
 
     def unregister(self, writer: JournalWriter) -> None:
         with contextlib.suppress(ValueError):
@@ -204,11 +209,17 @@ class Journal:
             for writer, _ in work:
                 writer.failed(exc)
             _settle(waiters, exc)
+            self._tell(str(exc))
             return
         self.commits += 1
         for (writer, _), outcome in zip(work, outcomes, strict=True):
             writer.committed(outcome)
         _settle(waiters, None)
+        self._tell(None)
+
+    def _tell(self, problem: str | None) -> None:
+        for listener in self._watchers:
+            listener(problem)
 
 
 def _transaction(conn: sqlite3.Connection, writes: list[Write]) -> list[Any]:

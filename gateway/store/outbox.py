@@ -137,7 +137,6 @@ class Outbox:
         droppable_kinds: Collection[str] = (),
         max_queued_rows: int = DEFAULT_MAX_QUEUED_ROWS,
         journal: Journal | None = None,
-        on_storage: Callable[[str | None], None] | None = None,
     ) -> Outbox:
         """Open the outbox in ``data_dir`` for the enabled ``upstreams`` (e.g. ["mqtt"]).
 
@@ -146,7 +145,6 @@ class Outbox:
         dropped first when the outbox is full. Entries still waiting only for upstreams that
         are no longer enabled are removed (and logged). ``journal``: share the database
         connection and its commits with other stores (by default the outbox has its own).
-        ``on_storage`` hears after each commit: None if it worked, else what went wrong.
         """
         if not upstreams:
             raise ValueError("the outbox needs at least one upstream")
@@ -168,7 +166,6 @@ class Outbox:
         self.commits = 0
         self.never_written = 0  # rows every upstream took before their commit was due
         self.rows_written = 0
-        self._on_storage = on_storage
         self._journal = journal if journal is not None else Journal(data_dir)
         self._closed = False
         self._rows: dict[int, _Row] = {}  # in id order: not yet written, then a cache
@@ -415,8 +412,6 @@ class Outbox:
                     dropped.state = _State.GONE
         self._log_drops(outcome.dropped)
         self._evict_cached()
-        if self._on_storage is not None:
-            self._on_storage(None)
 
     def failed(self, error: StoreError) -> None:
         """Rows something waits for fail (their sender retries); the rest is taken again."""
@@ -448,8 +443,6 @@ class Outbox:
         self._discard |= taken.discard
         if kept or taken.marks or taken.discard:
             self._journal.due_in(self.commit_interval_s)
-        if self._on_storage is not None:
-            self._on_storage(f"outbox: {error}")
 
     def _evict_cached(self) -> None:
         """Keep at most CACHED_STORED_ROWS written rows in memory, dropping the oldest (only
