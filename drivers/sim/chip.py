@@ -24,6 +24,7 @@ What is modelled (datasheet section numbers refer to the SX1276/77/78/79 datashe
 * CAD: after (2^SF + 32) / BW, CadDone (and CadDetected when a receivable frame is on the air).
 * RegIrqFlags: write 1 to clear; RegIrqFlagsMask stops a flag from being set. DIO0 follows
   RegDioMapping1 bits 7-6: 00 RxDone, 01 TxDone, 10 CadDone, 11 nothing.
+* Reset values of every register it stores, LoRa and FSK pages: ``chip_registers``.
 * RegPktRssiValue per datasheet 5.5.5: RSSI = -157 + value (HF port, above 525 MHz; -164 on
   the LF port) when SNR >= 0, and RSSI = -157 + value + SNR when SNR < 0.
 
@@ -44,6 +45,68 @@ from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Literal
 
+from drivers.sim.chip_registers import (
+    ACCESS_SHARED_REG,
+    BANDWIDTH_CODES,
+    CAD,
+    COMMON_DEFAULTS,
+    COMMON_READ_ONLY,
+    FIFO_SIZE,
+    FSK_DEFAULTS,
+    FXOSC_HZ,
+    IRQ_CAD_DETECTED,
+    IRQ_CAD_DONE,
+    IRQ_PAYLOAD_CRC_ERROR,
+    IRQ_RX_DONE,
+    IRQ_RX_TIMEOUT,
+    IRQ_TX_DONE,
+    IRQ_VALID_HEADER,
+    LF_PORT_MAX_HZ,
+    LONG_RANGE_MODE,
+    LORA_DEFAULTS,
+    LORA_READ_ONLY,
+    MODE_MASK,
+    MODEM_CLEAR,
+    MODEM_RECEIVING,
+    PAGED,
+    REG_DIO_MAPPING_1,
+    REG_FIFO,
+    REG_FIFO_ADDR_PTR,
+    REG_FIFO_RX_BASE_ADDR,
+    REG_FIFO_RX_BYTE_ADDR,
+    REG_FIFO_RX_CURRENT_ADDR,
+    REG_FIFO_TX_BASE_ADDR,
+    REG_FRF_LSB,
+    REG_FRF_MID,
+    REG_FRF_MSB,
+    REG_HOP_CHANNEL,
+    REG_IRQ_FLAGS,
+    REG_IRQ_FLAGS_MASK,
+    REG_MAX_PAYLOAD_LENGTH,
+    REG_MODEM_CONFIG_1,
+    REG_MODEM_CONFIG_2,
+    REG_MODEM_CONFIG_3,
+    REG_MODEM_STAT,
+    REG_OP_MODE,
+    REG_PA_CONFIG,
+    REG_PA_DAC,
+    REG_PAYLOAD_LENGTH,
+    REG_PKT_RSSI_VALUE,
+    REG_PKT_SNR_VALUE,
+    REG_PREAMBLE_LSB,
+    REG_PREAMBLE_MSB,
+    REG_RSSI_VALUE,
+    REG_RX_HEADER_CNT_MSB,
+    REG_RX_NB_BYTES,
+    REG_RX_PACKET_CNT_MSB,
+    REG_SYMB_TIMEOUT_LSB,
+    REG_SYNC_WORD,
+    RXCONT,
+    RXSINGLE,
+    SLEEP,
+    STDBY,
+    TX,
+)
 from drivers.sim.medium import AirParams, Frame, Position, RfMedium
 from gateway.protocol.airtime import exact_bandwidth_hz
 
@@ -51,111 +114,7 @@ log = logging.getLogger(__name__)
 
 FailMode = Literal["zeros", "ones", "stuck_dio0"]
 FAIL_MODES: tuple[FailMode, ...] = ("zeros", "ones", "stuck_dio0")
-
-# RegOpMode
-LONG_RANGE_MODE = 0x80
-ACCESS_SHARED_REG = 0x40
-MODE_MASK = 0x07
-SLEEP, STDBY, FSTX, TX, FSRX, RXCONT, RXSINGLE, CAD = range(8)
-
-# Registers (LoRa page)
-REG_FIFO = 0x00
-REG_OP_MODE = 0x01
-REG_FRF_MSB, REG_FRF_MID, REG_FRF_LSB = 0x06, 0x07, 0x08
-REG_PA_CONFIG = 0x09
-REG_FIFO_ADDR_PTR = 0x0D
-REG_FIFO_TX_BASE_ADDR = 0x0E
-REG_FIFO_RX_BASE_ADDR = 0x0F
-REG_FIFO_RX_CURRENT_ADDR = 0x10
-REG_IRQ_FLAGS_MASK = 0x11
-REG_IRQ_FLAGS = 0x12
-REG_RX_NB_BYTES = 0x13
-REG_RX_HEADER_CNT_MSB = 0x14
-REG_RX_PACKET_CNT_MSB = 0x16
-REG_MODEM_STAT = 0x18
-REG_PKT_SNR_VALUE = 0x19
-REG_PKT_RSSI_VALUE = 0x1A
-REG_RSSI_VALUE = 0x1B
-REG_HOP_CHANNEL = 0x1C
-REG_MODEM_CONFIG_1 = 0x1D
-REG_MODEM_CONFIG_2 = 0x1E
-REG_SYMB_TIMEOUT_LSB = 0x1F
-REG_PREAMBLE_MSB = 0x20
-REG_PREAMBLE_LSB = 0x21
-REG_PAYLOAD_LENGTH = 0x22
-REG_MAX_PAYLOAD_LENGTH = 0x23
-REG_FIFO_RX_BYTE_ADDR = 0x25
-REG_MODEM_CONFIG_3 = 0x26
-REG_SYNC_WORD = 0x39
-REG_DIO_MAPPING_1 = 0x40
-REG_DIO_MAPPING_2 = 0x41
-REG_VERSION = 0x42
-REG_PA_DAC = 0x4D
-
-# RegIrqFlags
-IRQ_RX_TIMEOUT = 0x80
-IRQ_RX_DONE = 0x40
-IRQ_PAYLOAD_CRC_ERROR = 0x20
-IRQ_VALID_HEADER = 0x10
-IRQ_TX_DONE = 0x08
-IRQ_CAD_DONE = 0x04
-IRQ_FHSS_CHANGE_CHANNEL = 0x02
-IRQ_CAD_DETECTED = 0x01
-
-# RegModemStat
-MODEM_CLEAR = 0x10
-MODEM_RECEIVING = 0x0F  # header info valid, RX on-going, signal synchronised, signal detected
-
-SILICON_VERSION = 0x12
-FIFO_SIZE = 256
-PAGED = range(0x0D, 0x40)  # LoRa or FSK registers depending on RegOpMode
-
-COMMON_DEFAULTS = {
-    REG_OP_MODE: 0x09,  # FSK/OOK, LowFrequencyModeOn, Standby
-    0x02: 0x1A,
-    0x03: 0x0B,
-    0x04: 0x00,
-    0x05: 0x52,
-    REG_FRF_MSB: 0x6C,  # 434 MHz
-    REG_FRF_MID: 0x80,
-    REG_FRF_LSB: 0x00,
-    REG_PA_CONFIG: 0x4F,
-    0x0A: 0x09,  # RegPaRamp
-    0x0B: 0x2B,  # RegOcp
-    0x0C: 0x20,  # RegLna
-    REG_VERSION: SILICON_VERSION,
-    0x44: 0x2D,  # RegPllHop
-    0x4B: 0x09,  # RegTcxo
-    REG_PA_DAC: 0x84,
-    0x61: 0x13,  # RegAgcRef
-    0x62: 0x0E,
-    0x63: 0x5B,
-    0x64: 0xDB,
-    0x70: 0xD0,  # RegPll
-}
-LORA_DEFAULTS = {
-    REG_FIFO_TX_BASE_ADDR: 0x80,
-    REG_MODEM_STAT: MODEM_CLEAR,
-    REG_MODEM_CONFIG_1: 0x72,  # 125 kHz, 4/5, explicit header
-    REG_MODEM_CONFIG_2: 0x70,  # SF7, CRC off
-    REG_SYMB_TIMEOUT_LSB: 0x64,
-    REG_PREAMBLE_LSB: 0x08,
-    REG_PAYLOAD_LENGTH: 0x01,
-    REG_MAX_PAYLOAD_LENGTH: 0xFF,
-    REG_MODEM_CONFIG_3: 0x04,  # AgcAutoOn
-    0x31: 0xC3,  # RegDetectOptimize
-    0x33: 0x27,  # RegInvertIQ
-    0x37: 0x0A,  # RegDetectionThreshold
-    REG_SYNC_WORD: 0x12,
-    0x3B: 0x1D,  # RegInvertIQ2
-}
-LORA_READ_ONLY = frozenset({0x10, *range(0x13, 0x1D), 0x25, 0x28, 0x29, 0x2A, 0x2C})
-COMMON_READ_ONLY = frozenset({REG_VERSION})
-
-BANDWIDTH_CODES = (7_800, 10_400, 15_600, 20_800, 31_250, 41_700, 62_500, 125_000, 250_000, 500_000)
 DIO0_SOURCES = {0b00: IRQ_RX_DONE, 0b01: IRQ_TX_DONE, 0b10: IRQ_CAD_DONE}
-FXOSC_HZ = 32_000_000
-LF_PORT_MAX_HZ = 525_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -398,6 +357,8 @@ class SimulatedSX127x:
             self._common[address] = value
         for address, value in LORA_DEFAULTS.items():
             self._lora[address] = value
+        for address, value in FSK_DEFAULTS.items():
+            self._fsk[address] = value
 
     def _page(self, address: int) -> bytearray:
         if address in PAGED:
