@@ -53,6 +53,7 @@ BENCHMARKS = {
     "throughput": ("bench.pipeline", "throughput"),
     "latency": ("bench.pipeline", "latency"),
     "cpu": ("bench.pipeline", "cpu_per_report"),
+    "profile": ("bench.pipeline", "profiled"),
     "outage": ("bench.outage", "memory_and_drain"),
     "xmpp": ("bench.xmpp_wire", "xmpp_throughput"),
     "storage": ("bench.storage", "storage_writes"),

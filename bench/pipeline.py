@@ -1,4 +1,5 @@
-"""Radio to PUBACK: throughput against raw paho, latency at 20 frames/s, CPU per report.
+"""Radio to PUBACK: throughput against raw paho, latency at 20 frames/s, CPU per report, and
+the same steady rate and burst again inside windows a profiler samples.
 
 Each function runs in its own child process (``bench.child``) against the mosquitto that
 ``bench.run`` started; see docs/PERFORMANCE.md for what exactly each figure measures.
@@ -8,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import os
 import statistics
 import tempfile
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -172,39 +174,90 @@ async def latency(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
     return figures
 
 
+async def steady_case(
+    gateway: BenchGateway, fleet: NodeFleet, rate: float, seconds: float, idle_cpu_per_s: float
+) -> dict[str, Any]:
+    """A thread hands ``rate * seconds`` frames over at ``rate`` as a DIO0 handler does;
+    process CPU time (all threads) from the first frame to the last PUBACK, per report."""
+    frames = frames_with_keys(fleet, int(rate * seconds))
+    acked_before = gateway.acks.count
+    pacer = InterruptPacer(gateway.radio, frames, rate)
+    cpu0, start = cpu_seconds(), time.monotonic()
+    pacer.start()
+    await pacer.wait()
+    await gateway.acks.wait_for(acked_before + len(frames), TIMEOUT_FLOOR_S, gateway.not_stored)
+    cpu, wall = cpu_seconds() - cpu0, gateway.acks.last - start
+    count = len(frames)
+    return {
+        "rate": rate,
+        "reports": count,
+        "seconds": wall,
+        "cpu_us_per_report": cpu / count * 1e6,
+        "cpu_us_per_report_above_idle": (cpu - idle_cpu_per_s * wall) / count * 1e6,
+        "late_frames": pacer.late,
+    }
+
+
+async def idle_cpu_per_s(idle_s: float) -> float:
+    cpu0 = cpu_seconds()
+    await asyncio.sleep(idle_s)
+    return (cpu_seconds() - cpu0) / idle_s
+
+
 async def cpu_per_report(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
     """Process CPU time (all threads) over a run at a steady rate, divided by the reports; one
     run per ``(rate, seconds)`` of ``params["cases"]``, one after the other in the same gateway,
     each after the previous one's reports were all acknowledged and the outbox drained."""
-    idle_s = params["idle_s"]
     cases: dict[str, Any] = {}
     async with joined_gateway(params["nodes"], mqtt_port=params["mqtt_port"]) as (gateway, fleet):
-        cpu0 = cpu_seconds()
-        await asyncio.sleep(idle_s)
-        idle_cpu_per_s = (cpu_seconds() - cpu0) / idle_s
+        idle = await idle_cpu_per_s(params["idle_s"])
         for rate, seconds in params["cases"]:
-            frames = frames_with_keys(fleet, int(rate * seconds))
-            acked_before = gateway.acks.count
-            pacer = InterruptPacer(gateway.radio, frames, rate)
-            cpu0, start = cpu_seconds(), time.monotonic()
-            pacer.start()
-            await pacer.wait()
-            await gateway.acks.wait_for(
-                acked_before + len(frames), TIMEOUT_FLOOR_S, gateway.not_stored
-            )
-            cpu, wall = cpu_seconds() - cpu0, gateway.acks.last - start
-            count = len(frames)
-            cases[f"{rate:g}"] = {
-                "rate": rate,
-                "reports": count,
-                "seconds": wall,
-                "cpu_us_per_report": cpu / count * 1e6,
-                "cpu_us_per_report_above_idle": (cpu - idle_cpu_per_s * wall) / count * 1e6,
-                "late_frames": pacer.late,
-            }
+            cases[f"{rate:g}"] = await steady_case(gateway, fleet, rate, seconds, idle)
             await gateway.wait_drained()
     return {
-        "idle_cpu_ms_per_s": idle_cpu_per_s * 1000,
+        "idle_cpu_ms_per_s": idle * 1000,
         "cpus_allowed": sorted(os.sched_getaffinity(0)),
         "cases": cases,
     }
+
+
+async def profiled(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
+    """The P4 steady rate, then a P1 burst, in one gateway, each inside a window the parent
+    samples with a profiler (events ``profile_start`` and ``profile_stop`` around it, with
+    this process's id); the figures of each window as the unprofiled benchmarks give them."""
+    allow_any_tracer()
+    figures: dict[str, Any] = {"cpus_allowed": sorted(os.sched_getaffinity(0))}
+    async with joined_gateway(params["nodes"], mqtt_port=params["mqtt_port"]) as (gateway, fleet):
+        await inject_burst(gateway, frames_of(fleet, params["nodes"], 0))  # warm-up, as P1
+        await gateway.wait_drained()
+        idle = await idle_cpu_per_s(params["idle_s"])
+        figures["idle_cpu_ms_per_s"] = idle * 1000
+
+        async def window(phase: str, run: Awaitable[dict[str, Any]]) -> dict[str, Any]:
+            channel.announce("profile_start", {"phase": phase, "pid": os.getpid()})
+            await channel.wait_go()
+            try:
+                return await run
+            finally:
+                channel.announce("profile_stop", {"phase": phase})
+                await channel.wait_go()
+
+        rate, seconds = params["steady"]
+        figures["steady"] = await window("steady", steady_case(gateway, fleet, rate, seconds, idle))
+        await gateway.wait_drained()
+        frames = frames_of(fleet, params["burst_reports"], params["nodes"])
+        figures["burst"] = await window("burst", inject_burst(gateway, frames))
+        await gateway.wait_drained()
+    return figures
+
+
+PR_SET_PTRACER = 0x59616D61  # linux/prctl.h
+PR_SET_PTRACER_ANY = -1
+
+
+def allow_any_tracer() -> None:
+    """Let a profiler that is not this process's ancestor read it where the Yama module
+    restricts that to ancestors (ptrace_scope 1, e.g. Ubuntu); harmless elsewhere."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PTRACER, ctypes.c_ulong(PR_SET_PTRACER_ANY), 0, 0, 0)

@@ -250,7 +250,155 @@ def rows(figures: dict[str, Any]) -> list[Row]:
     out += _guarded(figures, "web", "Web page weight and extra memory", "-", web)
     out += _guarded(figures, "storage", "P7 storage writes", "<= 0.1 syncs/report", storage_rows)
     out += _guarded(figures, "startup", "P8 start-up and idle CPU", "-", startup_rows)
-    return out
+    out += _guarded(figures, "profile", "Profiles of P1 and P4 (py-spy)", "-", profile_rows)
+    return [_pointing_to_profile(row, figures.get("profile")) for row in out]
+
+
+# ------------------------------------------------------------------------------ profiles
+
+PROFILES_HEADING = "Profiles: where the CPU goes"
+# the profile child's windows: the P4 steady rate, then a P1 burst
+PROFILE_PHASES = ("steady", "burst")
+
+
+def _profile_title(phase: str, window: dict[str, Any]) -> str:
+    if phase == "steady":
+        return f"P4 CPU per report at {window['rate']:g} reports/s"
+    return f"P1 throughput burst of {window['reports']} reports"
+
+
+def _pointing_to_profile(row: Row, profile: Any) -> Row:
+    """A missed P1 or P4 goal that the profile step explains says where to look."""
+    if not isinstance(profile, dict) or not row.verdict.startswith("MISSED"):
+        return row
+    steady = profile.get("steady")
+    explained = row.figure.startswith("P1 pipeline throughput") or (
+        isinstance(steady, dict)
+        and row.figure.startswith(f"P4 CPU time per report at {steady['rate']:g} reports/s")
+    )
+    if not explained:
+        return row
+    return Row(row.figure, row.measured, row.goal, f"{row.verdict}; see {PROFILES_HEADING}")
+
+
+def _share(count: int, total: int) -> str:
+    return f"{count / total:.0%}" if total else "-"
+
+
+def profile_rows(f: dict[str, Any]) -> list[Row]:
+    found = []
+    for phase in PROFILE_PHASES:
+        window = f[phase]
+        profile = window["profile"]
+        total = profile["samples"]
+        areas = ", ".join(f"{area} {_share(n, total)}" for area, n in profile["areas"][:5])
+        found.append(
+            Row(
+                f"Profile of the {_profile_title(phase, window)} (py-spy, own time by area)",
+                f"{areas} ({total} samples; {window['cpu_us_per_report']:.0f} us CPU per"
+                " report under the profiler)",
+                "-",
+                "-",
+            )
+        )
+    return found
+
+
+def _goal_text(phase: str, figures: dict[str, Any]) -> str:
+    """The goal the profile explains and its verdict in the same run, if it was measured."""
+    if phase == "steady":
+        rate = figures["profile"]["steady"]["rate"]
+        cpu = figures.get("cpu")
+        case = cpu.get("cases", {}).get(f"{rate:g}") if isinstance(cpu, dict) else None
+        goal = f"goal <= {CPU_GOAL_US:g} us"
+        if case is None:
+            return f"{goal}; P4 at {rate:g} reports/s not measured in this run"
+        measured = case["cpu_us_per_report"]
+        return f"{goal}; P4 in this run: {measured:.0f} us, {at_most(measured, CPU_GOAL_US, 'us')}"
+    goal = f"goal >= {THROUGHPUT_GOAL}x raw paho"
+    throughput = figures.get("throughput")
+    if not isinstance(throughput, dict):
+        return f"{goal}; P1 not measured in this run"
+    ratio = throughput["rate"] / throughput["baseline_rate"]
+    return (
+        f"{goal}; P1 in this run: {ratio:.2f}x, {at_least(ratio, THROUGHPUT_GOAL)};"
+        f" {throughput['cpu_us_per_report']:.0f} us CPU per report against raw paho's"
+        f" {throughput['baseline_cpu_us_per_message']:.0f} us per message"
+    )
+
+
+def profiles_markdown(figures: dict[str, Any]) -> list[str]:
+    """The profile step's section of the page: per profiled window, CPU by thread and by
+    area, and the top functions by own time and by time inside them."""
+    found = figures.get("profile")
+    lines = [f"## {PROFILES_HEADING}", ""]
+    if not isinstance(found, dict):
+        return [*lines, f"Not measured: {found or 'the profile step did not run'}.", ""]
+    lines += [
+        "The P4 steady rate and a P1 burst run once more in one gateway (`python -m bench.run",
+        "--only profile`), each window sampled from outside by py-spy; how, and what a share",
+        "means, is under *Profiles* in the method below. *Per report* is the share times the",
+        "CPU time per report of the profiled window.",
+        "",
+    ]
+    for phase in PROFILE_PHASES:
+        window = found[phase]
+        profile = window["profile"]
+        total, whole = profile["samples"], profile["whole"]
+        cpu_us = window["cpu_us_per_report"]
+        cpu_s = cpu_us * window["reports"] / 1e6
+        errors = profile["errors"]
+
+        def per_report(count: int, base: int, cpu_us: float = cpu_us) -> str:
+            return f"{count / base * cpu_us:.0f}" if base else "-"
+
+        lines += [
+            f"### {_profile_title(phase, window)}",
+            "",
+            f"{_goal_text(phase, figures)}.",
+            "",
+            f"Profiled window: {window['reports']} reports in {window['seconds']:.1f} s"
+            f" ({window['rate']:.0f}/s), {cpu_us:.0f} us CPU per report (process CPU time"
+            f" {cpu_s:.2f} s). py-spy: {total} samples of running threads at"
+            f" {profile['hz']}/s ({total / profile['hz']:.2f} s of thread time),"
+            f" {'unknown' if errors is None else errors} samples lost to read errors, {whole}"
+            " stacks read whole.",
+            "",
+            "By thread: "
+            + ", ".join(f"{name} {_share(n, total)}" for name, n in profile["threads"])
+            + ".",
+            "",
+            "| area (own time) | share | us per report |",
+            "|---|---|---|",
+        ]
+        lines += [
+            f"| {_md(area)} | {_share(n, total)} | {per_report(n, total)} |"
+            for area, n in profile["areas"]
+        ]
+        lines += [
+            "",
+            "| top functions by own time | file | area | share | us per report | hottest line |",
+            "|---|---|---|---|---|---|",
+        ]
+        for function, file, area, n, line, line_n in profile["own"]:
+            hottest = "-" if line is None else f"{line} ({_share(line_n, n)} of it)"
+            lines.append(
+                f"| `{_md(function)}` | {_md(file)} | {_md(area)} | {_share(n, total)}"
+                f" | {per_report(n, total)} | {hottest} |"
+            )
+        lines += [
+            "",
+            "| top functions by time inside (own and callees) | file | area | share"
+            " | us per report |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| `{_md(function)}` | {_md(file)} | {_md(area)} | {_share(n, whole)}"
+            f" | {per_report(n, whole)} |"
+            for function, file, area, n in profile["cumulative"]
+        ]
+        lines.append("")
+    return lines
 
 
 def pinned_text(f: dict[str, Any], baseline: str | None) -> str:
@@ -455,7 +603,7 @@ def markdown(machine: dict[str, str], sizes: str, found: list[Row], figures: dic
     lines += [
         f"| {_md(r.figure)} | {_md(r.measured)} | {_md(r.goal)} | {_md(r.verdict)} |" for r in found
     ]
-    lines += ["", *METHOD.strip("\n").splitlines(), ""]
+    lines += ["", *profiles_markdown(figures), *METHOD.strip("\n").splitlines(), ""]
     return "\n".join(lines)
 
 
@@ -563,13 +711,41 @@ P-numbers are those of issue 16.
   injecting radio, 100 nodes joined through the real join path and their events delivered,
   then process CPU time (user + system, all threads) over a quiet spell with nothing but
   the MQTT keepalives and the gateway's own timers.
+* **Profiles (P1, P4).** The profile step (`bench.child profile`) starts the gateway of the
+  throughput benchmark (1,000 joined nodes), warms it up as P1 does, then runs the P4 steady
+  rate (the DIO0 thread at 200 frames/s for 12 s) and a P1 burst of 20,000 reports, one
+  after the other in the same process. Around each window the child sends the parent its
+  process id, and the parent runs `py-spy record --pid PID --rate 1000 --nonblocking
+  --threads --format raw` for exactly that window (stopped with SIGINT; `make bench`
+  installs py-spy with the test dependencies). At each sample py-spy keeps only the threads
+  that are running, not those waiting on a lock, a socket, a timer or the disk, so a
+  thread's samples measure its CPU time, system calls and C code included (SQLite, socket
+  sends, OpenSSL), counted to the Python function that called them. `--nonblocking`:
+  py-spy's default stops the process at each sample, which wakes every waiting thread so
+  they all count as running; unstopped, a stack read while it changes can come out cut
+  short or mixed up, so *own time* (the innermost frame, read first) counts every sample and
+  *time inside* a function only the stacks read down to their thread's entry point. Frames
+  in 95% or more of their thread's samples (thread start, the event loop's run) are left out
+  of that list: the thread line carries them. An *area* is that of the innermost frame's
+  file: SQLite and journal (`gateway/store/`), paho and MQTT upstream (`paho/`,
+  `gateway/upstreams/mqtt*`), crypto (`cryptography/`, `gateway/protocol/crypto.py`), JSON
+  (`json/`), radio driver (`drivers/` and the benchmark's DIO0 stand-in thread), asyncio
+  loop (`asyncio/`, `selectors.py`: the epoll calls and wake-ups), threads, locks, queues,
+  logging, gateway core (the rest of `gateway/`), benchmark instrumentation (`bench/`).
+  Shares are of the samples; the samples' thread time and the process CPU time
+  (`getrusage`) are shown side by side and differ (a thread just woken counts as running
+  while the kernel still switches to it; a sample lost to a read error counts for nothing),
+  and *us per report* scales a share to the `getrusage` figure. py-spy runs on the other
+  core and never stops the child, but reading its memory a thousand times a second costs it
+  some cache: compare the window's CPU per report with the unprofiled P1 and P4 rows.
 * **Units.** MB is 2^20 bytes, us is microseconds, B is bytes.
 * **Web page.** `bench/web_weight.py`: bytes of the page's files and the daemon's extra
   resident memory with the web server idle and with the page open.
 
-## Profiling
+## Profiling by hand
 
-Run one benchmark by itself under a profiler, e.g.
+`python -m bench.run --only profile --out /tmp/perf.md` writes the profiles above alone.
+To look at one benchmark in a profiler's own views, run it by itself, e.g.
 
     .venv/bin/py-spy record --threads -f speedscope -o profile.json -- \\
         .venv/bin/python -m bench.child throughput \\

@@ -3,6 +3,7 @@
     python -m bench.run                 # full sizes (about 12 minutes on 2 cores)
     python -m bench.run --quick --out /tmp/perf.md   # tiny sizes, a smoke run
     python -m bench.run --only storage --out /tmp/perf.md   # some benchmarks only
+    python -m bench.run --only profile --out /tmp/perf.md   # where the CPU goes (P1, P4)
 
 One mosquitto serves every MQTT figure (and the raw paho baseline) of a run; each benchmark
 runs in a fresh child process (``bench.child``). A benchmark that fails leaves a row saying
@@ -13,7 +14,8 @@ process pinned to one core (``taskset -c N``; the raw paho baseline's thread pin
 same core), which is closer to a Raspberry Pi. The storage writes (P7) run twice per case:
 the working tree, and today's behaviour, the benchmark child of commit ``TODAY_COMMIT``
 unpacked from this repository (``git archive``) into a temporary directory and run with the
-same interpreter.
+same interpreter. The profile step runs the P4 steady rate and a P1 burst once more, each
+sampled by py-spy from outside (``bench.profiling``), and writes where the CPU went.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from typing import Any
 
 from bench import report
 from bench.machine import describe
+from bench.profiling import ProfilerFailed, Sampler, py_spy
 from bench.rawpaho import raw_paho_rate
 from bench.startup import time_to_ready
 from bench.syscalls import count_in_window, strace_prefix
@@ -83,6 +86,12 @@ class Sizes:
     start_runs: int = 5
     idle_nodes: int = 100
     idle_s: float = 20.0
+    # The profiled windows: P4's steady rate (reports/s, seconds) and a P1 burst (reports),
+    # sampled this many times a second.
+    profile_steady: tuple[float, float] = (200.0, 12.0)
+    profile_burst_reports: int = 20_000
+    profile_idle_s: float = 2.0
+    profile_hz: int = 1000
 
 
 FULL = Sizes()
@@ -107,6 +116,9 @@ QUICK = Sizes(
     start_runs=1,
     idle_nodes=5,
     idle_s=1.0,
+    profile_steady=(100.0, 1.0),
+    profile_burst_reports=300,
+    profile_idle_s=0.2,
 )
 
 
@@ -267,6 +279,45 @@ def bench_cpu(broker: Mosquitto, sizes: Sizes, core: int | None = None) -> dict[
         prefix=None if core is None else pin_prefix(core),
     )
     figures["pinned_core"] = core
+    return figures
+
+
+def bench_profile(broker: Mosquitto, workdir: Path, sizes: Sizes) -> dict[str, Any]:
+    """The P4 steady rate and a P1 burst in one child, each window sampled by py-spy."""
+    executable = py_spy()
+    if executable is None:
+        raise ChildFailed("py-spy not installed (`make bench` installs it: pip install py-spy)")
+    samplers: dict[str, Sampler] = {}
+    profiles: dict[str, dict[str, Any]] = {}
+
+    def on_event(event: str, data: dict[str, Any]) -> None:
+        phase = data["phase"]
+        if event == "profile_start":
+            sampler = Sampler(executable, workdir / f"profile-{phase}.raw", sizes.profile_hz)
+            samplers[phase] = sampler
+            sampler.start(data["pid"])
+        elif event == "profile_stop":
+            profiles[phase] = samplers.pop(phase).stop().as_dict()
+
+    try:
+        figures = run_child(
+            "profile",
+            {
+                "mqtt_port": broker.port,
+                "nodes": sizes.nodes,
+                "steady": list(sizes.profile_steady),
+                "burst_reports": sizes.profile_burst_reports,
+                "idle_s": sizes.profile_idle_s,
+            },
+            on_event,
+        )
+    except ProfilerFailed as exc:
+        raise ChildFailed(str(exc)) from None
+    finally:
+        for sampler in samplers.values():
+            sampler.kill()
+    for phase, profile in profiles.items():
+        figures[phase]["profile"] = profile
     return figures
 
 
@@ -516,6 +567,7 @@ STEPS = (
     "latency",
     "cpu",
     "cpu_pinned",
+    "profile",
     "outage",
     "xmpp",
     "storage",
@@ -549,6 +601,7 @@ def run_all(
                 ("latency", lambda: bench_latency(broker, sizes)),
                 ("cpu", lambda: bench_cpu(broker, sizes)),
                 ("cpu_pinned", lambda: bench_cpu(broker, sizes, core)),
+                ("profile", lambda: bench_profile(broker, Path(tmp), sizes)),
                 ("outage", lambda: bench_outage(broker, sizes)),
                 ("xmpp", lambda: bench_xmpp(Path(tmp), sizes)),
                 ("storage", lambda: bench_storage(broker, Path(tmp), sizes)),
@@ -590,7 +643,9 @@ def sizes_text(sizes: Sizes) -> str:
         f"{sizes.throughput_reports} reports; latency {sizes.latency_s:g} s at "
         f"{sizes.latency_rate:g}/s; CPU "
         + ", ".join(f"{seconds:g} s at {rate:g}/s" for rate, seconds in sizes.cpu_cases)
-        + "; throughput and CPU also pinned to one core; "
+        + "; throughput and CPU also pinned to one core; profiled: "
+        f"{sizes.profile_steady[1]:g} s at {sizes.profile_steady[0]:g}/s and a burst of"
+        f" {sizes.profile_burst_reports} reports, py-spy at {sizes.profile_hz} samples/s; "
         f"{sizes.leased_nodes} leases and {sizes.buffered_reports} buffered reports; XMPP "
         f"{sizes.xmpp_reports} reports; storage writes "
         + ", ".join(

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.profiling import summarize
 from bench.run import QUICK, pinned_core, run_all
 from bench.syscalls import count_in_window, strace_prefix
 
@@ -25,8 +26,8 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     out = tmp_path / "PERFORMANCE.md"
     outcome = run_all(QUICK, out, log=lambda _line: None)
     figures = outcome["figures"]
-    names = ("throughput", "throughput_pinned", "latency", "cpu", "cpu_pinned", "outage")
-    for name in (*names, "xmpp", "storage", "startup"):
+    names = ("throughput", "throughput_pinned", "latency", "cpu", "cpu_pinned", "profile")
+    for name in (*names, "outage", "xmpp", "storage", "startup"):
         assert isinstance(figures[name], dict), f"{name}: {figures[name]}"
 
     for name in ("throughput", "throughput_pinned"):
@@ -49,6 +50,19 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
         for (rate, seconds), case in zip(QUICK.cpu_cases, cases.values(), strict=True):
             assert case["reports"] == int(rate * seconds) and case["cpu_us_per_report"] > 0
     assert figures["cpu_pinned"]["cpus_allowed"] == [pinned_core()]
+
+    profile = figures["profile"]
+    rate, seconds = QUICK.profile_steady
+    assert profile["steady"]["reports"] == int(rate * seconds)
+    assert profile["burst"]["reports"] == QUICK.profile_burst_reports
+    for window in (profile["steady"], profile["burst"]):
+        samples = window["profile"]
+        assert samples["samples"] > 0 and 0 < samples["whole"] <= samples["samples"]
+        assert sum(count for _, count in samples["areas"]) == samples["samples"]
+        assert sum(count for _, count in samples["threads"]) == samples["samples"]
+        assert "MainThread" in dict(samples["threads"])  # the event loop runs the gateway
+        own = [count for *_, count, _line, _line_count in samples["own"]]
+        assert own and own == sorted(own, reverse=True)
 
     outage = figures["outage"]
     assert outage["events"] >= QUICK.leased_nodes
@@ -91,6 +105,8 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert len(measured) >= 8, outcome["rows"]
     assert any(row.figure.startswith("P7") for row in measured), outcome["rows"]
     assert any(row.figure.startswith("P8") for row in measured), outcome["rows"]
+    assert "## Profiles: where the CPU goes" in text
+    assert "| top functions by own time |" in text and "| area (own time) |" in text
 
 
 TRACED_WRITER = """
@@ -124,3 +140,49 @@ def test_sync_calls_are_counted_inside_the_window_only(tmp_path: Path) -> None:
     counts = count_in_window(trace.read_text(), start, end)
     assert counts.calls == {"fdatasync": 3, "fsync": 1, "pwrite64": 3}
     assert counts.syncs == 4 and counts.pwrite_bytes == 300
+
+
+MAIN = (
+    "thread (101): MainThread;_run_module_as_main (<frozen runpy>:198);"
+    "BaseEventLoop.run_forever (asyncio/base_events.py:607);Handle._run (asyncio/events.py:80)"
+)
+JOURNAL = (
+    "thread (102): journal_0;Thread._bootstrap (threading.py:1002);"
+    "_transaction (gateway/store/journal.py:229)"
+)
+RAW_SAMPLES = [
+    f"{MAIN};_sock_send (paho/mqtt/client.py:1102) 5",
+    f"{MAIN};_sock_send (paho/mqtt/client.py:1103) 1",
+    f"{MAIN};dumps (json/__init__.py:231) 2",
+    "thread (101): MainThread;_run_module_as_main (<frozen runpy>:198);"
+    "BaseEventLoop.run_forever (asyncio/base_events.py:607);"
+    "EpollSelector.select (selectors.py:468) 2",
+    # read while it changed: cut short, its innermost frame still counts for own time
+    "thread (101): MainThread;_check (gateway/protocol/frames.py:259) 1",
+    f"{JOURNAL} 3",
+    "thread (103): journal_1;Thread._bootstrap (threading.py:1002);"
+    "_transaction (gateway/store/journal.py:230) 1",
+]
+
+
+def test_profile_summary_counts_own_time_areas_and_time_inside() -> None:
+    profile = summarize(RAW_SAMPLES, hz=1000)
+    assert profile.samples == 15 and profile.whole == 14
+    assert profile.threads == [("MainThread", 11), ("journal", 4)]  # executor workers as one
+    assert dict(profile.areas) == {
+        "paho and MQTT upstream": 6,
+        "SQLite and journal": 4,
+        "JSON": 2,
+        "asyncio loop": 2,
+        "gateway core": 1,
+    }
+    sock_send = profile.own[0]
+    assert sock_send == ("_sock_send", "paho/mqtt/client.py", "paho and MQTT upstream", 6, 1102, 5)
+    inside = {(function, count) for function, _file, _area, count in profile.cumulative}
+    # run_forever and the thread starts are in every whole stack of their threads: left out
+    assert inside == {
+        ("Handle._run", 8),
+        ("_sock_send", 6),
+        ("dumps", 2),
+        ("EpollSelector.select", 2),
+    }
