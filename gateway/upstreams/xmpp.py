@@ -450,7 +450,10 @@ class XmppUpstream:
             if self._stream_management:
                 self._request_ack_soon()
                 waiting = [self._pending_acks[i] for i in stanza_ids]
-                await asyncio.wait_for(asyncio.gather(*waiting), self._ack_timeout_s)
+                # asyncio.timeout over the one future of the usual single subscriber: a
+                # wait_for around a gather costs about 5 us more per report.
+                async with asyncio.timeout(self._ack_timeout_s):
+                    await (waiting[0] if len(waiting) == 1 else asyncio.gather(*waiting))
             else:
                 await self._ping_barrier(client, lost)
         except TimeoutError:
