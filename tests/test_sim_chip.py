@@ -238,6 +238,7 @@ async def test_transmission_follows_the_modem_registers(chip_and_edges):
     write(chip, 0x20, 0, 12)
     write(chip, 0x09, 0x8F)  # PA_BOOST, OutputPower 15
     write(chip, 0x4D, 0x87)  # +20 dBm
+    write(chip, 0x0B, 0x31)  # RegOcp: OcpOn, 140 mA, enough for +20 dBm
     write(chip, 0x0E, 0x10)  # TX base
     write(chip, REG_FIFO_ADDR_PTR, 0x10)
     write(chip, 0x00, *b"abc")
@@ -397,6 +398,8 @@ async def test_reset_restores_defaults_and_clears_faults(chip_and_edges):
     chip.fail_mode = "ones"
     chip.reset()
     assert chip.fail_mode is None
+    assert read1(chip, REG_OP_MODE) == 0x00  # not answering yet: 5 ms after the reset pulse
+    await asyncio.sleep(0.006)
     assert read1(chip, REG_OP_MODE) == FSK_STANDBY
     assert not chip.dio0
     assert edges == [True, False]

@@ -51,9 +51,12 @@ from drivers.sim.chip_registers import (
     CAD,
     COMMON_DEFAULTS,
     COMMON_READ_ONLY,
+    DIO_LINES,
+    DIO_SOURCES,
     FIFO_SIZE,
     FSK_DEFAULTS,
     FXOSC_HZ,
+    HEADER_SYMBOLS,
     IRQ_CAD_DETECTED,
     IRQ_CAD_DONE,
     IRQ_PAYLOAD_CRC_ERROR,
@@ -65,11 +68,16 @@ from drivers.sim.chip_registers import (
     LONG_RANGE_MODE,
     LORA_DEFAULTS,
     LORA_READ_ONLY,
+    MANUAL_RESET_S,
     MODE_MASK,
     MODEM_CLEAR,
+    MODEM_HEADER_VALID,
     MODEM_RECEIVING,
+    NOT_MODELLED,
     PAGED,
+    PREAMBLE_EXTRA_SYMBOLS,
     REG_DIO_MAPPING_1,
+    REG_DIO_MAPPING_2,
     REG_FIFO,
     REG_FIFO_ADDR_PTR,
     REG_FIFO_RX_BASE_ADDR,
@@ -80,6 +88,7 @@ from drivers.sim.chip_registers import (
     REG_FRF_MID,
     REG_FRF_MSB,
     REG_HOP_CHANNEL,
+    REG_HOP_PERIOD,
     REG_IRQ_FLAGS,
     REG_IRQ_FLAGS_MASK,
     REG_MAX_PAYLOAD_LENGTH,
@@ -87,6 +96,7 @@ from drivers.sim.chip_registers import (
     REG_MODEM_CONFIG_2,
     REG_MODEM_CONFIG_3,
     REG_MODEM_STAT,
+    REG_OCP,
     REG_OP_MODE,
     REG_PA_CONFIG,
     REG_PA_DAC,
@@ -106,6 +116,10 @@ from drivers.sim.chip_registers import (
     SLEEP,
     STDBY,
     TX,
+    dio_mapping,
+    ocp_limit_ma,
+    pa_boost_current_ma,
+    pa_boost_power_at_current,
 )
 from drivers.sim.medium import AirParams, Frame, Position, RfMedium
 from gateway.protocol.airtime import exact_bandwidth_hz
@@ -114,7 +128,6 @@ log = logging.getLogger(__name__)
 
 FailMode = Literal["zeros", "ones", "stuck_dio0"]
 FAIL_MODES: tuple[FailMode, ...] = ("zeros", "ones", "stuck_dio0")
-DIO0_SOURCES = {0b00: IRQ_RX_DONE, 0b01: IRQ_TX_DONE, 0b10: IRQ_CAD_DONE}
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +150,10 @@ class ChipStats:
     rx_packets: int = 0
     rx_dropped_too_long: int = 0
     rx_timeouts: int = 0
+    tx_ocp_limited: int = 0
+    spi_during_reset: int = 0
     dio0_rises: int = 0
+    dio1_rises: int = 0
     callback_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
@@ -161,6 +177,7 @@ class SimulatedSX127x:
     ) -> None:
         self.name = name
         self.on_dio0: Callable[[bool], None] | None = None
+        self.on_dio: Callable[[int, bool], None] | None = None
         self.tx_history: list[TxRecord] = []
         self.stats = ChipStats()
         self._loop = loop
@@ -170,9 +187,11 @@ class SimulatedSX127x:
         self._lora = bytearray(0x40)
         self._fsk = bytearray(0x40)
         self._fifo = bytearray(FIFO_SIZE)
-        self._dio0 = False
+        self._dio = [False] * DIO_LINES
+        self._ready_at = 0.0  # loop time from which SPI answers again after a reset
+        self._noted: set[int] = set()  # registers whose "not modelled" note was logged
         self._fail_mode: FailMode | None = None
-        self._edges: deque[bool] = deque()
+        self._edges: deque[tuple[int, bool]] = deque()
         self._delivering_edges = False
         self._loop_work: list[Callable[[], None]] = []
         # Every mode change bumps the generation; timers and queued work of an older one lapse.
@@ -182,6 +201,7 @@ class SimulatedSX127x:
         self._rx_session: int | None = None
         self._rx_single = False
         self._rx_in_progress: set[int] = set()
+        self._headers_announced: set[int] = set()  # frames whose ValidHeader has risen
         self._rx_write_ptr = 0
         self._restore_defaults()
         if medium is not None:
@@ -210,24 +230,36 @@ class SimulatedSX127x:
                 raise ValueError(f"SPI bytes must be integers 0..255, got {byte!r}")
         with self._lock:
             self.stats.spi_transfers += 1
+            if self._loop.time() < self._ready_at:
+                # Still starting up after a reset (datasheet 7.2): MISO low, writes lost.
+                self.stats.spi_during_reset += 1
+                return [0x00] * len(message)
             reply = self._transfer(message)
         self._settle()
         return reply
 
     @property
     def dio0(self) -> bool:
-        return self._dio0
+        return self._dio[0]
+
+    def dio(self, line: int) -> bool:
+        """The level of DIO ``line`` (0..5)."""
+        if isinstance(line, bool) or not isinstance(line, int) or not 0 <= line < DIO_LINES:
+            raise ValueError(f"DIO line must be 0..{DIO_LINES - 1}, got {line!r}")
+        return self._dio[line]
 
     def reset(self) -> None:
-        """A pulse on the RST pin: every register back to its power-on value, faults cleared."""
+        """NRESET released after a pulse: every register back to its reset value, faults
+        cleared; SPI reads 0x00 and writes are lost for the next 5 ms (datasheet 7.2)."""
         with self._lock:
+            self._ready_at = self._loop.time() + MANUAL_RESET_S
             self._generation += 1
             self._queue(self._stop_transmitting)
             self._end_rx()
             self._fail_mode = None
             self._restore_defaults()
             self._fifo[:] = bytes(FIFO_SIZE)
-            self._update_dio0()
+            self._update_dio()
         self._settle()
 
     @property
@@ -242,7 +274,7 @@ class SimulatedSX127x:
             raise ValueError(f"fail_mode must be None or one of {FAIL_MODES}, got {mode!r}")
         with self._lock:
             self._fail_mode = mode
-            self._update_dio0()
+            self._update_dio()
         self._settle()
 
     # --- test hooks --------------------------------------------------------------------------
@@ -304,7 +336,27 @@ class SimulatedSX127x:
         )
 
     def tx_power_dbm(self) -> float:
-        """Output power from RegPaConfig and RegPaDac (datasheet 5.4.2, 5.4.3)."""
+        """The power a transmission goes out with: ``programmed_tx_power_dbm()`` limited on
+        PA_BOOST by the over-current protection of RegOcp (datasheet 5.4.4). The medium uses it.
+
+        The RFO path draws at most 29 mA (+13 dBm), below the lowest OCP trim (45 mA), so only
+        PA_BOOST is limited: to the power whose supply current, interpolated through the
+        datasheet's 87 mA at +17 dBm and 120 mA at +20 dBm, equals Imax.
+        """
+        programmed = self.programmed_tx_power_dbm()
+        imax = ocp_limit_ma(self._common[REG_OCP])
+        if not self._common[REG_PA_CONFIG] & 0x80 or imax is None:
+            return programmed
+        if pa_boost_current_ma(programmed) <= imax:
+            return programmed
+        return round(pa_boost_power_at_current(imax), 1)
+
+    def ocp_limit_ma(self) -> float | None:
+        """Imax of RegOcp in mA, or None with the over-current protection off."""
+        return ocp_limit_ma(self._common[REG_OCP])
+
+    def programmed_tx_power_dbm(self) -> float:
+        """Output power from RegPaConfig and RegPaDac (datasheet 5.4.2, 5.4.3), before OCP."""
         pa_config = self._common[REG_PA_CONFIG]
         output_power = pa_config & 0x0F
         if pa_config & 0x80:  # PA_BOOST
@@ -325,13 +377,39 @@ class SimulatedSX127x:
                 return
             self._rx_in_progress.add(frame.id)
             self._lora[REG_MODEM_STAT] = (self._lora[REG_MODEM_STAT] & 0xE0) | MODEM_RECEIVING
+            if self.air_params().explicit_header:
+                params = frame.params
+                symbol_s = 2**params.spreading_factor / exact_bandwidth_hz(params.bandwidth_hz)
+                symbols = params.preamble_length + PREAMBLE_EXTRA_SYMBOLS + HEADER_SYMBOLS
+                header_end = frame.start + float(symbols * symbol_s)
+                self._loop.call_at(header_end, self._header_received, session, frame.id)
+
+    def _header_received(self, session: int, frame_id: int) -> None:
+        """The explicit header of a frame still being received has been demodulated."""
+        with self._lock:
+            if session != self._rx_session or frame_id not in self._rx_in_progress:
+                return
+            self._headers_announced.add(frame_id)
+            self._bump_counter(REG_RX_HEADER_CNT_MSB)
+            self._lora[REG_MODEM_STAT] |= MODEM_HEADER_VALID
+            self._raise_irq(IRQ_VALID_HEADER)
+        self._settle()
 
     def on_frame_received(self, session: int, frame: Frame, rssi_dbm: float, snr_db: float) -> bool:
         with self._lock:
             if session != self._rx_session:
                 return False
             self._rx_in_progress.discard(frame.id)
-            self._store_packet(frame.payload, rssi_dbm, snr_db, frame.params, crc_error=False)
+            announced = frame.id in self._headers_announced
+            self._headers_announced.discard(frame.id)
+            self._store_packet(
+                frame.payload,
+                rssi_dbm,
+                snr_db,
+                frame.params,
+                crc_error=False,
+                header_announced=announced,
+            )
         self._settle()
         return True
 
@@ -414,13 +492,20 @@ class SimulatedSX127x:
                 return
             if address == REG_IRQ_FLAGS:
                 page[address] &= ~value & 0xFF
-                self._update_dio0()
+                self._update_dio()
                 return
         elif page is self._common and address in COMMON_READ_ONLY:
             return
         page[address] = value
-        if address == REG_DIO_MAPPING_1:
-            self._update_dio0()
+        if address in (REG_DIO_MAPPING_1, REG_DIO_MAPPING_2):
+            self._update_dio()
+        elif address in NOT_MODELLED and address not in self._noted:
+            # RegHopPeriod is the one paged register with a note: only on the LoRa page.
+            on_its_page = (page is self._lora) == (address == REG_HOP_PERIOD)
+            reset_value = COMMON_DEFAULTS.get(address, LORA_DEFAULTS.get(address, 0))
+            if on_its_page and value != reset_value:
+                self._noted.add(address)
+                log.info("%s: %s (written %#04x)", self.name, NOT_MODELLED[address], value)
 
     def _refresh_rssi(self) -> None:
         if self._rx_session is None or self._medium is None:
@@ -477,6 +562,17 @@ class SimulatedSX127x:
         params = self.air_params()
         power = self.tx_power_dbm()
         self.stats.tx_started += 1
+        if power < self.programmed_tx_power_dbm():
+            if not self.stats.tx_ocp_limited:
+                log.warning(
+                    "%s: PA_BOOST %+.1f dBm limited to %+.1f dBm by RegOcp %#04x (Imax %.0f mA)",
+                    self.name,
+                    self.programmed_tx_power_dbm(),
+                    power,
+                    self._common[REG_OCP],
+                    self.ocp_limit_ma(),
+                )
+            self.stats.tx_ocp_limited += 1
         self._queue(lambda: self._start_transmitting(generation, payload, params, power))
 
     def _start_transmitting(
@@ -520,6 +616,7 @@ class SimulatedSX127x:
         self._rx_session = self._sessions
         self._rx_single = single
         self._rx_in_progress.clear()
+        self._headers_announced.clear()
         self._rx_write_ptr = self._lora[REG_FIFO_RX_BASE_ADDR]
         if single:
             config2 = self._lora[REG_MODEM_CONFIG_2]
@@ -557,7 +654,10 @@ class SimulatedSX127x:
         params: AirParams,
         *,
         crc_error: bool,
+        header_announced: bool = False,
     ) -> None:
+        """Store a received packet and raise RxDone; ValidHeader and the header counter too
+        unless ``header_announced`` (they rose when the header ended)."""
         lora = self._lora
         if params.explicit_header and len(payload) > lora[REG_MAX_PAYLOAD_LENGTH]:
             # The header announces more than RegMaxPayloadLength: header CRC error, no RxDone.
@@ -579,13 +679,14 @@ class SimulatedSX127x:
             rssi_register -= snr_quantised
         lora[REG_PKT_SNR_VALUE] = snr_register
         lora[REG_PKT_RSSI_VALUE] = max(0, min(255, round(rssi_register)))
-        self._bump_counter(REG_RX_HEADER_CNT_MSB)
+        if not header_announced:
+            self._bump_counter(REG_RX_HEADER_CNT_MSB)
         if not crc_error:
             self._bump_counter(REG_RX_PACKET_CNT_MSB)
         self._lora[REG_MODEM_STAT] = ((params.coding_rate - 4) << 5) | MODEM_CLEAR
         lora[REG_HOP_CHANNEL] = (lora[REG_HOP_CHANNEL] & ~0x40 & 0xFF) | (0x40 * params.crc)
         self.stats.rx_packets += 1
-        if params.explicit_header:
+        if params.explicit_header and not header_announced:
             self._raise_irq(IRQ_VALID_HEADER)
         if crc_error:
             self._raise_irq(IRQ_PAYLOAD_CRC_ERROR)
@@ -622,16 +723,25 @@ class SimulatedSX127x:
         if self._lora[REG_IRQ_FLAGS_MASK] & flag:
             return
         self._lora[REG_IRQ_FLAGS] |= flag
-        self._update_dio0()
+        self._update_dio()
 
-    def _update_dio0(self) -> None:
-        source = DIO0_SOURCES.get(self._common[REG_DIO_MAPPING_1] >> 6, 0)
-        level = bool(self._lora[REG_IRQ_FLAGS] & source) and self._fail_mode != "stuck_dio0"
-        if level != self._dio0:
-            self._dio0 = level
-            self._edges.append(level)
-            if level:
+    def _update_dio(self) -> None:
+        """Set every DIO pin from the flags its mapping selects (datasheet 4.1.6, Table 18)."""
+        mapping_1, mapping_2 = self._common[REG_DIO_MAPPING_1], self._common[REG_DIO_MAPPING_2]
+        flags = self._lora[REG_IRQ_FLAGS]
+        for line in range(DIO_LINES):
+            source = DIO_SOURCES[line].get(dio_mapping(mapping_1, mapping_2, line), 0)
+            level = bool(flags & source)
+            if line == 0 and self._fail_mode == "stuck_dio0":
+                level = False
+            if level == self._dio[line]:
+                continue
+            self._dio[line] = level
+            self._edges.append((line, level))
+            if level and line == 0:
                 self.stats.dio0_rises += 1
+            elif level and line == 1:
+                self.stats.dio1_rises += 1
 
     def _queue(self, work: Callable[[], None]) -> None:
         self._loop_work.append(work)
@@ -674,15 +784,16 @@ class SimulatedSX127x:
                     if not self._edges:
                         self._delivering_edges = False
                         return
-                    level = self._edges.popleft()
-                    callback = self.on_dio0
-                if callback is None:
-                    continue
+                    line, level = self._edges.popleft()
+                    on_dio0, on_dio = self.on_dio0, self.on_dio
                 try:
-                    callback(level)
+                    if line == 0 and on_dio0 is not None:
+                        on_dio0(level)
+                    if on_dio is not None:
+                        on_dio(line, level)
                 except Exception:
                     self.stats.callback_errors += 1
-                    log.exception("%s: DIO0 callback failed", self.name)
+                    log.exception("%s: DIO%d callback failed", self.name, line)
         except BaseException:
             with self._lock:
                 self._delivering_edges = False

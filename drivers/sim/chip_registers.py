@@ -68,7 +68,13 @@ IRQ_CAD_DETECTED = 0x01
 
 # RegModemStat bits 4-0: modem clear, header info valid, RX on-going, synchronised, detected
 MODEM_CLEAR = 0x10
-MODEM_RECEIVING = 0x0F  # header info valid, RX on-going, signal synchronised, signal detected
+MODEM_HEADER_VALID = 0x08
+MODEM_RECEIVING = 0x07  # RX on-going, signal synchronised, signal detected
+
+# Explicit header: the header sits in the first 8 symbols after the preamble, which lasts
+# RegPreamble + 4.25 symbols (datasheet 4.1.1.6, 4.1.1.7); ValidHeader rises when they end.
+HEADER_SYMBOLS = 8
+PREAMBLE_EXTRA_SYMBOLS = 4.25
 
 SILICON_VERSION = 0x12
 FIFO_SIZE = 256
