@@ -353,7 +353,7 @@ def bench_config(
     outbox: dict[str, Any] = {}
     if commit_interval_s is not None:
         outbox["commit_interval_s"] = commit_interval_s
-    return Config.model_validate(
+    return Config.from_table(
         {
             "gateway": {"id": "bench", "data_dir": str(data_dir), "log_level": "warning"},
             "radio": {"driver": "sim", "region": "none"},

@@ -1,4 +1,4 @@
-"""Configuration: one TOML file, parsed by tomllib and validated by pydantic.
+"""Configuration: one TOML file, parsed by tomllib and checked against msgspec structs.
 
 Every problem in a file becomes one line naming the key path and the reason
 (``mqtt.port: must be 1..65535, got 70000``). Secrets (passwords, keys) are never only
@@ -11,17 +11,15 @@ import os
 import re
 import stat
 import tomllib
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+import msgspec
+from msgspec import Meta
 
 from drivers.radio.base import FREQUENCIES_HZ, PREAMBLE_LENGTHS, SYNC_WORDS, TX_POWERS_DBM
 from gateway.protocol.airtime import CODING_RATES, SPREADING_FACTORS
-
-# Each section forbids unknown keys so a typo is a clear error rather than a silent default.
-_STRICT = ConfigDict(extra="forbid", frozen=True)
-
 
 # A config file is a few KiB; this bounds what a mistaken path (a log, a disk image) costs.
 MAX_TOML_BYTES = 1024 * 1024
@@ -57,8 +55,28 @@ def shown(value: Any) -> str:
     return text if len(text) <= _SHOWN_CHARS else f"{text[: _SHOWN_CHARS - 5]}...{text[-2:]}"
 
 
-class Section(BaseModel):
-    model_config = _STRICT
+def _matching(pattern: str) -> Meta:
+    # msgspec searches with Python's re, where "$" also matches before a final newline:
+    # "\Z" ends the match at the end of the text ("gw1\n" is not an id).
+    return Meta(pattern=pattern.removesuffix("$") + r"\Z")
+
+
+class Section(
+    msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True, omit_defaults=True
+):
+    """A table of the file. Unknown keys are refused, so a typo is a clear error rather than
+    a silent default; ``__post_init__`` checks that need several keys of the table."""
+
+    @classmethod
+    def from_table(cls, table: Any, *, strict: bool = False) -> Self:
+        """``table`` (decoded TOML) checked as this section; ConfigError with one line per
+        problem, key paths relative to the section. ``strict``: no numbers or booleans
+        written as strings, no whole floats as integers."""
+        return _convert(table, cls, strict=strict)
+
+    def to_table(self) -> dict[str, Any]:
+        """The values that differ from the defaults, as plain TOML-shaped data."""
+        return msgspec.to_builtins(self, enc_hook=str)
 
 
 class Secret(Section):
@@ -67,11 +85,9 @@ class Secret(Section):
     file: Path | None = None
     env: str | None = None
 
-    @model_validator(mode="after")
-    def _one_source(self) -> Secret:
+    def __post_init__(self) -> None:
         if (self.file is None) == (self.env is None):
             raise ValueError("give exactly one of 'file' or 'env'")
-        return self
 
     def read(self) -> str:
         """The secret, stripped; OSError, KeyError (env unset) or UnicodeDecodeError."""
@@ -81,26 +97,26 @@ class Secret(Section):
         return os.environ[self.env]
 
 
-Port = Annotated[int, Field(ge=1, le=65535)]
+Port = Annotated[int, Meta(ge=1, le=65535)]
 # [radio] bounds come from the radio contract (drivers/radio/base.py): a file and a runtime
 # change are checked alike.
-_FrequencyHz = Annotated[int, Field(ge=FREQUENCIES_HZ.start, le=FREQUENCIES_HZ.stop - 1)]
-_SpreadingFactor = Annotated[int, Field(ge=SPREADING_FACTORS.start, le=SPREADING_FACTORS.stop - 1)]
-_CodingRate = Annotated[int, Field(ge=CODING_RATES.start, le=CODING_RATES.stop - 1)]
-_TxPowerDbm = Annotated[int, Field(ge=TX_POWERS_DBM.start, le=TX_POWERS_DBM.stop - 1)]
-_SyncWord = Annotated[int, Field(ge=SYNC_WORDS.start, le=SYNC_WORDS.stop - 1)]
-_PreambleLength = Annotated[int, Field(ge=PREAMBLE_LENGTHS.start, le=PREAMBLE_LENGTHS.stop - 1)]
+_FrequencyHz = Annotated[int, Meta(ge=FREQUENCIES_HZ.start, le=FREQUENCIES_HZ.stop - 1)]
+_SpreadingFactor = Annotated[int, Meta(ge=SPREADING_FACTORS.start, le=SPREADING_FACTORS.stop - 1)]
+_CodingRate = Annotated[int, Meta(ge=CODING_RATES.start, le=CODING_RATES.stop - 1)]
+_TxPowerDbm = Annotated[int, Meta(ge=TX_POWERS_DBM.start, le=TX_POWERS_DBM.stop - 1)]
+_SyncWord = Annotated[int, Meta(ge=SYNC_WORDS.start, le=SYNC_WORDS.stop - 1)]
+_PreambleLength = Annotated[int, Meta(ge=PREAMBLE_LENGTHS.start, le=PREAMBLE_LENGTHS.stop - 1)]
 
 
 class GatewaySection(Section):
-    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = "gw1"
+    id: Annotated[str, _matching(r"^[A-Za-z0-9_.-]{1,64}$")] = "gw1"
     data_dir: Path = Path("var/duogate")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
 
 class SpiPins(Section):
-    dio0: Annotated[int, Field(ge=0, le=40)] = 25
-    reset: Annotated[int, Field(ge=0, le=40)] = 17
+    dio0: Annotated[int, Meta(ge=0, le=40)] = 25
+    reset: Annotated[int, Meta(ge=0, le=40)] = 17
 
 
 class RadioSection(Section):
@@ -116,38 +132,34 @@ class RadioSection(Section):
     preamble_length: _PreambleLength = 8
     crc: bool = True
     # "spidev://0.0" for /dev/spidev0.0, or "sim://127.0.0.1:7000" for a `duogate sim` world.
-    spi: Annotated[str, Field(pattern=r"^(spidev://\d+\.\d+|sim://[^:]+:\d+)$")] = "spidev://0.0"
+    spi: Annotated[str, _matching(r"^(spidev://\d+\.\d+|sim://[^:]+:\d+)$")] = "spidev://0.0"
     pins: SpiPins = SpiPins()
     serial_port: str | None = None
-    serial_baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
+    serial_baud: Annotated[int, Meta(ge=1200, le=4_000_000)] = 115_200
     region: Literal["EU868", "US915", "none"] = "EU868"
-    rx_delay_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
+    rx_delay_s: Annotated[float, Meta(ge=0.1, le=10.0)] = 1.0
 
-    @model_validator(mode="after")
-    def _serial_needs_port(self) -> RadioSection:
+    def __post_init__(self) -> None:
         if self.driver == "serial" and not self.serial_port:
             raise ValueError("driver 'serial' needs radio.serial_port")
-        return self
 
 
 class JoinSection(Section):
     registry: Path | None = None  # TOML file of [[device]] eui + root key
     open_join: bool = False
-    address_pool_start: Annotated[int, Field(ge=1, le=0xFFFE)] = 0x0001
-    address_pool_end: Annotated[int, Field(ge=1, le=0xFFFE)] = 0xFFFE
-    lease_inactive_s: Annotated[int, Field(ge=60)] = 30 * 24 * 3600
+    address_pool_start: Annotated[int, Meta(ge=1, le=0xFFFE)] = 0x0001
+    address_pool_end: Annotated[int, Meta(ge=1, le=0xFFFE)] = 0xFFFE
+    lease_inactive_s: Annotated[int, Meta(ge=60)] = 30 * 24 * 3600
     # A node not heard for this long is reported offline (0: never).
-    offline_after_s: Annotated[int, Field(ge=0)] = 900
+    offline_after_s: Annotated[int, Meta(ge=0)] = 900
     # Open join (lab only): an unknown EUI's root key is derived from this key (32 hex digits)
     # and the EUI; without it the public lab key of docs/protocol.md is used.
     open_join_key: Secret | None = None
-    join_rx_delay_s: Annotated[float, Field(ge=0.1, le=10.0)] = 1.0
+    join_rx_delay_s: Annotated[float, Meta(ge=0.1, le=10.0)] = 1.0
 
-    @model_validator(mode="after")
-    def _pool_order(self) -> JoinSection:
+    def __post_init__(self) -> None:
         if self.address_pool_end < self.address_pool_start:
             raise ValueError("address_pool_end must not be below address_pool_start")
-        return self
 
 
 class TlsSection(Section):
@@ -167,16 +179,16 @@ class MqttSection(Section):
     password: Secret | None = None
     tls: TlsSection | None = None
     topic_prefix: str | None = None  # default duogate/<gateway.id>
-    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 30
     qos_reports: Literal[0, 1, 2] = 1
     qos_events: Literal[0, 1, 2] = 1
     qos_results: Literal[0, 1, 2] = 1
-    inflight: Annotated[int, Field(ge=1, le=65535)] = 64
-    reconnect_min_s: Annotated[float, Field(gt=0)] = 0.5
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
-    publish_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # wait for PUBACK
-    connect_timeout_s: Annotated[float, Field(gt=0, le=600)] = 10.0  # TCP + TLS + CONNACK
-    session_expiry_s: Annotated[int, Field(ge=0, le=0xFFFFFFFF)] = 86_400  # MQTT 5 only
+    inflight: Annotated[int, Meta(ge=1, le=65535)] = 64
+    reconnect_min_s: Annotated[float, Meta(gt=0)] = 0.5
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 60.0
+    publish_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0  # wait for PUBACK
+    connect_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 10.0  # TCP + TLS + CONNACK
+    session_expiry_s: Annotated[int, Meta(ge=0, le=0xFFFFFFFF)] = 86_400  # MQTT 5 only
     discovery: bool = True
     discovery_prefix: str = "homeassistant"
     # MQTT 5 Response Topics a command may name, besides <prefix>/responses/ (docs/COMMANDS.md).
@@ -193,37 +205,35 @@ class XmppSection(Section):
     ca_file: Path | None = None
     subscribers: list[str] = []
     allowed_jids: list[str] = []
-    keepalive_s: Annotated[int, Field(ge=10, le=3600)] = 60
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 60.0
+    keepalive_s: Annotated[int, Meta(ge=10, le=3600)] = 60
+    reconnect_max_s: Annotated[float, Meta(gt=0)] = 60.0
 
-    @model_validator(mode="after")
-    def _password_when_enabled(self) -> XmppSection:
+    def __post_init__(self) -> None:
         if self.enabled and self.password is None:
             raise ValueError("password is required when xmpp is enabled")
-        return self
 
 
 class CommandsSection(Section):
-    default_ttl_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
-    max_ttl_s: Annotated[float, Field(gt=0, le=7 * 86_400)] = 3600.0
-    node_answer_timeout_s: Annotated[float, Field(gt=0, le=600)] = 30.0
-    queue_per_device: Annotated[int, Field(ge=1, le=1000)] = 16
+    default_ttl_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    max_ttl_s: Annotated[float, Meta(gt=0, le=7 * 86_400)] = 3600.0
+    node_answer_timeout_s: Annotated[float, Meta(gt=0, le=600)] = 30.0
+    queue_per_device: Annotated[int, Meta(ge=1, le=1000)] = 16
     # Larger command messages are answered `too_large` without being parsed or stored.
-    max_message_bytes: Annotated[int, Field(ge=256, le=1_048_576)] = 4096
+    max_message_bytes: Annotated[int, Meta(ge=256, le=1_048_576)] = 4096
 
 
 class OutboxSection(Section):
-    max_entries: Annotated[int, Field(ge=100)] = 200_000
+    max_entries: Annotated[int, Meta(ge=100)] = 200_000
     # The longest a report or event nobody waits for stays in memory only: it is written
     # with the first commit due after it (a confirmed LoRa report is due just before its
     # ack), or never if every upstream acknowledged it first. 0: write every row at once.
-    commit_interval_s: Annotated[float, Field(ge=0, le=60)] = 2.0
+    commit_interval_s: Annotated[float, Meta(ge=0, le=60)] = 2.0
 
 
 class ModbusRegister(Section):
-    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+    name: Annotated[str, _matching(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
     table: Literal["holding", "input", "coil", "discrete"]
-    address: Annotated[int, Field(ge=0, le=65535)]
+    address: Annotated[int, Meta(ge=0, le=65535)]
     type: Literal["int16", "uint16", "int32", "uint32", "float32", "bool"] = "uint16"
     word_order: Literal["big", "little"] = "big"
     byte_order: Literal["big", "little"] = "big"
@@ -233,12 +243,11 @@ class ModbusRegister(Section):
     writable: bool = False
     min: float | None = None
     max: float | None = None
-    deadband: Annotated[float, Field(ge=0)] | None = None  # overrides the device's deadband
-    device_class: Annotated[str, Field(pattern=r"^[a-z_0-9]{1,40}$")] | None = None
+    deadband: Annotated[float, Meta(ge=0)] | None = None  # overrides the device's deadband
+    device_class: Annotated[str, _matching(r"^[a-z_0-9]{1,40}$")] | None = None
     state_class: Literal["measurement", "total", "total_increasing"] | None = None
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ModbusRegister:
+    def __post_init__(self) -> None:
         # Coils and discrete inputs are bits; the default type (uint16) is taken to mean bool.
         if self.table in ("coil", "discrete") and self.type not in ("bool", "uint16"):
             raise ValueError(f"{self.table} registers are bool, got type {self.type!r}")
@@ -248,44 +257,40 @@ class ModbusRegister(Section):
             raise ValueError("scale must not be 0")
         if self.min is not None and self.max is not None and self.max < self.min:
             raise ValueError("max must not be below min")
-        return self
 
 
 class ModbusDevice(Section):
-    unit: Annotated[int, Field(ge=0, le=247)]
-    name: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-    poll_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
+    unit: Annotated[int, Meta(ge=0, le=247)]
+    name: Annotated[str, Meta(min_length=1, max_length=64)] | None = None
+    poll_interval_s: Annotated[float, Meta(gt=0, le=86_400)] = 10.0
     publish: Literal["on_change", "every_poll"] = "on_change"
-    deadband: Annotated[float, Field(ge=0)] = 0.0
-    offline_after_failures: Annotated[int, Field(ge=1, le=100)] = 3
+    deadband: Annotated[float, Meta(ge=0)] = 0.0
+    offline_after_failures: Annotated[int, Meta(ge=1, le=100)] = 3
     registers: list[ModbusRegister] = []
 
-    @model_validator(mode="after")
-    def _unique_names(self) -> ModbusDevice:
+    def __post_init__(self) -> None:
         names = [register.name for register in self.registers]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"register names must be unique, repeated: {', '.join(duplicates)}")
-        return self
 
 
 class ModbusBus(Section):
-    name: Annotated[str, Field(pattern=r"^[a-z0-9_]{1,32}$")]
+    name: Annotated[str, _matching(r"^[a-z0-9_]{1,32}$")]
     transport: Literal["rtu", "tcp"] = "rtu"
     port: str | None = None  # serial device for rtu
     host: str | None = None  # for tcp
     tcp_port: Port = 502
-    baudrate: Annotated[int, Field(ge=300, le=4_000_000)] = 9600
+    baudrate: Annotated[int, Meta(ge=300, le=4_000_000)] = 9600
     parity: Literal["N", "E", "O"] = "N"
     stopbits: Literal[1, 2] = 1
     bytesize: Literal[7, 8] = 8
-    timeout_s: Annotated[float, Field(gt=0, le=60)] = 1.0
-    retries: Annotated[int, Field(ge=0, le=10)] = 2
-    retry_backoff_s: Annotated[float, Field(ge=0, le=10)] = 0.1  # doubles per retry
+    timeout_s: Annotated[float, Meta(gt=0, le=60)] = 1.0
+    retries: Annotated[int, Meta(ge=0, le=10)] = 2
+    retry_backoff_s: Annotated[float, Meta(ge=0, le=10)] = 0.1  # doubles per retry
     devices: list[ModbusDevice] = []
 
-    @model_validator(mode="after")
-    def _endpoint(self) -> ModbusBus:
+    def __post_init__(self) -> None:
         if self.transport == "rtu" and not self.port:
             raise ValueError("rtu bus needs 'port'")
         if self.transport == "tcp" and not self.host:
@@ -294,20 +299,17 @@ class ModbusBus(Section):
         duplicates = sorted({unit for unit in units if units.count(unit) > 1})
         if duplicates:
             raise ValueError(f"device units must be unique on a bus, repeated: {duplicates}")
-        return self
 
 
 class ModbusSection(Section):
     enabled: bool = False
     buses: list[ModbusBus] = []
 
-    @model_validator(mode="after")
-    def _unique_buses(self) -> ModbusSection:
+    def __post_init__(self) -> None:
         names = [bus.name for bus in self.buses]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"bus names must be unique, repeated: {', '.join(duplicates)}")
-        return self
 
 
 _BLE_MAC = r"^(([0-9A-Fa-f]{2}:){5}|([0-9A-Fa-f]{2}-){5}|([0-9A-Fa-f]{2}){5})[0-9A-Fa-f]{2}$"
@@ -317,54 +319,52 @@ class BleSection(Section):
     enabled: bool = False
     backend: Literal["bleak", "sim"] = "bleak"
     adapter: str | None = None
-    allow: list[Annotated[str, Field(pattern=_BLE_MAC)]] = []  # MACs, ':' or '-' or none
-    deny: list[Annotated[str, Field(pattern=_BLE_MAC)]] = []
-    min_interval_s: Annotated[float, Field(ge=0, le=86_400)] = 30.0
+    allow: list[Annotated[str, _matching(_BLE_MAC)]] = []  # MACs, ':' or '-' or none
+    deny: list[Annotated[str, _matching(_BLE_MAC)]] = []
+    min_interval_s: Annotated[float, Meta(ge=0, le=86_400)] = 30.0
     scanning_mode: Literal["passive", "active"] = "passive"
-    offline_after_s: Annotated[float, Field(ge=0, le=86_400)] = 900.0  # 0: never offline
+    offline_after_s: Annotated[float, Meta(ge=0, le=86_400)] = 900.0  # 0: never offline
 
 
 class SimSection(Section):
-    nodes: Annotated[int, Field(ge=0, le=10_000)] = 5
-    report_interval_s: Annotated[float, Field(gt=0, le=86_400)] = 10.0
-    loss: Annotated[float, Field(ge=0, le=1)] = 0.0
+    nodes: Annotated[int, Meta(ge=0, le=10_000)] = 5
+    report_interval_s: Annotated[float, Meta(gt=0, le=86_400)] = 10.0
+    loss: Annotated[float, Meta(ge=0, le=1)] = 0.0
     seed: int = 1
     listen: str = "127.0.0.1:0"
     state_dir: Path | None = None
     # Node firmware timing (real-time defaults; tests and demos scale them down).
-    start_spread_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # nodes start staggered
-    join_backoff_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0
-    join_backoff_max_s: Annotated[float, Field(gt=0, le=86_400)] = 300.0
-    retry_min_s: Annotated[float, Field(gt=0, le=3600)] = 2.0  # first retransmission
-    retry_max_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
-    next_uplink_gap_s: Annotated[float, Field(ge=0, le=3600)] = 1.0  # after an ack
+    start_spread_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # nodes start staggered
+    join_backoff_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
+    join_backoff_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 300.0
+    retry_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0  # first retransmission
+    retry_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    next_uplink_gap_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # after an ack
 
-    @model_validator(mode="after")
-    def _backoff_order(self) -> SimSection:
+    def __post_init__(self) -> None:
         if self.join_backoff_max_s < self.join_backoff_min_s:
             raise ValueError("join_backoff_max_s must not be below join_backoff_min_s")
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("retry_max_s must not be below retry_min_s")
-        return self
 
 
 class ConsoleSection(Section):
     enabled: bool = True
     socket: Path | None = None  # default <data_dir>/console.sock
     serial_port: str | None = None
-    serial_baud: Annotated[int, Field(ge=1200, le=4_000_000)] = 115_200
+    serial_baud: Annotated[int, Meta(ge=1200, le=4_000_000)] = 115_200
 
 
 class MetricsSection(Section):
     enabled: bool = True
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 9108
+    port: Annotated[int, Meta(ge=0, le=65535)] = 9108
 
 
 class WebSection(Section):
     enabled: bool = False
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=0, le=65535)] = 8080
+    port: Annotated[int, Meta(ge=0, le=65535)] = 8080
     password: Secret | None = None
 
 
@@ -388,91 +388,154 @@ class Config(Section):
         return self.mqtt.topic_prefix or f"duogate/{self.gateway.id}"
 
 
-def _key_path(loc: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in loc:
-        if isinstance(item, int):
-            parts[-1 if parts else 0 :] = [f"{parts[-1]}[{item}]" if parts else f"[{item}]"]
+# --- checking decoded TOML against the structs ----------------------------------------------
+#
+# msgspec stops at the first problem. A table that fails is therefore checked again one key
+# at a time, each value against its own type, descending into nested tables and arrays, so
+# that every problem of a file gets its line. The first pass is the whole table at once, and
+# a file without problems never needs the second.
+
+
+SectionT = TypeVar("SectionT", bound=Section)
+
+
+def _decode(kind: type, value: Any) -> Any:
+    if kind is Path and isinstance(value, str | os.PathLike):
+        return Path(value)
+    raise TypeError(f"expected {kind.__name__}")
+
+
+def _convert(table: Any, cls: type[SectionT], *, strict: bool) -> SectionT:
+    try:
+        return msgspec.convert(table, cls, strict=strict, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        first = str(exc)
+    raise ConfigError(_problems(table, cls, "", strict) or [first])
+
+
+def _line(where: str, reason: str) -> str:
+    # Checks of a whole table name their keys in the message itself.
+    return f"{where}: {reason}" if where else reason
+
+
+def _problems(value: Any, annotation: Any, where: str, strict: bool) -> list[str]:
+    """One line for each problem of ``value`` as ``annotation`` at key path ``where``."""
+    kind, constraints = _unwrapped(annotation)
+    if value is None and _is_optional(annotation):
+        return []
+    if isinstance(kind, type) and issubclass(kind, Section):
+        return _table_problems(value, kind, where, strict)
+    if get_origin(kind) is list:
+        if not isinstance(value, list):
+            return [_line(where, _type_reason("list", value))]
+        (item,) = get_args(kind)
+        return [
+            problem
+            for index, element in enumerate(value)
+            for problem in _problems(element, item, f"{where}[{index}]", strict)
+        ]
+    try:
+        msgspec.convert(value, annotation, strict=strict, dec_hook=_decode)
+    except msgspec.ValidationError:
+        return [_line(where, _value_reason(value, kind, constraints, strict))]
+    return []
+
+
+def _table_problems(value: Any, cls: type[Section], where: str, strict: bool) -> list[str]:
+    if not isinstance(value, dict):
+        if issubclass(cls, Secret):
+            reason = "must be a table {file = PATH} or {env = NAME}; secrets are never inline"
         else:
-            parts.append(str(item))
-    return ".".join(parts)
+            reason = f"must be a table, got {type(value).__name__} {shown(value)}"
+        return [_line(where, reason)]
+    fields = {field.name: field for field in msgspec.structs.fields(cls)}
+    problems = []
+    for name, field in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name in value:
+            problems += _problems(value[name], field.type, path, strict)
+        elif field.required:
+            problems.append(f"{path}: required")
+    problems += [
+        f"{where}.{key}: unknown key" if where else f"{key}: unknown key"
+        for key in value
+        if key not in fields
+    ]
+    if problems:
+        return problems
+    # Every key is right on its own: what is left is a check across the table's keys.
+    try:
+        msgspec.convert(value, cls, strict=strict, dec_hook=_decode)
+    except msgspec.ValidationError as exc:
+        return [_line(where, str(exc))]
+    return []
 
 
-def _reason(error: dict[str, Any]) -> str:
-    kind = error["type"]
-    ctx = error.get("ctx", {})
-    got = error.get("input")
-    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        return _range_reason(error, got)
-    if kind == "extra_forbidden":
-        return "unknown key"
-    if kind == "missing":
-        return "required"
-    if kind == "literal_error":
-        return f"must be one of {ctx.get('expected')}, got {shown(got)}"
-    if kind == "string_pattern_mismatch":
-        return f"does not match {ctx.get('pattern')}, got {shown(got)}"
-    if kind in ("model_type", "model_attributes_type", "dict_type"):
-        if error["loc"] and error["loc"][-1] == "password":
-            return "must be a table {file = PATH} or {env = NAME}; secrets are never inline"
-        return f"must be a table, got {type(got).__name__} {shown(got)}"
-    if kind.endswith("_type") or kind.endswith("_parsing"):
-        expected = kind.split("_")[0]
-        return f"must be {_article(expected)} {expected}, got {type(got).__name__} {shown(got)}"
-    if kind == "value_error":
-        return str(ctx.get("error", error["msg"]))
-    return f"{error['msg']}, got {shown(got)}"
+def _is_optional(annotation: Any) -> bool:
+    return get_origin(annotation) in (Union, types.UnionType) and type(None) in get_args(annotation)
 
 
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
+def _unwrapped(annotation: Any) -> tuple[Any, list[Meta]]:
+    """The type under ``X | None`` and ``Annotated[X, Meta(...)]``, and its constraints."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        (annotation,) = [arg for arg in get_args(annotation) if arg is not type(None)]
+    if get_origin(annotation) is Annotated:
+        return annotation.__origin__, list(annotation.__metadata__)
+    return annotation, []
 
 
-def _range_reason(error: dict[str, Any], got: Any) -> str:
-    loc = error["loc"]
-    model_field = _field_for(loc)
-    low = high = None
-    if model_field is not None:
-        for meta in model_field.metadata:
-            low = getattr(meta, "ge", None) if getattr(meta, "ge", None) is not None else low
-            high = getattr(meta, "le", None) if getattr(meta, "le", None) is not None else high
-            if getattr(meta, "gt", None) is not None:
-                return f"must be greater than {meta.gt}, got {shown(got)}"
+_TYPE_NAMES = {int: "int", float: "float", str: "string", bool: "bool", Path: "path"}
+
+
+def _type_reason(name: str, value: Any) -> str:
+    article = "an" if name[:1] in "aeiou" else "a"
+    return f"must be {article} {name}, got {type(value).__name__} {shown(value)}"
+
+
+def _value_reason(value: Any, kind: Any, constraints: list[Meta], strict: bool) -> str:
+    if get_origin(kind) is Literal:
+        choices = [repr(choice) for choice in get_args(kind)]
+        listed = f"{', '.join(choices[:-1])} or {choices[-1]}" if len(choices) > 1 else choices[0]
+        return f"must be one of {listed}, got {shown(value)}"
+    try:
+        msgspec.convert(value, kind, strict=strict, dec_hook=_decode)
+    except msgspec.ValidationError:
+        return _type_reason(_TYPE_NAMES.get(kind, getattr(kind, "__name__", str(kind))), value)
+    limits = {
+        name: getattr(meta, name)
+        for meta in constraints
+        for name in ("ge", "gt", "le", "min_length", "max_length", "pattern")
+        if getattr(meta, name) is not None
+    }
+    if "pattern" in limits and not re.search(limits["pattern"], value):
+        pattern = limits["pattern"]
+        if pattern.endswith(r"\Z"):  # see _matching: shown as the anchor people know
+            pattern = pattern.removesuffix(r"\Z") + "$"
+        return f"does not match {pattern}, got {shown(value)}"
+    if "min_length" in limits or "max_length" in limits:
+        low, high = limits.get("min_length", 0), limits.get("max_length")
+        size = f"{low}..{high}" if high is not None else f"at least {low}"
+        return f"must be {size} characters long, got {shown(value)}"
+    return f"must be {_bounds(limits)}, got {shown(value)}"
+
+
+def _bounds(limits: dict[str, Any]) -> str:
+    low, high = limits.get("ge"), limits.get("le")
     if low is not None and high is not None:
-        return f"must be {low}..{high}, got {shown(got)}"
-    return f"{error['msg'].lower()}, got {shown(got)}"
-
-
-def _field_for(loc: tuple[Any, ...]) -> Any:
-    model: Any = Config
-    found = None
-    for item in loc:
-        if isinstance(item, int):
-            continue
-        fields = getattr(model, "model_fields", None)
-        if not fields or item not in fields:
-            return found
-        found = fields[item]
-        annotation = found.annotation
-        args = getattr(annotation, "__args__", ())
-        candidates = [annotation, *args]
-        model = next(
-            (c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None
-        )
-    return found
+        return f"{low}..{high}"
+    parts = []
+    if "gt" in limits:
+        parts.append(f"greater than {limits['gt']}")
+    if low is not None:
+        parts.append(f"at least {low}")
+    if high is not None:
+        parts.append(f"at most {high}")
+    return " and ".join(parts) or "a different value"
 
 
 def parse_config(data: dict[str, Any], *, check_files: bool = True) -> Config:
     """Validate a decoded TOML document; raise ConfigError with one line per problem."""
-    try:
-        config = Config.model_validate(data)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            path = _key_path(error["loc"])
-            # Whole-file checks name their keys in the message itself.
-            problems.append(f"{path}: {_reason(error)}" if path else _reason(error))
-        raise ConfigError(problems) from None
+    config = Config.from_table(data)
     if check_files:
         problems = list(_secret_problems(config))
         if problems:

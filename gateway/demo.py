@@ -179,7 +179,7 @@ class SimulatedMeter:
         self._loop = asyncio.get_running_loop()
         try:
             bus = await demo.start(self.bus_name)
-            self.section = ModbusSection.model_validate({"enabled": True, "buses": [bus]})
+            self.section = ModbusSection.from_table({"enabled": True, "buses": [bus]})
             self._ready.set()
             await self._stop.wait()
         finally:
@@ -187,10 +187,7 @@ class SimulatedMeter:
 
 
 def modbus_overrides(section: ModbusSection) -> list[str]:
-    buses = [
-        bus.model_dump(mode="json", exclude_none=True, exclude_defaults=True)
-        for bus in section.buses
-    ]
+    buses = [bus.to_table() for bus in section.buses]
     return ["modbus.enabled=true", f"modbus.buses={toml_value(buses)}"]
 
 

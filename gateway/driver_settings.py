@@ -1,6 +1,6 @@
 """The checked config turned into the plain settings records the drivers take.
 
-Drivers never see a config model: pydantic checks the file (``gateway.config``), and this
+Drivers never see a config model: ``gateway.config`` checks the file, and this
 module copies each section's values into the frozen records the drivers define
 (``drivers/*/settings.py``, ``drivers.radio.base``). A record's fields are the section's fields
 of the same names; config-only keys (``enabled``, ``driver``, ``region``, ...) stay behind.
@@ -16,8 +16,6 @@ import math
 import random
 from typing import Any, TypeVar
 
-from pydantic import BaseModel
-
 from drivers.ble.settings import BleSettings
 from drivers.modbus.settings import BusSettings, DeviceSettings, ModbusSettings, RegisterSettings
 from drivers.radio.base import RadioSettings, SerialRadioSettings, Sx127xSettings
@@ -30,6 +28,7 @@ from gateway.config import (
     ModbusRegister,
     ModbusSection,
     RadioSection,
+    Section,
 )
 from gateway.protocol import crypto
 from gateway.registry import load_join
@@ -42,7 +41,7 @@ SIM_EUI_BASE = 0x00_16_C0_01_00_00_00_00
 RadioDriverSettings = Sx127xSettings | SerialRadioSettings | SimRadioSettings
 
 
-def record_from(cls: type[Record], section: BaseModel, **values: Any) -> Record:
+def record_from(cls: type[Record], section: Section, **values: Any) -> Record:
     """A ``cls`` record holding ``section``'s values of its field names; ``values`` first."""
     for field in dataclasses.fields(cls):  # type: ignore[arg-type]
         if field.name not in values:

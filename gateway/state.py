@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
 
-from pydantic import ValidationError
-
 from drivers.radio.base import RadioSettings
-from gateway.config import RadioSection
+from gateway.config import ConfigError, RadioSection
 from gateway.model import CommandResult, CommandStatus
 
 FRAME_LOG_SIZE = 500
@@ -367,14 +365,9 @@ def radio_settings_with(current: RadioSettings, changes: Mapping[str, Any]) -> R
     if not isinstance(implicit_header, bool):
         raise ValueError(f"implicit_header: must be true or false, got {implicit_header!r}")
     try:
-        section = RadioSection.model_validate(merged, strict=True)
-    except ValidationError as exc:
-        problems = []
-        for error in exc.errors():
-            key = ".".join(str(part) for part in error["loc"])
-            message = error["msg"][:1].lower() + error["msg"][1:]
-            problems.append(f"{key}: {message}, got {error['input']!r}")
-        raise ValueError("; ".join(problems)) from None
+        section = RadioSection.from_table(merged, strict=True)
+    except ConfigError as exc:
+        raise ValueError("; ".join(exc.problems)) from None
     checked = {
         name: getattr(section, name) for name in RADIO_SETTING_NAMES if name != "implicit_header"
     }

@@ -47,7 +47,7 @@ async def start() -> AsyncIterator[Started]:
     async def make(
         clock: Callable[[], float] = time.monotonic, **settings: Any
     ) -> tuple[BleDriver, SimAdvertSource, RecordingSink]:
-        section = BleSection.model_validate({"enabled": True, "backend": "sim", **settings})
+        section = BleSection.from_table({"enabled": True, "backend": "sim", **settings})
         backend = partial(SimAdvertSource, sensors=SENSORS, interval_s=None, clock=clock)
         driver = BleDriver(ble_settings(section), backend=backend, clock=clock)
         sink = RecordingSink()

@@ -57,7 +57,7 @@ ROOM, DOOR, BEACON = "ble-a4c138000001", "ble-a4c138000003", "ble-f0000000beac"
 
 
 def register(name: str) -> ModbusRegister:
-    return ModbusRegister.model_validate(next(r for r in REGISTERS if r["name"] == name))
+    return ModbusRegister.from_table(next(r for r in REGISTERS if r["name"] == name))
 
 
 def bus_config(tmp_path: Path, broker: Mosquitto, server: SimModbusServer) -> Config:

@@ -162,7 +162,7 @@ def meter_config(tmp_path: Path, broker: Mosquitto, server: SimModbusServer) -> 
 
 
 def register(name: str) -> ModbusRegister:
-    return ModbusRegister.model_validate(next(r for r in REGISTERS if r["name"] == name))
+    return ModbusRegister.from_table(next(r for r in REGISTERS if r["name"] == name))
 
 
 async def test_modbus_number_and_switch_from_home_assistant(

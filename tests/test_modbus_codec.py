@@ -28,7 +28,7 @@ from gateway.model import EventKind
 def reg(**fields: Any) -> RegisterSettings:
     """A register as a config file would give it."""
     table = {"name": "x", "table": "holding", "address": 0, **fields}
-    return register_settings(ModbusRegister.model_validate(table))
+    return register_settings(ModbusRegister.from_table(table))
 
 
 def float_words(value: float) -> list[int]:

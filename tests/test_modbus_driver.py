@@ -26,7 +26,7 @@ def device(unit: int, registers: list[dict[str, Any]], **settings: Any) -> dict[
 
 def driver_for(*buses: dict[str, Any]) -> ModbusDriver:
     """A driver for ``[[modbus.buses]]`` tables, checked and converted as the gateway does."""
-    section = ModbusSection.model_validate({"enabled": True, "buses": list(buses)})
+    section = ModbusSection.from_table({"enabled": True, "buses": list(buses)})
     return ModbusDriver(modbus_settings(section))
 
 

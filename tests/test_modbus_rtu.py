@@ -36,7 +36,7 @@ async def line() -> AsyncIterator[tuple[SimModbusServer, ModbusDriver, Recording
     async with SimModbusServer(units=[7], transport="rtu") as server:
         await server.write_words(7, "input", 0, [0xF830, 0x0000, 0xC2F7, 0x0001, 0x86A0])
         bus = server.bus("line", [METER], timeout_s=0.25, retries=2, retry_backoff_s=0.01)
-        section = ModbusSection.model_validate({"enabled": True, "buses": [bus]})
+        section = ModbusSection.from_table({"enabled": True, "buses": [bus]})
         driver = ModbusDriver(modbus_settings(section))
         sink = RecordingSink()
         await driver.start(sink)
