@@ -95,6 +95,7 @@ async def test_rst_pulse_resets_the_chip(link, chip) -> None:
     gpio = SimGpio(link, PINS)
     gpio.setup(PINS.reset, OUT)  # an output starts low, holding the chip in reset
     await asyncio.to_thread(gpio.output, PINS.reset, 1)
+    await asyncio.sleep(0.006)  # the chip answers 5 ms after the reset pulse
     await xfer(link, [0x0A | 0x80, 0x0F])  # RegPaRamp
     await asyncio.to_thread(gpio.output, PINS.reset, 1)
     assert chip.peek(0x0A) == 0x0F
@@ -112,14 +113,33 @@ async def test_link_reconnects_after_the_server_drops_it(link, server) -> None:
     assert link.connects == 2
 
 
-async def test_a_new_client_replaces_the_old_one(link, server) -> None:
+async def test_a_second_client_is_refused_and_the_first_goes_on(link, server, caplog) -> None:
     assert await xfer(link, [0x42, 0]) == [0, 0x12]
-    other = SimChipLink("127.0.0.1", server.port, reply_timeout_s=0.5)
-    assert await xfer(other, [0x42, 0]) == [0, 0x12]
-    assert server.counters["replaced"] == 1
-    await asyncio.sleep(0.05)
-    assert await xfer(link, [0x42, 0]) == [0, 0x12]  # reconnects in turn
-    await asyncio.to_thread(other.close)
+    other = SimChipLink("127.0.0.1", server.port, reply_timeout_s=2.0)
+    try:
+        with pytest.raises(LinkError) as refused:
+            await xfer(other, [0x42, 0])
+        assert str(refused.value) == (
+            f"sim chip at 127.0.0.1:{server.port}: "
+            "chip server busy: another client holds the chip"
+        )
+        assert server.counters["refused"] == 1
+        assert "refused" in caplog.text and "another client holds the chip" in caplog.text
+        assert await xfer(link, [0x42, 0]) == [0, 0x12]  # the first client is undisturbed
+        assert link.connects == 1
+    finally:
+        await asyncio.to_thread(other.close)
+
+
+async def test_a_client_that_is_gone_frees_the_chip(link, server) -> None:
+    assert await xfer(link, [0x42, 0]) == [0, 0x12]
+    await asyncio.to_thread(link.close)  # as a killed process: the kernel closes the socket
+    other = SimChipLink("127.0.0.1", server.port, reply_timeout_s=2.0)
+    try:
+        assert await xfer(other, [0x42, 0]) == [0, 0x12]
+        assert server.counters["refused"] == 0
+    finally:
+        await asyncio.to_thread(other.close)
 
 
 async def test_server_gone_fails_fast_and_comes_back(chip, server, link) -> None:

@@ -78,10 +78,18 @@ class BackendUnavailable(RadioError, ImportError):
 
 @dataclass(frozen=True, slots=True)
 class Pins:
-    """BCM numbers of the lines the driver uses."""
+    """BCM numbers of the lines the driver uses (DIO1 optional: RxTimeout, CadDetected)."""
 
     dio0: int
     reset: int
+    dio1: int | None = None
+
+    def dio_lines(self) -> dict[int, int]:
+        """Pin number -> DIO line number, for the DIO pins that are wired."""
+        wired = {self.dio0: 0}
+        if self.dio1 is not None:
+            wired[self.dio1] = 1
+        return wired
 
 
 @dataclass(slots=True)

@@ -89,11 +89,17 @@ def _wanted(edge: int, level: int) -> bool:
 
 
 class SimulatedLines:
-    """GPIO lines where DIO0 follows a simulated chip and RST pulses reset it."""
+    """GPIO lines where the wired DIO pins follow a simulated chip and RST pulses reset it.
 
-    def __init__(self, pins: Pins, read_dio0: Callable[[], int], reset: Callable[[], None]):
+    ``read_dio(line)`` reads DIO ``line`` of the chip; ``post_dio(line, level)`` (called from
+    any thread) turns a DIO edge of the chip into an edge on the pin wired to it.
+    """
+
+    def __init__(self, pins: Pins, read_dio: Callable[[int], int], reset: Callable[[], None]):
         self._pins = pins
-        self._read_dio0 = read_dio0
+        self._dio_lines = pins.dio_lines()
+        self._pin_of_line = {line: pin for pin, line in self._dio_lines.items()}
+        self._read_dio = read_dio
         self._reset = reset
         self._levels: dict[int, int] = {}
         self.dispatcher = EdgeDispatcher()
@@ -109,9 +115,15 @@ class SimulatedLines:
             self._reset()
 
     def input(self, pin: int) -> int:
-        if pin == self._pins.dio0:
-            return self._read_dio0()
+        line = self._dio_lines.get(pin)
+        if line is not None:
+            return self._read_dio(line)
         return self._levels.get(pin, LOW)
+
+    def post_dio(self, line: int, level: int) -> None:
+        pin = self._pin_of_line.get(line)
+        if pin is not None:
+            self.dispatcher.post(pin, int(level))
 
     def add_event_detect(self, pin: int, edge: int, callback: EdgeCallback) -> None:
         self.dispatcher.register(pin, edge, callback)
@@ -126,10 +138,9 @@ class SimulatedLines:
 class LocalChip(Protocol):
     """What the in-process backend needs from a simulated chip (``drivers.sim.chip``)."""
 
-    on_dio0: Callable[[bool], None] | None
+    on_dio: Callable[[int, bool], None] | None
 
-    @property
-    def dio0(self) -> bool: ...
+    def dio(self, line: int) -> bool: ...
 
     def xfer(self, data: list[int]) -> list[int]: ...
 
@@ -150,15 +161,15 @@ class LocalChipBus:
 
     def close(self) -> None:
         self._closed = True
-        self._chip.on_dio0 = None
+        self._chip.on_dio = None
 
 
 def open_local_chip(chip: LocalChip, pins: Pins) -> Backend:
     """A backend on a chip object in this process (the chip must be safe to call from threads).
 
-    The chip's DIO0 edges reach the driver from a GPIO thread, never from the chip's own call
-    stack, as they would from RPi.GPIO.
+    The chip's DIO edges (DIO0, and DIO1 when ``pins.dio1`` is wired) reach the driver from a
+    GPIO thread, never from the chip's own call stack, as they would from RPi.GPIO.
     """
-    lines = SimulatedLines(pins, lambda: int(chip.dio0), chip.reset)
-    chip.on_dio0 = lambda level: lines.dispatcher.post(pins.dio0, int(level))
+    lines = SimulatedLines(pins, lambda line: int(chip.dio(line)), chip.reset)
+    chip.on_dio = lines.post_dio
     return Backend(LocalChipBus(chip), lines, "in-process simulated chip")
