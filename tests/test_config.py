@@ -10,6 +10,7 @@ import pytest
 from gateway.config import (
     MAX_TOML_BYTES,
     ConfigError,
+    ModbusSection,
     load_config,
     parse_config,
     secret_file_warnings,
@@ -70,6 +71,20 @@ def test_example_configs_are_valid():
             "[[modbus.buses.devices]]\nunit = 300\n",
             "modbus.buses[0].devices[0].unit: must be 0..247, got 300",
         ),
+        ('[gateway]\nid = "gw1\\n"\n', "gateway.id: does not match ^[A-Za-z0-9_.-]{1,64}$"),
+        ("[mqtt]\nport = true\n", "mqtt.port: must be an int, got bool True"),
+        ("[mqtt]\nport = 1883.5\n", "mqtt.port: must be an int, got float 1883.5"),
+        (
+            "[mqtt]\npublish_timeout_s = 700\n",
+            "mqtt.publish_timeout_s: must be greater than 0 and at most 600, got 700",
+        ),
+        ("[join]\nlease_inactive_s = 5\n", "join.lease_inactive_s: must be at least 60, got 5"),
+        (
+            '[join]\nopen_join_key = "00112233"\n',
+            "join.open_join_key: must be a table {file = PATH} or {env = NAME}; secrets are never",
+        ),
+        ('[ble]\nallow = ["00:11:22:33:44:55", "nope"]\n', "ble.allow[1]: does not match"),
+        ('[[modbus.buses]]\nport = "/dev/ttyS1"\n', "modbus.buses[0].name: required"),
     ],
 )
 def test_bad_values_give_one_line(text, expected, tmp_path):
@@ -85,6 +100,55 @@ def test_several_problems_one_line_each(tmp_path):
         "mqtt.keepalive_s",
         "mqtt.port",
     ]
+
+
+def test_every_bad_key_of_every_table_is_named(tmp_path):
+    problems = problems_of(
+        '[gateway]\nid = ""\n[radio]\nspreading_factor = 13\npins = {dio0 = 41}\n'
+        '[[modbus.buses]]\nname = "a"\nport = "/dev/ttyS1"\n'
+        '[[modbus.buses.devices]]\nunit = 1\n[[modbus.buses.devices.registers]]\nname = "x"\n'
+        '[[modbus.buses]]\nname = "B"\nport = "/dev/ttyS2"\n'
+        "[web]\nport = -1\n",
+        tmp_path,
+    )
+    assert problems == [
+        "gateway.id: does not match ^[A-Za-z0-9_.-]{1,64}$, got ''",
+        "radio.spreading_factor: must be 6..12, got 13",
+        "radio.pins.dio0: must be 0..40, got 41",
+        "modbus.buses[0].devices[0].registers[0].table: required",
+        "modbus.buses[0].devices[0].registers[0].address: required",
+        "modbus.buses[1].name: does not match ^[a-z0-9_]{1,32}$, got 'B'",
+        "web.port: must be 0..65535, got -1",
+    ]
+
+
+def test_a_section_written_back_as_toml_reads_the_same():
+    section = ModbusSection.from_table(
+        {
+            "enabled": True,
+            "buses": [
+                {
+                    "name": "meter",
+                    "transport": "tcp",
+                    "host": "127.0.0.1",
+                    "devices": [
+                        {
+                            "unit": 3,
+                            "registers": [
+                                {"name": "v", "table": "input", "address": 2, "scale": 0.1}
+                            ],
+                        }
+                    ],
+                }
+            ],
+        }
+    )
+    table = section.to_table()
+    assert table["buses"][0]["devices"][0] == {
+        "unit": 3,
+        "registers": [{"name": "v", "table": "input", "address": 2, "scale": 0.1}],
+    }
+    assert ModbusSection.from_table(table) == section
 
 
 def test_syntax_error(tmp_path):
