@@ -23,7 +23,7 @@ STAGES = (
         "cryptography",
         ("cryptography.hazmat.primitives.ciphers", "cryptography.hazmat.primitives.cmac"),
     ),
-    ("pydantic and the config models", ("pydantic", "gateway.config")),
+    ("msgspec and the config models", ("msgspec", "gateway.config")),
     ("paho-mqtt", ("paho.mqtt.client",)),
     (
         "gateway core (bridge, LoRa, outbox, MQTT upstream)",
