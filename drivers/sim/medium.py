@@ -3,15 +3,33 @@
 Endpoints (simulated chips, simulated nodes) attach at a position. A transmission occupies the
 air from ``loop.time()`` for its time on air (``gateway.protocol.airtime``). Every other endpoint
 whose radio is tuned to the frame (frequency within a quarter of the bandwidth, same spreading
-factor, bandwidth and sync word) and is receiving when the frame starts detects it, provided
-the received power reaches the sensitivity for its spreading factor and bandwidth. The frame is
-handed over at its end unless
+factor, bandwidth and sync word, and I/Q polarity: the receiver's RegInvertIQ bit 6 equal to
+the sender's inverted bit 0) and is receiving when the frame starts detects it, provided the
+received power reaches the sensitivity for its spreading factor and bandwidth and the SNR the
+demodulation floor of its spreading factor (``SNR_FLOOR_DB``). A receiver in explicit header
+mode never finds a header in an implicit-header frame, and one programmed with a shorter
+preamble than the frame's restarts its preamble detection before the sync word comes (datasheet
+4.1.1.6: program the receiver with the transmitter's length, or the longest one expected): both
+hear nothing (``lost_header``, ``lost_preamble``). The frame is settled at its end:
 
-* the receiver transmitted meanwhile (half duplex),
-* another frame on the same channel and spreading factor overlapped it in time and was not at
-  least ``capture_threshold_db`` weaker at that receiver (then both are lost; a frame that
-  beats every overlapping one by the threshold survives: capture),
-* a random loss hits it (``loss_probability``).
+* lost if the receiver transmitted meanwhile (half duplex);
+* lost (``lost_collision``) if another frame on the same channel and spreading factor that was
+  not at least ``capture_threshold_db`` weaker at that receiver (for a frame of the opposite
+  I/Q polarity, which the demodulator sees as noise: not below the SNR floor) overlapped its
+  preamble, sync word or explicit header, or if the receiver had already locked onto an earlier
+  frame when it began (one demodulator); a frame that beats every overlapping one by the
+  threshold survives (capture);
+* lost if a random loss hits it (``loss_probability``);
+* damaged if such an interferer only overlapped the payload, after the receiver had locked
+  onto the frame, or at random near the SNR floor (``crc_error_probability``): the receiver
+  gets it with PayloadCrcError when it checks the CRC, corrupted bytes when it does not.
+
+What the receiver gets follows its own registers where silicon does (``demodulate``): in
+explicit header mode the length, coding rate and CRC-on come from the frame's header; in
+implicit header mode from the receiver's RegPayloadLength, RegModemConfig1 and RxPayloadCrcOn,
+so a receiver whose settings differ from the sender's gets RegPayloadLength bytes that are not
+the payload (and a CRC error when it checks). Endpoints implementing ``on_packet`` get every
+packet the receiver would report; the others get intact ones through ``on_frame_received``.
 
 Received power follows a log-distance path loss model; the SNR is taken against the thermal
 noise floor ``-174 + 10 log10(BW) + NF``. All randomness comes from ``random.Random(seed)``
@@ -25,11 +43,12 @@ may be called from any thread.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, fields
-from typing import Protocol
+from typing import Literal, Protocol
 
 from drivers.radio.base import RadioSettings
 from gateway.protocol.airtime import exact_bandwidth_hz, time_on_air_s
@@ -47,6 +66,34 @@ SENSITIVITY_125KHZ_DBM = {
     11: -134.5,
     12: -137.0,
 }
+
+
+# Demodulation SNR floor per spreading factor (datasheet 4.1.1.2, Table 13): below it nothing
+# is demodulated; just above it packets come through with payload CRC errors now and then.
+SNR_FLOOR_DB = {6: -5.0, 7: -7.5, 8: -10.0, 9: -12.5, 10: -15.0, 11: -17.5, 12: -20.0}
+# RegPktSnrValue of a strong packet: the SX127x's estimator saturates around +10 dB however
+# strong the signal (the register itself could show +31.75).
+PACKET_SNR_CEILING_DB = 10.0
+PREAMBLE_SYNC_SYMBOLS = 4.25  # sync word and start-of-frame symbols after the preamble
+HEADER_BLOCK_SYMBOLS = 8  # the first block, holding the explicit header (datasheet 4.1.1.6)
+EXPLICIT_HEADER_BITS = 20  # length, coding rate, CRC-on, header checksum
+
+Role = Literal["gateway", "node"]
+
+
+def reported_snr_db(snr_db: float) -> float:
+    """The packet SNR an SX127x reports for a true SNR: saturated at the ceiling."""
+    return min(snr_db, PACKET_SNR_CEILING_DB)
+
+
+def crc_error_probability(snr_db: float, sf: int) -> float:
+    """Chance that a frame received ``snr_db`` above nothing else fails its payload CRC.
+
+    Half of them at the spreading factor's floor, falling e-fold per dB above it (a packet
+    error curve as steep as LoRa's: a few dB from most to almost none).
+    """
+    margin = snr_db - SNR_FLOOR_DB[sf]
+    return 1.0 if margin < 0 else 0.5 * math.exp(-margin)
 
 
 def sensitivity_dbm(sf: int, bw_hz: int) -> float:
@@ -71,9 +118,15 @@ class AirParams:
     explicit_header: bool = True
     crc: bool = True
     low_data_rate: bool | None = None  # None: on when mandatory (symbol time > 16 ms)
+    invert_iq_tx: bool = False  # frames go out with I and Q swapped (RegInvertIQ bit 0 clear)
+    invert_iq_rx: bool = False  # the receiver expects swapped I and Q (RegInvertIQ bit 6)
+    payload_length: int = 1  # RegPayloadLength: what an implicit-header receiver takes
 
     @classmethod
-    def from_settings(cls, settings: RadioSettings) -> AirParams:
+    def from_settings(cls, settings: RadioSettings, *, role: Role | None = None) -> AirParams:
+        """``role`` sets the I/Q polarity as the air protocol wants it: a gateway transmits
+        inverted and receives normal, a node the other way round; None leaves both normal (a
+        chip's reset state)."""
         return cls(
             frequency_hz=settings.frequency_hz,
             spreading_factor=settings.spreading_factor,
@@ -83,7 +136,21 @@ class AirParams:
             preamble_length=settings.preamble_length,
             explicit_header=not settings.implicit_header,
             crc=settings.crc,
+            invert_iq_tx=role == "gateway",
+            invert_iq_rx=role == "node",
         )
+
+    def symbol_s(self) -> float:
+        return float(2**self.spreading_factor / exact_bandwidth_hz(self.bandwidth_hz))
+
+    def lock_s(self) -> float:
+        """From a frame's start until a receiver is locked onto it: preamble and sync word,
+        and the header with an explicit header (a hit before then loses the frame, later only
+        its payload)."""
+        symbols = self.preamble_length + PREAMBLE_SYNC_SYMBOLS
+        if self.explicit_header:
+            symbols += HEADER_BLOCK_SYMBOLS
+        return symbols * self.symbol_s()
 
     def time_on_air_s(self, payload_len: int) -> float:
         return time_on_air_s(
@@ -103,13 +170,22 @@ class AirParams:
         return abs(self.frequency_hz - other.frequency_hz) <= tolerance
 
     def hears(self, frame: AirParams) -> bool:
-        """Whether a receiver with these settings can demodulate a frame sent with ``frame``."""
+        """Whether a receiver with these settings is tuned to a frame sent with ``frame``."""
         return (
             self.same_channel(frame)
             and self.spreading_factor == frame.spreading_factor
             and self.bandwidth_hz == frame.bandwidth_hz
             and self.sync_word == frame.sync_word
+            and self.invert_iq_rx == frame.invert_iq_tx
         )
+
+    def cannot_lock(self, frame: AirParams) -> Literal["header", "preamble"] | None:
+        """Why a receiver tuned to ``frame`` still never locks onto it, or None."""
+        if self.explicit_header and not frame.explicit_header:
+            return "header"
+        if self.preamble_length < frame.preamble_length:
+            return "preamble"
+        return None
 
     def interferes_with(self, other: AirParams) -> bool:
         """Frames collide when they share the channel and the spreading factor."""
@@ -131,6 +207,79 @@ class Frame:
         return self.start + self.airtime_s
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedPacket:
+    """What a receiver's modem makes of a frame: the bytes for its FIFO and its flags."""
+
+    payload: bytes
+    rssi_dbm: float  # power at the antenna
+    snr_db: float  # true SNR (a chip reports ``reported_snr_db`` of it)
+    explicit_header: bool  # length, coding rate and CRC-on were taken from a header
+    coding_rate: int  # from the header, or the receiver's own in implicit header mode
+    crc_on: bool  # the payload CRC was checked (CrcOnPayload)
+    crc_error: bool  # ... and failed (PayloadCrcError)
+
+
+def demodulate(
+    receiver: AirParams,
+    frame: Frame,
+    *,
+    damaged: bool,
+    rng: random.Random,
+    rssi_dbm: float,
+    snr_db: float,
+) -> ReceivedPacket:
+    """The packet a receiver with ``receiver`` settings reports for ``frame``.
+
+    Explicit header (both sides, checked at detection): the frame's payload, with the header's
+    coding rate and CRC-on. Implicit header: the receiver reads RegPayloadLength bytes of
+    whatever came after the sync word (the sender's header bits, if it sent one, then its
+    payload, its CRC, then noise), decoded at its own coding rate (a different one decodes
+    nothing but noise), and checks a CRC when its RxPayloadCrcOn says so. Whitening and
+    interleaving are not modelled: the wrong bytes are plausible, not the chip's. ``damaged``
+    corrupts bytes picked with ``rng``; with a CRC check that is a CRC error.
+    """
+    params = frame.params
+    if receiver.explicit_header:
+        payload = _corrupt(frame.payload, rng) if damaged else frame.payload
+        return ReceivedPacket(
+            payload, rssi_dbm, snr_db, True, params.coding_rate, params.crc, damaged and params.crc
+        )
+    length = receiver.payload_length
+    if receiver.coding_rate != params.coding_rate:
+        stream = rng.randbytes(length)
+    else:
+        stream = frame.payload
+        if params.crc:
+            stream += binascii.crc_hqx(frame.payload, 0).to_bytes(2, "big")
+        if params.explicit_header:
+            header = (
+                (len(frame.payload) << 12) | ((params.coding_rate - 4) << 9) | (params.crc << 8)
+            )
+            bits = (header << (8 * len(stream) + 4)) | (int.from_bytes(stream, "big") << 4)
+            stream = bits.to_bytes(len(stream) + 3, "big")
+        if len(stream) < length:
+            stream += rng.randbytes(length - len(stream))
+    payload = stream[:length]
+    if damaged:
+        payload = _corrupt(payload, rng)
+    intact = payload == frame.payload and not params.explicit_header and params.crc
+    crc_error = receiver.crc and not intact
+    return ReceivedPacket(
+        payload, rssi_dbm, snr_db, False, receiver.coding_rate, receiver.crc, crc_error
+    )
+
+
+def _corrupt(payload: bytes, rng: random.Random) -> bytes:
+    """A few bytes (about one in eight, at least one) changed."""
+    if not payload:
+        return payload
+    damaged = bytearray(payload)
+    for _ in range(1 + len(payload) // 8):
+        damaged[rng.randrange(len(damaged))] ^= rng.randrange(1, 256)
+    return bytes(damaged)
+
+
 class RadioEndpoint(Protocol):
     """What the medium needs from a radio attached to it."""
 
@@ -144,19 +293,33 @@ class RadioEndpoint(Protocol):
         """A receivable frame started during receive period ``session``."""
 
     def on_frame_received(self, session: int, frame: Frame, rssi_dbm: float, snr_db: float) -> bool:
-        """The frame ended intact; return False if ``session`` is over (the frame is dropped)."""
+        """The frame ended intact; return False if ``session`` is over (the frame is dropped).
+
+        Not called on an endpoint that has ``on_packet``."""
 
     def on_frame_failed(self, session: int, frame: Frame) -> None:
         """A detected frame was lost (collision, half duplex, random loss, sender stopped)."""
 
 
+class PacketEndpoint(RadioEndpoint, Protocol):
+    """An endpoint that takes every packet its modem reports, CRC errors and wrong bytes too
+    (the medium calls ``on_packet`` on any endpoint that has it)."""
+
+    def on_packet(self, session: int, frame: Frame, packet: ReceivedPacket) -> bool:
+        """RxDone for ``frame``; return False if ``session`` is over (the packet is dropped)."""
+
+
 @dataclass(slots=True)
 class MediumStats:
     frames_sent: int = 0
-    delivered: int = 0
+    delivered: int = 0  # handed over intact
     captured: int = 0  # delivered although another frame overlapped it
+    crc_errors: int = 0  # handed over with PayloadCrcError (partial collision, near the floor)
+    corrupted: int = 0  # handed over with wrong bytes and no CRC check to tell
     lost_collision: int = 0
     lost_sensitivity: int = 0
+    lost_header: int = 0  # an explicit-header receiver found no header (implicit frame)
+    lost_preamble: int = 0  # the receiver's programmed preamble was shorter than the frame's
     lost_random: int = 0
     lost_half_duplex: int = 0
     lost_receiver_left: int = 0  # the receiver stopped receiving or retuned before the end
@@ -179,6 +342,8 @@ class _Reception:
     rssi_dbm: float
     snr_db: float
     random_loss: bool
+    near_floor_error: bool  # the payload fails near the SNR floor
+    rng: random.Random  # bytes this receiver gets wrong, if any
     half_duplex: bool = False
 
 
@@ -189,6 +354,8 @@ class _Transmission:
     end: float
     power_at: dict[RadioEndpoint, float]
     loss_roll: dict[RadioEndpoint, float]
+    error_roll: dict[RadioEndpoint, float] = field(default_factory=dict)
+    damage_seed: dict[RadioEndpoint, int] = field(default_factory=dict)
     receptions: dict[RadioEndpoint, _Reception] = field(default_factory=dict)
     finished: bool = False
     aborted: bool = False
@@ -323,6 +490,8 @@ class RfMedium:
                 power += self._rng.gauss(0.0, self.shadowing_sigma_db)
             tx.power_at[endpoint] = power
             tx.loss_roll[endpoint] = self._rng.random()
+            tx.error_roll[endpoint] = self._rng.random()
+            tx.damage_seed[endpoint] = self._rng.getrandbits(32)
         self._transmissions.append(tx)
         self._detect(tx)
         tx.handle = self.loop.call_at(tx.end, self._finish, tx)
@@ -378,14 +547,25 @@ class RfMedium:
             if session is None:
                 self.stats.not_listening += 1
                 continue
-            if power < sensitivity_dbm(rx_params.spreading_factor, rx_params.bandwidth_hz):
+            snr = power - self.noise_floor_dbm(rx_params.bandwidth_hz)
+            sf = rx_params.spreading_factor
+            if power < sensitivity_dbm(sf, rx_params.bandwidth_hz) or snr < SNR_FLOOR_DB[sf]:
                 self.stats.lost_sensitivity += 1
+                continue
+            why_not = rx_params.cannot_lock(params)
+            if why_not == "header":
+                self.stats.lost_header += 1
+                continue
+            if why_not == "preamble":
+                self.stats.lost_preamble += 1
                 continue
             tx.receptions[endpoint] = _Reception(
                 session=session,
                 rssi_dbm=power,
-                snr_db=power - self.noise_floor_dbm(rx_params.bandwidth_hz),
+                snr_db=snr,
                 random_loss=tx.loss_roll[endpoint] < self.loss_probability,
+                near_floor_error=tx.error_roll[endpoint] < crc_error_probability(snr, sf),
+                rng=random.Random(tx.damage_seed[endpoint]),
             )
             endpoint.on_frame_detected(session, tx.frame)
 
@@ -400,36 +580,88 @@ class RfMedium:
     def _settle(self, tx: _Transmission, endpoint: RadioEndpoint, reception: _Reception) -> None:
         """Decide one detected frame's fate at one receiver, count it and tell the receiver."""
         stats = self.stats
-        interferers = [
-            other.power_at[endpoint]
-            for other in self._transmissions
-            if other is not tx
-            and other.sender is not endpoint
-            and endpoint in other.power_at
-            and other.frame.params.interferes_with(tx.frame.params)
-            and other.overlaps(tx)
-        ]
+        fatal, payload_hit, overlapped = self._interference(tx, endpoint, reception)
         if tx.aborted:
             stats.lost_aborted += 1
         elif reception.half_duplex:
             stats.lost_half_duplex += 1
         elif endpoint not in self._endpoints or not endpoint.air_params().hears(tx.frame.params):
             stats.lost_receiver_left += 1
-        elif any(reception.rssi_dbm - power < self.capture_threshold_db for power in interferers):
+        elif fatal:
             stats.lost_collision += 1
         elif reception.random_loss:
             stats.lost_random += 1
-        elif endpoint.on_frame_received(
-            reception.session, tx.frame, reception.rssi_dbm, reception.snr_db
-        ):
-            stats.delivered += 1
-            if interferers:
-                stats.captured += 1
-            return
         else:
-            stats.lost_receiver_left += 1
-            return  # the endpoint already knows its receive period is over
+            packet = demodulate(
+                endpoint.air_params(),
+                tx.frame,
+                damaged=payload_hit or reception.near_floor_error,
+                rng=reception.rng,
+                rssi_dbm=reception.rssi_dbm,
+                snr_db=reception.snr_db,
+            )
+            intact = packet.payload == tx.frame.payload and not packet.crc_error
+            if not self._hand_over(endpoint, reception.session, tx.frame, packet, intact):
+                stats.lost_receiver_left += 1  # the endpoint knows its receive period is over
+            elif packet.crc_error:
+                stats.crc_errors += 1
+            elif not intact:
+                stats.corrupted += 1
+            else:
+                stats.delivered += 1
+                if overlapped:
+                    stats.captured += 1
+            return
         endpoint.on_frame_failed(reception.session, tx.frame)
+
+    def _interference(
+        self, tx: _Transmission, endpoint: RadioEndpoint, reception: _Reception
+    ) -> tuple[bool, bool, bool]:
+        """(lost, payload damaged, anything overlapped) for ``tx`` at ``endpoint``."""
+        params = tx.frame.params
+        locked_at = tx.frame.start + params.lock_s()
+        fatal = payload_hit = overlapped = False
+        for other in self._transmissions:
+            if (
+                other is tx
+                or other.sender is endpoint
+                or endpoint not in other.power_at
+                or not other.frame.params.interferes_with(params)
+                or not other.overlaps(tx)
+            ):
+                continue
+            overlapped = True
+            earlier = other.receptions.get(endpoint)
+            if (
+                earlier is not None
+                and earlier.session == reception.session
+                and other.frame.start + other.frame.params.lock_s() <= tx.frame.start
+            ):
+                fatal = True  # the receiver was locked onto the other frame when this began
+                continue
+            if other.frame.params.invert_iq_tx == params.invert_iq_tx:
+                margin_needed = self.capture_threshold_db
+            else:
+                margin_needed = SNR_FLOOR_DB[params.spreading_factor]
+            if reception.rssi_dbm - other.power_at[endpoint] >= margin_needed:
+                continue
+            if other.frame.start >= locked_at:
+                payload_hit = True
+            else:
+                fatal = True
+        return fatal, payload_hit, overlapped
+
+    @staticmethod
+    def _hand_over(
+        endpoint: RadioEndpoint, session: int, frame: Frame, packet: ReceivedPacket, intact: bool
+    ) -> bool:
+        on_packet = getattr(endpoint, "on_packet", None)
+        if on_packet is not None:
+            return on_packet(session, frame, packet)
+        if intact:
+            return endpoint.on_frame_received(session, frame, packet.rssi_dbm, packet.snr_db)
+        endpoint.on_frame_failed(session, frame)  # its radio drops what it cannot use
+        return True
 
     def _prune(self) -> None:
         """Forget finished frames that can no longer overlap a frame still on the air."""

@@ -6,6 +6,11 @@
 ``receive`` opens a receive window of ``timeout_s``: a frame whose preamble starts inside the
 window is awaited to its end even when that is after the window closes; a frame already on the
 air when the window opens is not heard. Transmitting and receiving never overlap (half duplex).
+
+A node's radio sends uplinks with normal I/Q and receives downlinks inverted, so nodes do not
+hear each other (``role="gateway"`` gives a stand-in for the gateway's radio: the opposite).
+A packet with a payload CRC error is dropped, as a node's driver would; the SNR handed on is
+the one an SX127x reports (saturated near +10 dB).
 """
 
 from __future__ import annotations
@@ -16,7 +21,15 @@ import math
 from dataclasses import dataclass, field
 
 from drivers.radio.base import RadioSettings
-from drivers.sim.medium import AirParams, Frame, Position, RfMedium
+from drivers.sim.medium import (
+    AirParams,
+    Frame,
+    Position,
+    ReceivedPacket,
+    RfMedium,
+    Role,
+    reported_snr_db,
+)
 
 
 @dataclass(eq=False, slots=True)
@@ -39,6 +52,7 @@ class MediumNodeLink:
         distance_m: float = 100.0,
         position: Position | None = None,
         name: str = "node",
+        role: Role = "node",
     ) -> None:
         """Placed at ``position``, or ``distance_m`` from the origin (where a gateway sits)."""
         if position is None and not (math.isfinite(distance_m) and distance_m >= 0):
@@ -46,7 +60,8 @@ class MediumNodeLink:
         self.medium = medium
         self.name = name
         self.settings = settings if settings is not None else RadioSettings()
-        self._params = AirParams.from_settings(self.settings)
+        self.role = role
+        self._params = AirParams.from_settings(self.settings, role=role)
         self._windows = 0
         self._window: _Window | None = None
         self._transmitting = False
@@ -54,7 +69,7 @@ class MediumNodeLink:
 
     def reconfigure(self, settings: RadioSettings) -> None:
         self.settings = settings
-        self._params = AirParams.from_settings(settings)
+        self._params = AirParams.from_settings(settings, role=self.role)
 
     def close(self) -> None:
         self.medium.detach(self)
@@ -127,11 +142,18 @@ class MediumNodeLink:
             window.changed.set()
 
     def on_frame_received(self, session: int, frame: Frame, rssi_dbm: float, snr_db: float) -> bool:
+        packet = ReceivedPacket(
+            frame.payload, rssi_dbm, snr_db, True, frame.params.coding_rate, False, False
+        )
+        return self.on_packet(session, frame, packet)
+
+    def on_packet(self, session: int, frame: Frame, packet: ReceivedPacket) -> bool:
         window = self._current(session)
         if window is None or frame.id not in window.pending or window.result is not None:
             return False
         window.pending.discard(frame.id)
-        window.result = (frame.payload, rssi_dbm, snr_db)
+        if not packet.crc_error:
+            window.result = (packet.payload, packet.rssi_dbm, reported_snr_db(packet.snr_db))
         window.changed.set()
         return True
 
