@@ -490,6 +490,7 @@ async def test_node_receives_a_chip_frame_and_a_cut_frame_reaches_nobody():
     node = MediumNodeLink(medium, NODE, distance_m=300)
     lora_standby(gateway)
     write(gateway, 0x1E, 0x74)
+    write(gateway, 0x33, 0x26)  # RegInvertIQ: downlinks go out with inverted I/Q
     window = asyncio.ensure_future(node.receive(1.0))
     await asyncio.sleep(0)
     write_payload(gateway, b"downlink")

@@ -12,7 +12,14 @@ transfers per packet. Received packets wait in a queue for the loop; the first o
 queue wakes the loop, which takes every packet queued by then, so packets arriving while the loop
 is busy cost one wake-up between them, not one each. ``on_receive`` still runs once per packet,
 in order. ``transmit()`` switches DIO0 to TxDone, writes the FIFO and starts TX;
-the TxDone callback clears the flag and goes straight back to RXCONT. A TxDone that does not
+the TxDone callback clears the flag and goes straight back to RXCONT.
+
+I/Q polarity as the air protocol wants it (docs/protocol.md, "Air"): a gateway transmits its
+downlinks with inverted I/Q and receives uplinks normal, so nodes never take each other's
+uplinks for a downlink; ``iq_role="node"`` is the node's side (a bench's node board). Before
+each transmission and each return to receive, RegInvertIQ (bit 6 RX, bit 0 TX, set when TX is
+normal; the reserved bits kept) and RegInvertIQ2 (0x19 inverted, 0x1D normal) are written as
+Semtech's reference driver does. A TxDone that does not
 come within the time on air plus a margin raises RadioError after the chip has been reset
 through RST and set up again.
 
@@ -40,7 +47,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from drivers.radio.base import (
     ChipNotFound,
@@ -78,6 +85,12 @@ RX_STATUS_LENGTH = REG_PKT_RSSI_VALUE - RX_STATUS_FIRST + 1
 IRQ_RX_DONE = 0x40
 IRQ_PAYLOAD_CRC_ERROR = 0x20
 IRQ_VALID_HEADER = 0x10
+REG_INVERT_IQ = 0x33
+REG_INVERT_IQ2 = 0x3B
+INVERT_IQ_RX = 0x40  # RegInvertIQ bit 6: receive inverted
+INVERT_IQ_TX_NORMAL = 0x01  # RegInvertIQ bit 0: set transmits normal, clear inverted
+INVERT_IQ2_INVERTED = 0x19
+INVERT_IQ2_NORMAL = 0x1D
 LF_PORT_MAX_HZ = 525_000_000  # up to here the LF port (bands 2 and 3): RSSI offset -164
 MAX_PAYLOAD = 255
 
@@ -125,6 +138,7 @@ class Sx127xRadio:
         tx_margin_s: float = 0.5,
         probe_interval_s: float = 5.0,
         link_timeout_s: float = 1.0,
+        iq_role: Literal["gateway", "node"] = "gateway",
     ) -> None:
         check_settings(settings)
         kind, first, second = parse_spi_url(spi_url)
@@ -137,6 +151,8 @@ class Sx127xRadio:
             spi_cs=second if kind == "spidev" else 0,
         )
         self.counters: Counter[str] = Counter()
+        self.iq_role = iq_role
+        self._invert_iq_reserved = 0x26  # RegInvertIQ bits 5-1 at reset, read again at setup
         self._open_bus = open_bus or (
             lambda: open_backend(spi_url, Pins(dio0_pin, reset_pin), reply_timeout_s=link_timeout_s)
         )
@@ -431,6 +447,8 @@ class Sx127xRadio:
         )
         lora.set_pa_dac(high_power)
         lora.set_ocp_trim(140 if high_power else 100)
+        invert_iq = lora.get_register(REG_INVERT_IQ)
+        self._invert_iq_reserved = invert_iq & ~(INVERT_IQ_RX | INVERT_IQ_TX_NORMAL) & 0xFF
         lora.set_fifo_tx_base_addr(0x00)
         lora.set_fifo_rx_base_addr(0x00)
         lora.set_max_payload_length(MAX_PAYLOAD)
@@ -466,8 +484,23 @@ class Sx127xRadio:
         lora.set_mode(pylora.MODE.STDBY)
         lora.set_register(pylora.REG.LORA.IRQ_FLAGS, IRQ_ALL)
         lora.set_dio_mapping([0] * 6)
+        self._set_iq_locked(transmitting=False)
         lora.reset_ptr_rx()
         lora.set_mode(pylora.MODE.RXCONT)
+
+    def _set_iq_locked(self, *, transmitting: bool) -> None:
+        """RegInvertIQ and RegInvertIQ2 for the next transmission or reception."""
+        inverted = (self.iq_role == "gateway") == transmitting
+        value = self._invert_iq_reserved
+        if transmitting:
+            value |= 0 if inverted else INVERT_IQ_TX_NORMAL
+        else:
+            value |= INVERT_IQ_TX_NORMAL | (INVERT_IQ_RX if inverted else 0)
+        spi = self._lora.spi
+        spi.xfer([REG_INVERT_IQ | SPI_WRITE, value])
+        spi.xfer(
+            [REG_INVERT_IQ2 | SPI_WRITE, INVERT_IQ2_INVERTED if inverted else INVERT_IQ2_NORMAL]
+        )
 
     def _configure_and_listen(self, settings: RadioSettings) -> None:
         with self._spi_lock:
@@ -489,6 +522,7 @@ class Sx127xRadio:
             lora.set_mode(pylora.MODE.STDBY)
             lora.set_register(pylora.REG.LORA.IRQ_FLAGS, IRQ_ALL)
             lora.set_dio_mapping([1, 0, 0, 0, 0, 0])
+            self._set_iq_locked(transmitting=True)
             lora.write_payload(list(payload))
             lora.set_mode(pylora.MODE.TX)
 

@@ -21,6 +21,10 @@ What is modelled (datasheet section numbers refer to the SX1276/77/78/79 datashe
   RegModemStat, RegHopChannel (CrcOnPayload) and the counters are updated; ValidHeader (explicit
   header) and RxDone are raised. RX single returns to Standby after a packet or on RxTimeout
   (RegSymbTimeout symbols without a preamble, or a detected frame that is lost).
+* What a packet holds is the medium's decision (``medium.demodulate``) from both sides'
+  registers: I/Q polarity (RegInvertIQ), header mode, RegPayloadLength and coding rate in
+  implicit mode, CRC on/off; a damaged frame raises PayloadCrcError with RxDone when the CRC is
+  checked. RegPktSnrValue saturates at +10 dB (``medium.PACKET_SNR_CEILING_DB``).
 * CAD: after (2^SF + 32) / BW, CadDone (and CadDetected when a receivable frame is on the air).
 * RegIrqFlags: write 1 to clear; RegIrqFlagsMask stops a flag from being set. DIO0 follows
   RegDioMapping1 bits 7-6: 00 RxDone, 01 TxDone, 10 CadDone, 11 nothing.
@@ -38,6 +42,7 @@ events); it must not block.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -121,10 +126,24 @@ from drivers.sim.chip_registers import (
     pa_boost_current_ma,
     pa_boost_power_at_current,
 )
-from drivers.sim.medium import AirParams, Frame, Position, RfMedium
+from drivers.sim.medium import (
+    AirParams,
+    Frame,
+    Position,
+    ReceivedPacket,
+    RfMedium,
+    reported_snr_db,
+)
 from gateway.protocol.airtime import exact_bandwidth_hz
 
 log = logging.getLogger(__name__)
+
+# RegInvertIQ (0x33): bit 6 receives inverted I/Q, bit 0 transmits normal I/Q when set (clear:
+# inverted, as Semtech's reference driver writes it). RegInvertIQ2 (0x3B, 0x19 with inverted
+# I/Q, 0x1D normal) is kept but not consulted: LMIC receives downlinks on silicon with bit 6 alone.
+REG_INVERT_IQ = 0x33
+INVERT_IQ_RX = 0x40
+INVERT_IQ_TX_NORMAL = 0x01
 
 FailMode = Literal["zeros", "ones", "stuck_dio0"]
 FAIL_MODES: tuple[FailMode, ...] = ("zeros", "ones", "stuck_dio0")
@@ -333,6 +352,9 @@ class SimulatedSX127x:
             explicit_header=not config1 & 0x01,
             crc=bool(config2 & 0x04),
             low_data_rate=bool(lora[REG_MODEM_CONFIG_3] & 0x08),
+            invert_iq_tx=not lora[REG_INVERT_IQ] & INVERT_IQ_TX_NORMAL,
+            invert_iq_rx=bool(lora[REG_INVERT_IQ] & INVERT_IQ_RX),
+            payload_length=lora[REG_PAYLOAD_LENGTH],
         )
 
     def tx_power_dbm(self) -> float:
@@ -396,18 +418,33 @@ class SimulatedSX127x:
         self._settle()
 
     def on_frame_received(self, session: int, frame: Frame, rssi_dbm: float, snr_db: float) -> bool:
+        params = frame.params
+        packet = ReceivedPacket(
+            frame.payload, rssi_dbm, snr_db, True, params.coding_rate, params.crc, False
+        )
+        return self.on_packet(session, frame, packet)
+
+    def on_packet(self, session: int, frame: Frame, packet: ReceivedPacket) -> bool:
+        """RxDone for what the medium says this modem made of ``frame`` (``demodulate``): the
+        bytes, PayloadCrcError, and the coding rate and CRC-on of the header in explicit mode."""
         with self._lock:
             if session != self._rx_session:
                 return False
             self._rx_in_progress.discard(frame.id)
             announced = frame.id in self._headers_announced
             self._headers_announced.discard(frame.id)
+            params = dataclasses.replace(
+                self.air_params(),
+                explicit_header=packet.explicit_header,
+                coding_rate=packet.coding_rate,
+                crc=packet.crc_on,
+            )
             self._store_packet(
-                frame.payload,
-                rssi_dbm,
-                snr_db,
-                frame.params,
-                crc_error=False,
+                packet.payload,
+                packet.rssi_dbm,
+                packet.snr_db,
+                params,
+                crc_error=packet.crc_error,
                 header_announced=announced,
             )
         self._settle()
@@ -672,19 +709,20 @@ class SimulatedSX127x:
         lora[REG_FIFO_RX_CURRENT_ADDR] = start
         lora[REG_FIFO_RX_BYTE_ADDR] = self._rx_write_ptr
         lora[REG_RX_NB_BYTES] = len(payload)
-        snr_register = _signed_byte(round(snr_db * 4))
+        snr_register = _signed_byte(round(reported_snr_db(snr_db) * 4))
         snr_quantised = (snr_register - 256 if snr_register > 127 else snr_register) / 4
         rssi_register = rssi_dbm + self._rssi_offset(params)
         if snr_quantised < 0:
             rssi_register -= snr_quantised
         lora[REG_PKT_SNR_VALUE] = snr_register
         lora[REG_PKT_RSSI_VALUE] = max(0, min(255, round(rssi_register)))
-        if not header_announced:
+        if params.explicit_header and not header_announced:
             self._bump_counter(REG_RX_HEADER_CNT_MSB)
         if not crc_error:
             self._bump_counter(REG_RX_PACKET_CNT_MSB)
         self._lora[REG_MODEM_STAT] = ((params.coding_rate - 4) << 5) | MODEM_CLEAR
-        lora[REG_HOP_CHANNEL] = (lora[REG_HOP_CHANNEL] & ~0x40 & 0xFF) | (0x40 * params.crc)
+        if params.explicit_header:  # CrcOnPayload comes from the header only
+            lora[REG_HOP_CHANNEL] = (lora[REG_HOP_CHANNEL] & ~0x40 & 0xFF) | (0x40 * params.crc)
         self.stats.rx_packets += 1
         if params.explicit_header and not header_announced:
             self._raise_irq(IRQ_VALID_HEADER)
