@@ -91,6 +91,13 @@ class StateCollector(Collector):
                 "Outbox rows every upstream acknowledged before they were due on disk",
                 outbox.never_written,
             )
+        crc_errors = _read("radio counters", state.crc_errors)
+        if crc_errors is not None:
+            yield _counter(
+                "duogate_frames_crc_error",
+                "Air frames received with a payload CRC error (collision, weak signal), dropped",
+                crc_errors,
+            )
         yield _gauge("duogate_nodes_seen", "Devices seen since start", len(state.nodes))
 
         upstreams = GaugeMetricFamily(

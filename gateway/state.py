@@ -206,6 +206,7 @@ class GatewayState:
         self.outbox_stats: Callable[[], OutboxStats] | None = None
         self.duty_cycle: Callable[[], Mapping[str, float]] | None = None  # band -> used 0..1
         self.leases: Callable[[], Sequence[LeaseRow]] | None = None
+        self.radio_counters: Callable[[], Mapping[str, int]] | None = None  # the radio driver's
         self._signal_listeners: list[SignalListener] = []
 
     def now(self) -> float:
@@ -323,6 +324,11 @@ class GatewayState:
 
     def lease_rows(self) -> list[LeaseRow]:
         return list(self.leases()) if self.leases is not None else []
+
+    def crc_errors(self) -> int:
+        """Frames the radio received with a payload CRC error and dropped."""
+        counters = self.radio_counters() if self.radio_counters is not None else {}
+        return int(counters.get("crc_errors", 0))
 
 
 class Controls(Protocol):

@@ -370,6 +370,7 @@ class HardwareBench(Bench):
                 spi_url=node_radio_section.spi,
                 dio0_pin=node_radio_section.pins.dio0,
                 reset_pin=node_radio_section.pins.reset,
+                iq_role="node",  # uplinks normal, downlinks received inverted
             )
             await asyncio.wait_for(radio.open(self._inbox.put_nowait), 10.0)
             self._node_radio = radio

@@ -137,7 +137,7 @@ class MediumRadio:
     ) -> None:
         self.settings = settings
         self.medium = medium
-        self._params = AirParams.from_settings(settings)
+        self._params = AirParams.from_settings(settings, role="gateway")
         self._rng = rng
         self._stall = stall
         self._on_receive: RxHandler | None = None
@@ -182,7 +182,7 @@ class MediumRadio:
 
     async def reconfigure(self, settings: RadioSettings) -> None:
         self.settings = settings
-        self._params = AirParams.from_settings(settings)
+        self._params = AirParams.from_settings(settings, role="gateway")
 
     def healthy(self) -> bool:
         return self._open

@@ -7,6 +7,7 @@ in-process SPI/GPIO backend instead of a socket. ``duogate sim`` plus ``radio.sp
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 from drivers.radio.base import RadioSettings, RxHandler
@@ -35,6 +36,11 @@ class InProcessSimRadio:
     @property
     def settings(self) -> RadioSettings:
         return self._radio.settings
+
+    @property
+    def counters(self) -> Counter[str]:
+        """The SX127x driver's counters (packets, CRC errors, resets, ...)."""
+        return self._radio.counters
 
     def _open_bus(self) -> Backend:
         if self.world is None:

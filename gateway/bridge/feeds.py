@@ -50,6 +50,7 @@ class StateFeeds:
         self.state.leases = self.lease_rows
         if radio is not None:
             self.state.radio = radio.settings
+            self.state.radio_counters = lambda: getattr(radio, "counters", {})
 
     def outbox_stats(self) -> OutboxStats:
         oldest = None if self._oldest_ts is None else max(0.0, self._wall() - self._oldest_ts)

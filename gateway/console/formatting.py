@@ -78,7 +78,7 @@ def format_status(state: GatewayState) -> str:
     rejected = sum(counters.frames_rejected.values())
     lines.append(
         f"frames      {counters.frames_received} received, {counters.frames_sent} sent,"
-        f" {rejected} rejected"
+        f" {rejected} rejected, {state.crc_errors()} CRC errors"
     )
     lines.append(f"nodes       {len(state.nodes)} seen")
     return "\n".join(lines) + "\n"
