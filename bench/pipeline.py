@@ -175,11 +175,10 @@ async def latency(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
 
 
 async def steady_case(
-    gateway: BenchGateway, fleet: NodeFleet, rate: float, seconds: float, idle_cpu_per_s: float
+    gateway: BenchGateway, frames: list[tuple[Any, bytes]], rate: float, idle_cpu_per_s: float
 ) -> dict[str, Any]:
-    """A thread hands ``rate * seconds`` frames over at ``rate`` as a DIO0 handler does;
-    process CPU time (all threads) from the first frame to the last PUBACK, per report."""
-    frames = frames_with_keys(fleet, int(rate * seconds))
+    """A thread hands the frames over at ``rate`` as a DIO0 handler does; process CPU time
+    (all threads) from the first frame to the last PUBACK, per report."""
     acked_before = gateway.acks.count
     pacer = InterruptPacer(gateway.radio, frames, rate)
     cpu0, start = cpu_seconds(), time.monotonic()
@@ -212,7 +211,8 @@ async def cpu_per_report(params: dict[str, Any], channel: Channel) -> dict[str, 
     async with joined_gateway(params["nodes"], mqtt_port=params["mqtt_port"]) as (gateway, fleet):
         idle = await idle_cpu_per_s(params["idle_s"])
         for rate, seconds in params["cases"]:
-            cases[f"{rate:g}"] = await steady_case(gateway, fleet, rate, seconds, idle)
+            frames = frames_with_keys(fleet, int(rate * seconds))
+            cases[f"{rate:g}"] = await steady_case(gateway, frames, rate, idle)
             await gateway.wait_drained()
     return {
         "idle_cpu_ms_per_s": idle * 1000,
@@ -243,10 +243,11 @@ async def profiled(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
                 await channel.wait_go()
 
         rate, seconds = params["steady"]
-        figures["steady"] = await window("steady", steady_case(gateway, fleet, rate, seconds, idle))
+        frames = frames_with_keys(fleet, int(rate * seconds))  # built before the window
+        figures["steady"] = await window("steady", steady_case(gateway, frames, rate, idle))
         await gateway.wait_drained()
-        frames = frames_of(fleet, params["burst_reports"], params["nodes"])
-        figures["burst"] = await window("burst", inject_burst(gateway, frames))
+        burst = frames_of(fleet, params["burst_reports"], params["nodes"])
+        figures["burst"] = await window("burst", inject_burst(gateway, burst))
         await gateway.wait_drained()
     return figures
 

@@ -281,7 +281,7 @@ def _pointing_to_profile(row: Row, profile: Any) -> Row:
     return Row(row.figure, row.measured, row.goal, f"{row.verdict}; see {PROFILES_HEADING}")
 
 
-def _share(count: int, total: int) -> str:
+def _share(count: float, total: float) -> str:
     return f"{count / total:.0%}" if total else "-"
 
 
@@ -290,13 +290,13 @@ def profile_rows(f: dict[str, Any]) -> list[Row]:
     for phase in PROFILE_PHASES:
         window = f[phase]
         profile = window["profile"]
-        total = profile["samples"]
+        total = profile["cpu_s"]
         areas = ", ".join(f"{area} {_share(n, total)}" for area, n in profile["areas"][:5])
         found.append(
             Row(
                 f"Profile of the {_profile_title(phase, window)} (py-spy, own time by area)",
-                f"{areas} ({total} samples; {window['cpu_us_per_report']:.0f} us CPU per"
-                " report under the profiler)",
+                f"{areas} ({profile['samples']} samples; {window['cpu_us_per_report']:.0f} us"
+                " CPU per report under the profiler)",
                 "-",
                 "-",
             )
@@ -344,13 +344,19 @@ def profiles_markdown(figures: dict[str, Any]) -> list[str]:
     for phase in PROFILE_PHASES:
         window = found[phase]
         profile = window["profile"]
-        total, whole = profile["samples"], profile["whole"]
+        total, whole = profile["cpu_s"], profile["whole_cpu_s"]
         cpu_us = window["cpu_us_per_report"]
         cpu_s = cpu_us * window["reports"] / 1e6
         errors = profile["errors"]
+        weights = (
+            "each sample weighs its thread's CPU time over the window (`schedstat`) divided by"
+            " the thread's samples"
+            if profile["weighted"]
+            else f"some threads' CPU time unknown: each of their samples weighs 1/{profile['hz']} s"
+        )
 
-        def per_report(count: int, base: int, cpu_us: float = cpu_us) -> str:
-            return f"{count / base * cpu_us:.0f}" if base else "-"
+        def per_report(seconds: float, base: float, cpu_us: float = cpu_us) -> str:
+            return f"{seconds / base * cpu_us:.0f}" if base else "-"
 
         lines += [
             f"### {_profile_title(phase, window)}",
@@ -359,13 +365,16 @@ def profiles_markdown(figures: dict[str, Any]) -> list[str]:
             "",
             f"Profiled window: {window['reports']} reports in {window['seconds']:.1f} s"
             f" ({window['rate']:.0f}/s), {cpu_us:.0f} us CPU per report (process CPU time"
-            f" {cpu_s:.2f} s). py-spy: {total} samples of running threads at"
-            f" {profile['hz']}/s ({total / profile['hz']:.2f} s of thread time),"
-            f" {'unknown' if errors is None else errors} samples lost to read errors, {whole}"
-            " stacks read whole.",
+            f" {cpu_s:.2f} s). py-spy at {profile['hz']}/s: {profile['samples']} samples of"
+            f" running threads, {profile['whole']} of them read whole,"
+            f" {'unknown' if errors is None else errors} lost to read errors; {weights}"
+            f" ({total:.2f} s in all).",
             "",
             "By thread: "
-            + ", ".join(f"{name} {_share(n, total)}" for name, n in profile["threads"])
+            + ", ".join(
+                f"{name} {_share(seconds, total)} ({seconds:.2f} s, {n} samples)"
+                for name, n, seconds in profile["threads"]
+            )
             + ".",
             "",
             "| area (own time) | share | us per report |",
@@ -380,8 +389,8 @@ def profiles_markdown(figures: dict[str, Any]) -> list[str]:
             "| top functions by own time | file | area | share | us per report | hottest line |",
             "|---|---|---|---|---|---|",
         ]
-        for function, file, area, n, line, line_n in profile["own"]:
-            hottest = "-" if line is None else f"{line} ({_share(line_n, n)} of it)"
+        for function, file, area, n, line, line_share in profile["own"]:
+            hottest = "-" if line is None else f"{line} ({line_share:.0%} of it)"
             lines.append(
                 f"| `{_md(function)}` | {_md(file)} | {_md(area)} | {_share(n, total)}"
                 f" | {per_report(n, total)} | {hottest} |"
@@ -722,22 +731,27 @@ P-numbers are those of issue 16.
   thread's samples measure its CPU time, system calls and C code included (SQLite, socket
   sends, OpenSSL), counted to the Python function that called them. `--nonblocking`:
   py-spy's default stops the process at each sample, which wakes every waiting thread so
-  they all count as running; unstopped, a stack read while it changes can come out cut
-  short or mixed up, so *own time* (the innermost frame, read first) counts every sample and
-  *time inside* a function only the stacks read down to their thread's entry point. Frames
-  in 95% or more of their thread's samples (thread start, the event loop's run) are left out
-  of that list: the thread line carries them. An *area* is that of the innermost frame's
-  file: SQLite and journal (`gateway/store/`), paho and MQTT upstream (`paho/`,
-  `gateway/upstreams/mqtt*`), crypto (`cryptography/`, `gateway/protocol/crypto.py`), JSON
-  (`json/`), radio driver (`drivers/` and the benchmark's DIO0 stand-in thread), asyncio
-  loop (`asyncio/`, `selectors.py`: the epoll calls and wake-ups), threads, locks, queues,
-  logging, gateway core (the rest of `gateway/`), benchmark instrumentation (`bench/`).
-  Shares are of the samples; the samples' thread time and the process CPU time
-  (`getrusage`) are shown side by side and differ (a thread just woken counts as running
-  while the kernel still switches to it; a sample lost to a read error counts for nothing),
-  and *us per report* scales a share to the `getrusage` figure. py-spy runs on the other
-  core and never stops the child, but reading its memory a thousand times a second costs it
-  some cache: compare the window's CPU per report with the unprofiled P1 and P4 rows.
+  they all count as running; unstopped, a stack read while it changes can come out cut short
+  or mixed up, so *own time* (the innermost frame, read first) counts every sample and *time
+  inside* a function only the stacks read down to their thread's entry point. Frames in 95%
+  or more of their thread's samples (thread start, the event loop's run) are left out of
+  that list, the thread line carries them, and so are the benchmark's own frames around the
+  gateway's work (the coroutine handing a burst over, the PUBACK clock). An *area* is that
+  of the innermost frame's file: SQLite and journal (`gateway/store/`), paho and MQTT
+  upstream (`paho/`, `gateway/upstreams/mqtt*`), crypto (`cryptography/`,
+  `gateway/protocol/crypto.py`), JSON (`json/`), radio driver (`drivers/` and the
+  benchmark's DIO0 stand-in thread), asyncio loop (`asyncio/`, `selectors.py`: the epoll
+  calls and wake-ups), threads, locks, queues, logging, gateway core (the rest of
+  `gateway/`), benchmark instrumentation (`bench/`). Each thread's samples share out that
+  thread's CPU time over the window (the first field of `/proc/PID/task/TID/schedstat`, read
+  by the parent as sampling starts and stops), so a thread that is ready but waits for a
+  core (the broker and py-spy busy on both cores) gains no share by it, and the shares add
+  up to the process's CPU time (compare the window's `getrusage` figure, shown beside it;
+  samples lost to read errors count for nothing). Within one thread, a sample taken while it
+  waits for a core still counts where the thread stands, often just after a wake-up. *us per
+  report* scales a share to the window's CPU time per report (`getrusage`). py-spy never
+  stops the child, but reading its memory a thousand times a second costs it some cache:
+  compare the window's CPU per report with the unprofiled P1 and P4 rows.
 * **Units.** MB is 2^20 bytes, us is microseconds, B is bytes.
 * **Web page.** `bench/web_weight.py`: bytes of the page's files and the daemon's extra
   resident memory with the web server idle and with the page open.

@@ -56,12 +56,14 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert profile["steady"]["reports"] == int(rate * seconds)
     assert profile["burst"]["reports"] == QUICK.profile_burst_reports
     for window in (profile["steady"], profile["burst"]):
-        samples = window["profile"]
-        assert samples["samples"] > 0 and 0 < samples["whole"] <= samples["samples"]
-        assert sum(count for _, count in samples["areas"]) == samples["samples"]
-        assert sum(count for _, count in samples["threads"]) == samples["samples"]
-        assert "MainThread" in dict(samples["threads"])  # the event loop runs the gateway
-        own = [count for *_, count, _line, _line_count in samples["own"]]
+        summary = window["profile"]
+        assert summary["samples"] > 0 and 0 < summary["whole"] <= summary["samples"]
+        assert summary["cpu_s"] > 0 and summary["weighted"]  # every thread's CPU time known
+        assert sum(seconds for _, seconds in summary["areas"]) == pytest.approx(summary["cpu_s"])
+        assert sum(n for _, n, _seconds in summary["threads"]) == summary["samples"]
+        # the event loop runs the gateway
+        assert "MainThread" in {name for name, *_ in summary["threads"]}
+        own = [seconds for *_, seconds, _line, _line_share in summary["own"]]
         assert own and own == sorted(own, reverse=True)
 
     outage = figures["outage"]
@@ -166,9 +168,11 @@ RAW_SAMPLES = [
 
 
 def test_profile_summary_counts_own_time_areas_and_time_inside() -> None:
-    profile = summarize(RAW_SAMPLES, hz=1000)
-    assert profile.samples == 15 and profile.whole == 14
-    assert profile.threads == [("MainThread", 11), ("journal", 4)]  # executor workers as one
+    profile = summarize(RAW_SAMPLES, hz=1)  # no thread CPU times: a sample weighs 1 s
+    assert (profile.samples, profile.whole) == (15, 14)
+    assert (profile.cpu_s, profile.whole_cpu_s, profile.weighted) == (15, 14, False)
+    # executor workers journal_0 and journal_1 as one
+    assert profile.threads == [("MainThread", 11, 11), ("journal", 4, 4)]
     assert dict(profile.areas) == {
         "paho and MQTT upstream": 6,
         "SQLite and journal": 4,
@@ -176,9 +180,9 @@ def test_profile_summary_counts_own_time_areas_and_time_inside() -> None:
         "asyncio loop": 2,
         "gateway core": 1,
     }
-    sock_send = profile.own[0]
-    assert sock_send == ("_sock_send", "paho/mqtt/client.py", "paho and MQTT upstream", 6, 1102, 5)
-    inside = {(function, count) for function, _file, _area, count in profile.cumulative}
+    send = profile.own[0]
+    assert send == ("_sock_send", "paho/mqtt/client.py", "paho and MQTT upstream", 6, 1102, 5 / 6)
+    inside = {(function, seconds) for function, _file, _area, seconds in profile.cumulative}
     # run_forever and the thread starts are in every whole stack of their threads: left out
     assert inside == {
         ("Handle._run", 8),
@@ -186,3 +190,16 @@ def test_profile_summary_counts_own_time_areas_and_time_inside() -> None:
         ("dumps", 2),
         ("EpollSelector.select", 2),
     }
+
+
+def test_profile_samples_share_out_their_threads_cpu_time() -> None:
+    # MainThread (101) ran 2.2 s over its 11 samples, journal_0 (102) 0.3 s over 3; the
+    # CPU time of journal_1 (103) is unknown: its one sample weighs 1/hz
+    profile = summarize(RAW_SAMPLES, hz=100, cpu_s={101: 2.2, 102: 0.3})
+    assert profile.weighted is False
+    assert profile.cpu_s == pytest.approx(2.2 + 0.3 + 0.01)
+    assert dict((name, seconds) for name, _n, seconds in profile.threads) == pytest.approx(
+        {"MainThread": 2.2, "journal": 0.31}
+    )
+    assert dict(profile.areas)["paho and MQTT upstream"] == pytest.approx(6 * 0.2)
+    assert dict(profile.areas)["SQLite and journal"] == pytest.approx(0.31)
