@@ -1,14 +1,19 @@
 import asyncio
 import dataclasses
 import math
+import random
 
 import pytest
 
 from drivers.radio.base import RadioSettings
 from drivers.sim.medium import (
     PACKET_SNR_CEILING_DB,
+    SNR_FLOOR_DB,
     AirParams,
+    Frame,
     RfMedium,
+    crc_error_probability,
+    demodulate,
     noise_floor_dbm,
     sensitivity_dbm,
 )
@@ -325,3 +330,79 @@ def test_air_params_from_settings():
     assert params.time_on_air_s(10) == time_on_air_s(
         10, 7, 125_000, 8, 8, explicit_header=False, crc=False
     )
+
+
+async def test_nodes_hear_the_gateway_but_not_each_other():
+    medium = make_medium()
+    gateway = MediumNodeLink(medium, FAST, distance_m=0, role="gateway")
+    node = MediumNodeLink(medium, FAST, distance_m=100)
+    neighbour = MediumNodeLink(medium, FAST, position=(0.0, 100.0))
+    gateway_window, neighbour_window = await listen(gateway, 0.2), await listen(neighbour, 0.2)
+    await node.transmit(b"uplink")
+    assert (await gateway_window)[0] == b"uplink"
+    assert await neighbour_window is None  # uplinks are normal I/Q, nodes listen inverted
+    node_window, neighbour_window = await listen(node, 0.2), await listen(neighbour, 0.2)
+    await gateway.transmit(b"downlink")
+    assert (await node_window)[0] == (await neighbour_window)[0] == b"downlink"
+
+
+def test_receiver_settings_that_never_lock():
+    frame = AirParams.from_settings(FAST)
+    implicit = dataclasses.replace(frame, explicit_header=False)
+    assert AirParams.from_settings(FAST).cannot_lock(implicit) == "header"
+    assert implicit.cannot_lock(frame) is None  # an implicit receiver takes anything
+    longer = dataclasses.replace(frame, preamble_length=12)
+    assert frame.cannot_lock(longer) == "preamble"
+    assert longer.cannot_lock(frame) is None  # programmed longer than the sender: fine
+
+
+async def run_near_the_floor(seed: int, count: int = 40) -> list[str]:
+    """Frames just above the sensitivity, 1.6 dB above the SF7 SNR floor: most arrive, some
+    fail their CRC, the same ones under the same seed."""
+    medium = make_medium(seed=seed, path_loss_exponent=3.0)
+    noise = medium.noise_floor_dbm(FAST.bandwidth_hz)
+    power = noise + SNR_FLOOR_DB[7] + 1.6
+    assert power > sensitivity_dbm(7, FAST.bandwidth_hz)
+    reference = medium.path_loss_db(1.0, FAST.frequency_hz)
+    distance = 10 ** ((FAST.tx_power_dbm - power - reference) / 30)
+    gateway = MediumNodeLink(medium, FAST, distance_m=0, role="gateway")
+    node = MediumNodeLink(medium, FAST, distance_m=distance)
+    outcomes = []
+    for index in range(count):
+        window = await listen(gateway, 0.1)
+        await node.transmit(bytes([index]) * 8)
+        outcomes.append("ok" if await window is not None else "crc")
+    assert outcomes.count("crc") == medium.stats.crc_errors
+    return outcomes
+
+
+async def test_crc_errors_near_the_snr_floor_replay_under_the_same_seed():
+    first = await run_near_the_floor(seed=3)
+    assert first == await run_near_the_floor(seed=3)
+    assert 0 < first.count("crc") < len(first)
+    assert crc_error_probability(SNR_FLOOR_DB[7] + 1.0, 7) == pytest.approx(0.5 / math.e)
+    assert crc_error_probability(SNR_FLOOR_DB[7] + 10.0, 7) < 1e-4
+
+
+def test_demodulate_in_implicit_mode_takes_the_receivers_length_coding_rate_and_crc():
+    sent = AirParams.from_settings(FAST)
+    frame = Frame(1, "n", b"0123456789", dataclasses.replace(sent, explicit_header=False), 14, 0, 1)
+    receiver = dataclasses.replace(sent, explicit_header=False, payload_length=10)
+    rng = random.Random(1)
+
+    def packet(**changes):
+        return demodulate(
+            dataclasses.replace(receiver, **changes),
+            frame,
+            damaged=False,
+            rng=rng,
+            rssi_dbm=-90,
+            snr_db=5,
+        )
+
+    assert (packet().payload, packet().crc_error) == (b"0123456789", False)
+    assert packet(payload_length=4).payload == b"0123" and packet(payload_length=4).crc_error
+    assert packet(payload_length=4, crc=False).crc_error is False
+    assert packet(coding_rate=8).payload != b"0123456789" and packet(coding_rate=8).crc_error
+    explicit = demodulate(sent, frame, damaged=True, rng=rng, rssi_dbm=-90, snr_db=5)
+    assert explicit.crc_error and explicit.payload != frame.payload
