@@ -3,8 +3,9 @@
 The SPI surface is spidev's: ``xfer(list[int]) -> list[int]``. The first byte is the address
 (bit 7 set for a write); every further byte accesses the next register (auto-increment), except
 at address 0x00 (RegFifo), where every byte goes through RegFifoAddrPtr. On a write the chip
-clocks out the previous contents. The GPIO surface is the DIO0 level (``dio0``) with an edge
-callback (``on_dio0(level)``), and ``reset()`` for a pulse on the RST line.
+clocks out the previous contents. The GPIO surface is the level of each DIO line (``dio(line)``,
+``dio0``) with edge callbacks (``on_dio(line, level)`` for every line, ``on_dio0(level)`` for
+DIO0), and ``reset()`` for a pulse on the RST line (SPI reads 0x00 for 5 ms after it).
 
 What is modelled (datasheet section numbers refer to the SX1276/77/78/79 datasheet):
 
@@ -26,8 +27,13 @@ What is modelled (datasheet section numbers refer to the SX1276/77/78/79 datashe
   implicit mode, CRC on/off; a damaged frame raises PayloadCrcError with RxDone when the CRC is
   checked. RegPktSnrValue saturates at +10 dB (``medium.PACKET_SNR_CEILING_DB``).
 * CAD: after (2^SF + 32) / BW, CadDone (and CadDetected when a receivable frame is on the air).
-* RegIrqFlags: write 1 to clear; RegIrqFlagsMask stops a flag from being set. DIO0 follows
-  RegDioMapping1 bits 7-6: 00 RxDone, 01 TxDone, 10 CadDone, 11 nothing.
+* RegIrqFlags: write 1 to clear; RegIrqFlagsMask stops a flag from being set. DIO0..DIO5
+  follow RegDioMapping1/2 (``chip_registers.DIO_SOURCES``; PllLock, ModeReady, ClkOut stay low).
+* ValidHeader (explicit header) rises when the header ends on the air: preamble + 4.25 + 8
+  symbols after the frame starts, with RegRxHeaderCnt and RegModemStat's header-info-valid.
+* Output power: RegPaConfig, RegPaDac, and RegOcp limiting PA_BOOST (``tx_power_dbm``).
+  RegLna, RegPaRamp, RegHopPeriod and RegTcxo are stored; their effect is not modelled (logged
+  once per chip).
 * Reset values of every register it stores, LoRa and FSK pages: ``chip_registers``.
 * RegPktRssiValue per datasheet 5.5.5: RSSI = -157 + value (HF port, above 525 MHz; -164 on
   the LF port) when SNR >= 0, and RSSI = -157 + value + SNR when SNR < 0.
