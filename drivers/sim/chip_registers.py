@@ -198,7 +198,7 @@ MANUAL_RESET_S = 0.005
 OCP_ON = 0x20
 OCP_TRIM_MASK = 0x1F
 
-# Supply current of the PA_BOOST path at two output powers (datasheet 2.5.1, power consumption:
+# Supply current of the PA_BOOST path at two output powers (datasheet section 2, power table:
 # IDDT 120 mA at +20 dBm, 87 mA at +17 dBm). Between and beyond them the current is taken as
 # log-linear in output power; the OCP limit is where that line meets Imax.
 PA_BOOST_CURRENT_POINTS = ((17.0, 87.0), (20.0, 120.0))
