@@ -120,8 +120,7 @@ async def test_a_second_client_is_refused_and_the_first_goes_on(link, server, ca
         with pytest.raises(LinkError) as refused:
             await xfer(other, [0x42, 0])
         assert str(refused.value) == (
-            f"sim chip at 127.0.0.1:{server.port}: "
-            "chip server busy: another client holds the chip"
+            f"sim chip at 127.0.0.1:{server.port}: chip server busy: another client holds the chip"
         )
         assert server.counters["refused"] == 1
         assert "refused" in caplog.text and "another client holds the chip" in caplog.text
