@@ -5,6 +5,12 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace
+# Node.js runs MicroPython's WebAssembly port in the tests; installed only when node or npm is
+# missing (a Node.js from elsewhere often brings its own npm and refuses Debian's).
+NODE_APT_PACKAGES := nodejs npm
+MICROPYTHON_WASM_VERSION := 1.27.0
+NPM_DIR := $(VENV)/node
+MICROPYTHON_STAMP := $(NPM_DIR)/.installed-$(MICROPYTHON_WASM_VERSION)
 PYTEST_ARGS ?=
 
 .PHONY: run test lint format bench bench-deps soak fuzz install system-deps clean help
@@ -24,20 +30,30 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace; do \
+	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace node npm; do \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
 	done; \
+	node_packages=""; \
+	command -v node >/dev/null && command -v npm >/dev/null || node_packages="$(NODE_APT_PACKAGES)"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing via apt-get"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) >/dev/null; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node_packages >/dev/null; \
 	    for svc in mosquitto prosody ejabberd; do \
 	      (service $$svc stop || true) >/dev/null 2>&1; \
 	    done; \
 	  else \
-	    echo "missing:$$missing. Install them with: sudo apt-get install $(APT_PACKAGES)" >&2; exit 1; \
+	    echo "missing:$$missing. Install them with: sudo apt-get install $(APT_PACKAGES) $$node_packages" >&2; exit 1; \
 	  fi; \
 	fi
+
+# MicroPython's WebAssembly port from the npm registry, run by Node.js in the tests
+# (tests/micropython_fixtures.py); the stamp names the version, so a new pin installs anew.
+$(MICROPYTHON_STAMP): | system-deps
+	rm -rf $(NPM_DIR) && mkdir -p $(NPM_DIR)
+	npm install --prefix $(NPM_DIR) --no-audit --no-fund --loglevel=error --save-exact \
+	  @micropython/micropython-webassembly-pyscript@$(MICROPYTHON_WASM_VERSION)
+	@touch $(MICROPYTHON_STAMP)
 
 run: $(STAMP) system-deps
 	$(PY) -m gateway.demo examples/demo.toml
@@ -54,7 +70,7 @@ format: $(STAMP)
 # Two workers: most scenarios wait on radio time and servers, not on the CPU.
 TEST_WORKERS ?= 2
 
-test: $(STAMP) system-deps lint
+test: $(STAMP) system-deps $(MICROPYTHON_STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: $(STAMP) system-deps bench-deps
