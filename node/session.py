@@ -409,7 +409,8 @@ class Node:
                 else:
                     self.stats["commands_executed"] += 1
                 actions = self._queue_result(ref, status, detail)
-                return [*actions, self._persist(), *self.tick(now)]
+                actions.append(self._persist())
+                return actions + self.tick(now)
         return []
 
     # ------------------------------------------------------------------------ joining
@@ -437,7 +438,8 @@ class Node:
         if isinstance(answer, frames.JoinRefused):
             self.stats["join_refusals"] += 1
             event = JoinRefused(answer.reason, answer.retry_after_s)
-            return [event, *self._join_failed(now, answer.retry_after_s)]
+            actions = [event]
+            return actions + self._join_failed(now, answer.retry_after_s)
         self.session = _Session(
             self.root_key,
             self.eui,
@@ -456,7 +458,8 @@ class Node:
         for uplink in self.queue:  # frames of an old session are built again
             uplink.reset()
         self._next_uplink_at = now + self._jittered(self.config.next_uplink_gap_s)
-        return [self._persist(), Joined(answer.address), *self.tick(now)]
+        actions = [self._persist(), Joined(answer.address)]
+        return actions + self.tick(now)
 
     def _join_failed(self, now: float, wait_at_least: float) -> list:
         self._join_failures += 1
@@ -606,7 +609,9 @@ class Node:
             entry[1] = frames.EXPIRED
             self.stats["commands_expired"] += 1
             # Stored with the downlink counter, so a replay after a power cycle is refused.
-            return [*self._queue_result(command.ref, frames.EXPIRED, None), self._persist()]
+            actions = self._queue_result(command.ref, frames.EXPIRED, None)
+            actions.append(self._persist())
+            return actions
         # ttl_ds counts from the end of the downlink on air, which is RxDone: ``now``.
         return [self._persist(), Execute(command, now + command.ttl_ds / 10)]
 
