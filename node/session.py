@@ -278,6 +278,8 @@ class Node:
             "foreign_frames": 0,
             "sessions_lost": 0,
         }
+        self.last_rssi = None  # signal of the last frame accepted from the gateway
+        self.last_snr = None
         self._phase = _IDLE
         self._on_air = None  # the _Uplink being sent, or None for a join request
         self._window_closes = 0.0
@@ -367,6 +369,7 @@ class Node:
                 self.stats["foreign_frames"] += 1
                 return self._listen_on(now)
             self._phase = _IDLE
+            self.last_rssi, self.last_snr = rssi, snr
             return self._join_answered(answer, now)
         session = self.session
         try:
@@ -381,6 +384,7 @@ class Node:
             self.stats["downlinks_rejected"] += 1
             return self._listen_on(now)
         self.dl_last = downlink.counter
+        self.last_rssi, self.last_snr = rssi, snr
         self._phase = _IDLE
         return self._window_over(downlink, now)
 

@@ -106,6 +106,7 @@ def test_join_report_command_result_expired_repeat_and_rejoin(
     assert first.body == {"temperature_c": 21.5, "counter": 1}
     assert first.confirmed and first.encrypted is encrypt and not first.duplicate
     assert [(e.kind, e.number) for e in air.events(ns.Acked)] == [("report", 1)]
+    assert (node.last_rssi, node.last_snr) == (-60.0, 7.5)
 
     # A command rides the ack of the next report; its result goes in the next uplink.
     command = queue_command(scheduler, "relay", {"on": True}, air.now + 60, "c1")
