@@ -24,6 +24,7 @@ from gateway.protocol.session import (
     NetworkCore,
     ReportReceived,
 )
+from node import cbor as node_cbor
 from tests.micropython_fixtures import (
     CBOR2,
     CRYPTOLIB_STAND_IN,
@@ -416,3 +417,54 @@ def test_node_frames_in_micropython_against_the_vectors_and_the_gateway(encrypt:
         (answer,) = core.receive(uplinks[len(REPORT_BODIES) + offset], 20.0 + offset)
         assert isinstance(answer, CommandResultReceived), answer
         assert (answer.command_ref, answer.status, answer.detail) == (ref, status, detail)
+
+
+# ----------------------------------------------------------------------------------- CBOR
+
+CBOR_CASES = [
+    "a16178f93e00",  # {"x": 1.5}, a half float as the gateway writes it
+    "a26161fb4004000000000000616201",  # float64 and two keys, as micropython-lib writes
+    "1bffffffffffffffff",  # the largest integer JSON-mappable here
+    "3bffffffffffffffff",  # below the 64-bit range
+    "5f41614162ff",  # indefinite byte string
+    "9f01ff",  # indefinite array
+    "bf616101ff",  # indefinite map
+    "a2616101616102",  # duplicate key
+    "a1616101616102",  # an item after the item
+    "c074323031332d30332d32315432303a30343a30305a",  # tag 0
+    "4161",  # byte string
+    "f97e00",  # NaN
+    "a10102",  # integer key
+    "f7",  # undefined
+    "f818",  # simple value in two bytes
+    "",
+]
+
+CBOR_DECODE = """
+from node import cbor
+outcomes = []
+for data in INPUTS:
+    try:
+        outcomes.append(["value", cbor.decode(bytes.fromhex(data))])
+    except cbor.CborError as exc:
+        outcomes.append(["refused", exc.reason])
+print(json.dumps(outcomes))
+"""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="node/cbor.py on micropython-lib's decoder accepts duplicate keys and indefinite "
+    "lengths and names other reasons for tags, undefined and simple values",
+)
+def test_node_cbor_decodes_alike_on_micropython_and_cpython() -> None:
+    expected = []
+    for data in CBOR_CASES:
+        try:
+            expected.append(["value", node_cbor.decode(h(data))])
+        except node_cbor.CborError as exc:
+            expected.append(["refused", exc.reason])
+    outcomes = run_with_json(CBOR_DECODE, CBOR_CASES, NODE_ON_A_BOARD)
+    assert dict(zip(CBOR_CASES, outcomes, strict=True)) == dict(
+        zip(CBOR_CASES, expected, strict=True)
+    )
