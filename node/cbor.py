@@ -51,6 +51,47 @@ if not _FULL:
     def _decode_half(decoder):
         return _half_float(int.from_bytes(decoder.read(2), "big"))
 
+    class _NotJson:
+        """A tag, undefined or a simple value: CBOR, but nothing JSON can hold."""
+
+    def _definite(decode_major):
+        # As strict as the CPython package with allow_indefinite=False.
+        def decode(decoder, subtype):
+            if subtype == 31:
+                raise ValueError("indefinite length")
+            return decode_major(decoder, subtype)
+
+        return decode
+
+    def _decode_map(decoder, subtype):
+        if subtype == 31:
+            raise ValueError("indefinite length")
+        length = _micro_decoder.decode_uint(decoder, subtype)
+        items = {}
+        for _ in range(length):
+            key = decoder.decode()
+            if key in items:
+                raise ValueError("duplicate map key")
+            items[key] = decoder.decode()
+        return items
+
+    def _decode_tag(decoder, subtype):
+        _micro_decoder.decode_uint(decoder, subtype)
+        decoder.decode()  # the tagged item, read so that what follows it is checked
+        return _NotJson()
+
+    def _decode_simple(decoder):
+        if decoder.read(1)[0] < 32:
+            raise ValueError("invalid two-byte sequence for a simple value")
+        return _NotJson()
+
+    _majors = _micro_decoder.major_decoders
+    for _major in (2, 3, 4):
+        _majors[_major] = _definite(_majors[_major])
+    _majors[5] = _decode_map
+    _majors[6] = _decode_tag
+    _micro_decoder.special_decoders[23] = lambda decoder: _NotJson()
+    _micro_decoder.special_decoders[24] = _decode_simple
     _micro_decoder.special_decoders[25] = _decode_half
 
 

@@ -452,11 +452,6 @@ print(json.dumps(outcomes))
 """
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="node/cbor.py on micropython-lib's decoder accepts duplicate keys and indefinite "
-    "lengths and names other reasons for tags, undefined and simple values",
-)
 def test_node_cbor_decodes_alike_on_micropython_and_cpython() -> None:
     expected = []
     for data in CBOR_CASES:
