@@ -326,6 +326,19 @@ class BleSection(Section):
     offline_after_s: Annotated[float, Meta(ge=0, le=86_400)] = 900.0  # 0: never offline
 
 
+# Metres from the gateway's chip at (0, 0); the medium's path loss stops growing closer than 1 m.
+_WorldCoordinateM = Annotated[float, Meta(ge=-1_000_000, le=1_000_000)]
+
+
+class ExternalNodeChip(Section):
+    """A node chip in the world served on its own ``sim://`` port: a node program in another
+    process (SPI and pin stand-ins, ``radio.spi = "sim://..."``) drives it like a board."""
+
+    listen: str  # HOST:PORT, port 0 picks a free one (logged)
+    x_m: _WorldCoordinateM = 100.0
+    y_m: _WorldCoordinateM = 0.0
+
+
 class SimSection(Section):
     nodes: Annotated[int, Meta(ge=0, le=10_000)] = 5
     report_interval_s: Annotated[float, Meta(gt=0, le=86_400)] = 10.0
@@ -340,6 +353,7 @@ class SimSection(Section):
     retry_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0  # first retransmission
     retry_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
     next_uplink_gap_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # after an ack
+    external_nodes: Annotated[list[ExternalNodeChip], Meta(max_length=64)] = []
 
     def __post_init__(self) -> None:
         if self.join_backoff_max_s < self.join_backoff_min_s:

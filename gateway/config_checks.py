@@ -223,10 +223,7 @@ def is_loopback(host: str) -> bool:
 
 
 def _listener_problems(config: Config) -> Iterator[str]:
-    try:
-        parse_listen(config.sim.listen)
-    except ValueError as exc:
-        yield f"sim.listen: {exc}"
+    yield from _sim_listen_problems(config)
     web, metrics = config.web, config.metrics
     for name, section in (("web", web), ("metrics", metrics)):
         if not section.host.strip():
@@ -240,6 +237,27 @@ def _listener_problems(config: Config) -> Iterator[str]:
         wildcard = {"0.0.0.0", "::", ""}
         if web.host == metrics.host or web.host in wildcard or metrics.host in wildcard:
             yield f"web.port: {web.port} is also metrics.port; give each its own port"
+
+
+def _sim_listen_problems(config: Config) -> Iterator[str]:
+    """``duogate sim`` listens on ``sim.listen`` and on each external node chip's port: every
+    one must parse, and no two may ask for the same fixed port."""
+    listeners = [("sim.listen", config.sim.listen)]
+    listeners += [
+        (f"sim.external_nodes[{index}].listen", chip.listen)
+        for index, chip in enumerate(config.sim.external_nodes)
+    ]
+    taken: dict[int, str] = {}
+    for name, text in listeners:
+        try:
+            _, port = parse_listen(text)
+        except ValueError as exc:
+            yield f"{name}: {exc}"
+            continue
+        if port in taken:
+            yield f"{name}: port {port} is also {taken[port]}; give each chip its own port"
+        elif port:
+            taken[port] = name
 
 
 def _serial_port_problems(config: Config) -> Iterator[str]:

@@ -20,7 +20,7 @@ from drivers.ble.settings import BleSettings
 from drivers.modbus.settings import BusSettings, DeviceSettings, ModbusSettings, RegisterSettings
 from drivers.radio.base import RadioSettings, SerialRadioSettings, Sx127xSettings
 from drivers.sim.node import NodeConfig
-from drivers.sim.settings import NodePlan, SimRadioSettings, WorldSettings
+from drivers.sim.settings import ExternalChipPlan, NodePlan, SimRadioSettings, WorldSettings
 from gateway.config import (
     BleSection,
     Config,
@@ -30,6 +30,7 @@ from gateway.config import (
     RadioSection,
     Section,
 )
+from gateway.config_checks import parse_listen
 from gateway.protocol import crypto
 from gateway.registry import load_join
 
@@ -158,6 +159,15 @@ def sim_radio_settings(config: Config) -> SimRadioSettings:
     """A world in the gateway process, its chip wired as ``radio.pins`` says."""
     pins = config.radio.pins
     return SimRadioSettings(world_settings(config), dio0_pin=pins.dio0, reset_pin=pins.reset)
+
+
+def external_chip_plans(config: Config) -> list[ExternalChipPlan]:
+    """``sim.external_nodes``: node chips ``duogate sim`` serves on their own ports."""
+    plans = []
+    for chip in config.sim.external_nodes:
+        host, port = parse_listen(chip.listen)
+        plans.append(ExternalChipPlan(host, port, (chip.x_m, chip.y_m)))
+    return plans
 
 
 def world_settings(config: Config) -> WorldSettings:

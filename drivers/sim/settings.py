@@ -23,6 +23,16 @@ class NodePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class ExternalChipPlan:
+    """A node chip on the medium served on its own ``sim://`` port (``drivers.sim.chip_server``),
+    driven by a node program in another process; ``port`` 0 takes any free port."""
+
+    host: str
+    port: int
+    position: tuple[float, float]  # metres; the gateway's chip is at (0, 0)
+
+
+@dataclass(frozen=True, slots=True)
 class WorldSettings:
     radio: RadioSettings
     nodes: tuple[NodePlan, ...]
