@@ -15,7 +15,10 @@ written through its register access (``_read_u8`` / ``_write_u8`` / ``_write_fro
 * I/Q polarity (docs/protocol.md, Air): uplinks go out with normal I/Q (RegInvertIQ 0x33 bit 0
   set, RegInvertIQ2 0x3B = 0x1D), downlinks are received inverted (bit 6 set, 0x19); bits 5-1
   of RegInvertIQ keep their reset value.
-* The sync word (RegSyncWord 0x39), explicit header, low data rate optimisation.
+* The sync word (RegSyncWord 0x39), explicit header, low data rate optimisation, and the
+  over-current limit for +18..+20 dBm (RegOcp 0x0B). Output power is ``tx_power_dbm``
+  (2..20) on PA_BOOST by the datasheet's formula: the driver's ``tx_power`` is asked for 3 dB
+  more, since it writes OutputPower as ``tx_power - 5``.
 * Transmitting without waiting: ``RFM9x.send`` blocks until TxDone and puts RadioHead's 4-byte
   header in front of the payload; ``start_transmit`` fills the FIFO with the frame alone and
   returns, and ``tx_finished`` polls TxDone (``RFM9x.tx_done``).
@@ -30,6 +33,7 @@ import time
 from node.radio import Radio, check_settings, time_on_air_s
 
 _REG_FIFO = 0x00
+_REG_OCP = 0x0B
 _REG_FIFO_ADDR_PTR = 0x0D
 _REG_IRQ_FLAGS = 0x12
 _REG_MODEM_STAT = 0x18
@@ -95,10 +99,13 @@ class Rfm9xRadio(Radio):
         rfm.spreading_factor = spreading_factor
         rfm.preamble_length = preamble
         rfm.enable_crc = True
-        try:
-            rfm.tx_power = tx_power_dbm
-        except (RuntimeError, AssertionError):
-            raise ValueError("the RFM9x does not take " + str(tx_power_dbm) + " dBm") from None
+        if not 2 <= tx_power_dbm <= 20:
+            raise ValueError("PA_BOOST power must be 2..20 dBm")
+        # The driver writes OutputPower = tx_power - 5 (PaDac on above 20): by the datasheet's
+        # PA_BOOST formula (2 + OutputPower, 5 + OutputPower with PaDac) that is 3 dB less.
+        rfm.tx_power = tx_power_dbm + 3
+        # Over-current trim: 140 mA for +18..+20 dBm, else the reset value's 100 mA.
+        rfm._write_u8(_REG_OCP, 0x20 | (0x11 if tx_power_dbm > 17 else 0x0B))
         symbol_us = ((1 << spreading_factor) * 1000000) // bandwidth_hz
         rfm.low_datarate_optimize = 1 if symbol_us >= 16000 else 0
         config_1 = rfm._read_u8(_REG_MODEM_CONFIG_1)
