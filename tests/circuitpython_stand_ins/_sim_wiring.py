@@ -105,6 +105,21 @@ class SimulatedRadio:
 _radio = None
 
 
+def connect(url: str) -> SimulatedRadio:
+    """Wire the board to the chip at ``url`` instead of ``DUOGATE_SIM_CHIP`` (tests)."""
+    global _radio
+    disconnect()
+    _radio = SimulatedRadio(url)
+    return _radio
+
+
+def disconnect() -> None:
+    global _radio
+    if _radio is not None:
+        _radio.link.close()
+        _radio = None
+
+
 def radio() -> SimulatedRadio:
     """The one simulated chip of this process, connected on first use."""
     global _radio
