@@ -35,6 +35,7 @@ FRAME = bytes.fromhex("1400000100000007a1636e756d01") + b"\x5a\x5b\x5c\x5d"
 
 @dataclass
 class Air:
+    medium: RfMedium
     node_chip: SimulatedSX127x
     node: Rfm9xRadio
     gateway: Sx127xRadio
@@ -90,7 +91,7 @@ async def air() -> AsyncIterator[Air]:
 
         node = await blocking(build)
         try:
-            yield Air(node_chip, node, gateway, heard, open_radio)
+            yield Air(medium, node_chip, node, gateway, heard, open_radio)
         finally:
             await blocking(node.sleep)
     for radio in radios:
@@ -140,9 +141,7 @@ async def test_an_uplink_goes_out_as_it_is_with_normal_iq(air: Air) -> None:
 async def test_a_downlink_is_heard_inverted_and_another_nodes_uplink_is_not(air: Air) -> None:
     node, chip = air.node, air.node_chip
     other = await air.open_radio(
-        SimulatedSX127x(
-            asyncio.get_running_loop(), chip._medium, position=(0.0, 80.0), name="other"
-        ),
+        SimulatedSX127x(asyncio.get_running_loop(), air.medium, position=(0.0, 80.0), name="other"),
         "node",
         [],
     )
