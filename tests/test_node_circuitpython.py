@@ -141,8 +141,14 @@ def node_settings(folder: Path) -> None:
         "tx_power_dbm": 14,
         "report_interval_s": 3,
         "relay_pin": "D5",
-        # 869.525 MHz is EU868's 10 % sub-band; the first join within half a second.
-        "node": {"join_rx_delay_s": 1.0, "duty_cycle": 0.1, "join_start_spread_s": 0.5},
+        # 869.525 MHz is EU868's 10 % sub-band; the first join within half a second, and
+        # another every few seconds while the gateway is still starting.
+        "node": {
+            "join_rx_delay_s": 1.0,
+            "duty_cycle": 0.1,
+            "join_start_spread_s": 0.5,
+            "join_backoff_max_s": 4.0,
+        },
     }
     (folder / "node_settings.json").write_text(json.dumps(settings))
 
