@@ -36,13 +36,12 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from gateway.tasks import describe
 from gateway.upstreams.arrival import ArrivalClock
 from gateway.upstreams.base import UpstreamError, UpstreamUnavailable
-from gateway.upstreams.mqtt_socket import LoopSocket
+from gateway.upstreams.mqtt_socket import BufferedClient, LoopSocket
 
 log = logging.getLogger("gateway.upstreams.mqtt")
 
 DEFAULT_INBOX_SIZE = 256
 DISCONNECT_TIMEOUT_S = 3.0
-_MAX_BUFFERED_READS = 1000
 
 
 class MqttError(UpstreamError):
@@ -346,9 +345,9 @@ class MqttClient:
 
     # -- paho --------------------------------------------------------------------------------
 
-    def _make_client(self) -> paho.Client:
+    def _make_client(self) -> BufferedClient:
         options = self.options
-        client = paho.Client(
+        client = BufferedClient(
             CallbackAPIVersion.VERSION2,
             client_id=options.client_id,
             protocol=paho.MQTTv5 if options.mqtt5 else paho.MQTTv311,
