@@ -6,7 +6,7 @@
   driver's DIO0 path), with ``RxPacket.t_mono`` taken when the frame "arrived".
 * ``NodeFleet``: nodes with registered root keys, joined through the gateway's real join
   path, that build validly authenticated (and encrypted) report frames with the node-side
-  helpers of drivers/sim/node.py.
+  helpers of drivers/sim/node_frames.py (the node library's frames).
 * ``AckClock`` and ``TimedMqttUpstream`` (``bench.xmpp_wire.TimedXmppUpstream`` for XMPP):
   the real upstream, noting the moment each ``publish_report`` returned, i.e. the server's
   acknowledgement (PUBACK, XEP-0198 ``<a/>``) was processed on the gateway's loop.
@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from drivers.radio.base import RadioSettings, RxHandler, RxPacket
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.bridge import Bridge
 from gateway.config import Config
 from gateway.lora import LoraNetwork

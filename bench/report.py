@@ -628,8 +628,9 @@ P-numbers are those of issue 16.
 * **Injected at the radio interface.** `bench/harness.py` has a `Radio` (the protocol of
   `drivers/radio/base.py`) that hands frames to the gateway's `on_receive`. Nodes are joined
   through the real join path first (join request in, join accept out, opened with the node
-  helpers of `drivers/sim/node.py`), from a registry with encrypted sessions; every report
-  frame is a new, validly tagged and encrypted uplink built by `NodeSession.report`.
+  helpers of `drivers/sim/node_frames.py`, on the node library), from a registry with
+  encrypted sessions; every report frame is a new, validly tagged and encrypted uplink built
+  by `NodeSession.report`.
   Reports are unconfirmed: at these rates no ack could go on air (duty cycle), and the
   figures are about the way up. Frames are built before the clock starts.
 * **PUBACK time.** The MQTT upstream is subclassed only to note `time.monotonic()` when

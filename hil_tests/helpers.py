@@ -1,14 +1,15 @@
 """The bench the HIL scenarios run on: a simulated RF world by default, real boards when asked.
 
 Simulated bench: an ``RfMedium`` with the gateway's ``SimulatedSX127x`` at the origin and
-``MediumNodeLink`` node radios around it; the gateway runs the real ``Sx127xRadio`` (pyLoRa)
-on that chip through the in-process SPI/GPIO backend.
+nodes around it, each the node library on its own simulated chip (``SimNode.on_medium``); the
+gateway runs the real ``Sx127xRadio`` (pyLoRa) on its chip through the in-process SPI/GPIO
+backend. ``node_link`` gives plain ``MediumNodeLink`` radios for scenarios that play a talker.
 
 Hardware bench (``DUOGATE_HIL_HARDWARE=1``): ``DUOGATE_HIL_CONFIG`` is a duogate config whose
 ``[radio]`` section (``driver = "sx127x"``) describes the gateway's module;
 ``DUOGATE_HIL_NODE_CONFIG`` (optional) is a config whose ``[radio]`` section describes a second
-SX127x module that plays the nodes. Node firmware (``SimNode``) then runs over that real radio.
-See docs/HIL.md.
+SX127x module. The node library (``SimNode`` on ``node/sx127x.py``) then runs on that real
+module, one node per module. See docs/HIL.md.
 
 Run as a module it offers two tools:
 
@@ -37,18 +38,20 @@ from typing import Any
 import pytest
 
 from drivers.radio.base import Radio, RadioSettings, RxPacket
-from drivers.radio.spi import Pins
+from drivers.radio.spi import Backend, Pins
+from drivers.radio.spi_backends import open_backend
 from drivers.radio.spi_simulated import open_local_chip
 from drivers.radio.sx127x import Sx127xRadio
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.chip_server import ChipServer
 from drivers.sim.medium import RfMedium
-from drivers.sim.node import NodeAirLink, NodeConfig, SimNode
-from drivers.sim.node_link import MediumNodeLink
+from drivers.sim.node import NodeConfig, SimNode
+from drivers.sim.node_link import MediumNodeLink, NodeAirLink
 from gateway.config import Config, load_config, parse_config
 from gateway.driver_settings import plan_nodes, radio_settings, sx127x_settings
 from gateway.lora import LoraNetwork
 from gateway.state import Direction, GatewayState
+from node.sx127x import Sx127x
 from tests.sink_fixtures import RecordingSink
 
 HARDWARE_ENV = "DUOGATE_HIL_HARDWARE"
@@ -181,36 +184,43 @@ class GatewayUnderTest:
 
 
 class DeafWindows:
-    """A node radio that misses chosen receive windows, and records what it transmits.
+    """A node radio (node/radio.py) that misses chosen receive windows, and records what it
+    transmits.
 
-    While ``deaf_windows`` is above zero and ``armed()`` says so, a receive window passes with
-    nothing heard: on the medium the receiver is off (the node counts as not listening); on a
-    real radio, which keeps receiving, whatever arrives in that window is thrown away.
+    While ``deaf_windows`` is above zero and ``armed()`` says so, the receiver stays in standby
+    for a window the node library opens: nothing is heard (on the medium the node counts as
+    not listening).
     """
 
-    def __init__(self, inner: NodeAirLink, *, armed: Callable[[], bool] = lambda: True) -> None:
+    def __init__(self, inner: Any, *, armed: Callable[[], bool] = lambda: True) -> None:
         self.inner = inner
         self.armed = armed
         self.deaf_windows = 0
         self.windows_missed = 0
         self.sent: list[bytes] = []  # every payload transmitted, in order
+        self._deaf = False
 
-    async def transmit(self, payload: bytes) -> float:
-        self.sent.append(bytes(payload))
-        return await self.inner.transmit(payload)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
-    async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
-        if self.deaf_windows > 0 and self.armed():
+    def start_transmit(self, frame: bytes) -> None:
+        self.sent.append(bytes(frame))
+        self.inner.start_transmit(frame)
+
+    def start_receive(self) -> None:
+        self._deaf = self.deaf_windows > 0 and self.armed()
+        if self._deaf:
             self.deaf_windows -= 1
             self.windows_missed += 1
-            if isinstance(self.inner, SharedRadioNodeLink):
-                # A real radio keeps receiving; let the window pass (and the radio's turn end)
-                # and throw away whatever it heard.
-                await self.inner.receive(timeout_s)
-            else:
-                await asyncio.sleep(timeout_s)
-            return None
-        return await self.inner.receive(timeout_s)
+            self.inner.standby()
+            return
+        self.inner.start_receive()
+
+    def received(self) -> tuple[bytes, float, float] | None:
+        return None if self._deaf else self.inner.received()
+
+    def receiving(self) -> bool:
+        return False if self._deaf else self.inner.receiving()
 
 
 class SharedRadioNodeLink:
@@ -291,24 +301,23 @@ class Bench:
         count: int,
         node_config: NodeConfig,
         *,
-        wrap: Callable[[NodeAirLink], NodeAirLink] | None = None,
+        wrap: Callable[[Any], Any] | None = None,
     ) -> list[SimNode]:
-        """``count`` lab nodes (open join keys), spread from 50 m to 2 km around the gateway."""
+        """``count`` lab nodes (open join keys), spread from 50 m to 2 km around the gateway.
+
+        ``wrap(radio)`` may put a wrapper around each node's radio (node/radio.py)."""
         nodes = []
         for plan in plan_nodes(self.config, count):
-            link = await self.node_link(f"node-{plan.eui:016x}", distance_m=plan.distance_m)
+            node = await self.node(plan.eui, plan.root_key, node_config, plan.distance_m)
             if wrap is not None:
-                link = wrap(link)
-            nodes.append(
-                SimNode(
-                    plan.eui,
-                    plan.root_key,
-                    link,
-                    config=node_config,
-                    rng=random.Random(plan.eui),
-                )
-            )
+                node.radio = wrap(node.radio)
+            nodes.append(node)
         return nodes
+
+    async def node(
+        self, eui: int, root_key: bytes, node_config: NodeConfig, distance_m: float
+    ) -> SimNode:
+        raise NotImplementedError
 
     async def close(self) -> None:
         pass
@@ -323,6 +332,8 @@ class SimBench(Bench):
         self.medium = RfMedium(loop, seed=seed)
         self.chip = SimulatedSX127x(loop, self.medium, position=(0.0, 0.0), name="gateway")
         self._links: list[MediumNodeLink] = []
+        self._nodes: list[SimNode] = []
+        self._placed = 0
 
     def gateway_radio(self, **options: Any) -> Sx127xRadio:
         chip = self.chip
@@ -336,15 +347,37 @@ class SimBench(Bench):
 
     async def node_link(self, name: str, *, distance_m: float = 100.0) -> MediumNodeLink:
         assert self.medium is not None
-        angle = 2 * math.pi * (len(self._links) * 0.618_034 % 1.0)
-        position = (distance_m * math.cos(angle), distance_m * math.sin(angle))
+        position = self._next_position(distance_m)
         link = MediumNodeLink(self.medium, self.settings, position=position, name=name)
         self._links.append(link)
         return link
 
+    async def node(
+        self, eui: int, root_key: bytes, node_config: NodeConfig, distance_m: float
+    ) -> SimNode:
+        assert self.medium is not None
+        node = SimNode.on_medium(
+            eui,
+            root_key,
+            self.medium,
+            self.settings,
+            position=self._next_position(distance_m),
+            config=node_config,
+            rng=random.Random(eui),
+        )
+        self._nodes.append(node)
+        return node
+
+    def _next_position(self, distance_m: float) -> tuple[float, float]:
+        angle = 2 * math.pi * (self._placed * 0.618_034 % 1.0)
+        self._placed += 1
+        return (distance_m * math.cos(angle), distance_m * math.sin(angle))
+
     async def close(self) -> None:
         for link in self._links:
             link.close()
+        for node in self._nodes:
+            node.close()
 
 
 class HardwareBench(Bench):
@@ -358,6 +391,7 @@ class HardwareBench(Bench):
         self._node_radio: Sx127xRadio | None = None
         self._turn = asyncio.Lock()
         self._inbox: asyncio.Queue[RxPacket] = asyncio.Queue()
+        self._node_backend: Backend | None = None
 
     def gateway_radio(self, **options: Any) -> Sx127xRadio:
         return Sx127xRadio.from_settings(sx127x_settings(self.config.radio), **options)
@@ -376,9 +410,74 @@ class HardwareBench(Bench):
             self._node_radio = radio
         return SharedRadioNodeLink(self._node_radio, self._turn, self._inbox)
 
+    async def node(
+        self, eui: int, root_key: bytes, node_config: NodeConfig, distance_m: float
+    ) -> SimNode:
+        """The node library on the node board's module (node/sx127x.py), one node per board."""
+        if self._node_backend is not None or self._node_radio is not None:
+            pytest.skip("a node board runs one node; this scenario needs more")
+        section = load_config(os.environ[NODE_CONFIG_ENV]).radio
+        pins = Pins(dio0=section.pins.dio0, reset=section.pins.reset)
+        backend = await asyncio.to_thread(open_backend, section.spi, pins)
+        self._node_backend = backend
+        spi = BackendSpi(backend)
+        radio = Sx127x(spi, spi.cs, BackendPin(backend, pins.reset), sleep_ms=_sleep_ms)
+        settings = self.settings
+        radio.reset()
+        radio.begin()
+        radio.configure(
+            settings.frequency_hz,
+            settings.spreading_factor,
+            settings.bandwidth_hz,
+            settings.coding_rate,
+            settings.tx_power_dbm,
+            settings.preamble_length,
+            settings.sync_word,
+        )
+        return SimNode(eui, root_key, radio, config=node_config, rng=random.Random(eui))
+
     async def close(self) -> None:
         if self._node_radio is not None:
             await self._node_radio.close()
+        if self._node_backend is not None:
+            self._node_backend.close()
+
+
+class BackendPin:
+    """A GPIO line of a backend as a ``machine.Pin`` output."""
+
+    def __init__(self, backend: Backend, pin: int) -> None:
+        self._gpio = backend.gpio
+        self._pin = pin
+        self._gpio.setup(pin, 0)  # OUT
+
+    def value(self, level: int | None = None) -> int | None:
+        if level is None:
+            return self._gpio.input(self._pin)
+        self._gpio.output(self._pin, 1 if level else 0)
+        return None
+
+
+class _NoChipSelect:
+    """spidev and sim:// select the chip for each transfer themselves."""
+
+    def value(self, level: int | None = None) -> int | None:
+        return 1 if level is None else None
+
+
+class BackendSpi:
+    """A backend's SPI bus (``xfer``) as ``machine.SPI.write_readinto`` for node/sx127x.py."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._bus = backend.spi
+        self.cs = _NoChipSelect()
+
+    def write_readinto(self, out: bytes | bytearray, into: bytearray) -> None:
+        into[:] = bytes(self._bus.xfer(list(out)))
+
+
+def _sleep_ms(ms: int) -> None:
+    time.sleep(ms / 1000)
 
 
 # Parametrise a bench fixture with these: the real-board variant is skipped unless asked for.

@@ -13,8 +13,9 @@ The code under test is the real path of a command below the bridge:
 ``envelope.validate`` and ``expiry.compute_deadline`` (as the bridge calls them), the
 arrival check (``expiry.check(..., ARRIVAL)``), ``LoraNetwork.execute`` with its queue
 timers, receive-window scheduling, the queue and transmission checks with time on air, the
-``ttl_ds`` given to the node, and the node firmware's own TTL check before it executes
-(``SimNode._on_command``). Only the radio is a stand-in: ``MediumRadio`` puts the gateway
+``ttl_ds`` given to the node, and the node library's own TTL check before it executes
+(``node.runner``: an ``Execute`` past its deadline is answered ``expired`` unrun). Only the
+radio is a stand-in: ``MediumRadio`` puts the gateway
 straight on the simulated RF medium (continuous receive, half duplex) and adds random
 processing delays on receive and transmit, sometimes long enough to miss a window.
 
@@ -46,7 +47,6 @@ import pytest
 from drivers.radio.base import RadioSettings, RxHandler, RxPacket
 from drivers.sim.medium import AirParams, Frame, RfMedium
 from drivers.sim.node import SimNode
-from drivers.sim.node_link import MediumNodeLink
 from gateway.driver_settings import plan_nodes, radio_settings
 from gateway.lora import LoraNetwork
 from gateway.model import Command, CommandResult, CommandStatus, EventKind, IncomingCommand
@@ -291,10 +291,20 @@ async def run_soak(data_dir: Path, commands: int, seed: int) -> SoakFigures:
     for index, plan in enumerate(plan_nodes(config)):
         angle = 2 * math.pi * index / config.sim.nodes
         position = (plan.distance_m * math.cos(angle), plan.distance_m * math.sin(angle))
-        link = MediumNodeLink(medium, settings, position=position, name=f"node-{index}")
         node_config = dataclasses.replace(FAST_NODES, report_interval_s=rng.uniform(15.0, 45.0))
         node_rng = random.Random(seed * 7919 + index)
-        nodes.append(SimNode(plan.eui, plan.root_key, link, config=node_config, rng=node_rng))
+        nodes.append(
+            SimNode.on_medium(
+                plan.eui,
+                plan.root_key,
+                medium,
+                settings,
+                position=position,
+                name=f"node-{index}",
+                config=node_config,
+                rng=node_rng,
+            )
+        )
     executions: list[Execution] = []
     watch_executions(nodes, executions)
 

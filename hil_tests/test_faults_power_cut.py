@@ -271,14 +271,14 @@ class Bench:
 
 
 def frames_about_to_go_on_air(state_dir: Path) -> set[tuple[str, int]]:
-    """(node, frame counter) of uplinks whose frame a node built and stored but has not sent
-    yet: a node stores the counter just before the first transmission of a frame, and stores
-    again only after the receive window."""
+    """(node, frame counter) of uplinks a node is about to send for the first time: a node
+    writes its state file just before each transmission (with the attempt it is about to make)
+    and again after the receive window."""
     found: set[tuple[str, int]] = set()
     for path in state_dir.glob("node-*.json"):
         with contextlib.suppress(OSError, ValueError, KeyError):
             pending = json.loads(path.read_text())["pending"]
-            if pending and pending[0]["frame"] is not None and pending[0]["attempts"] == 0:
+            if pending and pending[0]["frame"] is not None and pending[0]["attempts"] == 1:
                 found.add((path.name, int(pending[0]["counter"])))
     return found
 

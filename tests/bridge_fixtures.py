@@ -277,21 +277,22 @@ def joined_devices(world: SimWorld) -> list[str]:
 class AckDropper:
     """Fault at the radio: the next ``count`` downlinks addressed to a node are lost.
 
-    With ``only``, just downlinks carrying that flag (e.g. ``Flag.COMMAND``) are lost.
+    With ``only``, just downlinks carrying that flag (e.g. ``Flag.COMMAND``) are lost. It wraps
+    the node's radio (node/radio.py): a packet it drops never reaches the node library.
     """
 
     def __init__(self, node: SimNode, count: int, only: frames.Flag | None = None) -> None:
         self.node = node
         self.left = count
         self.only = only
-        self.inner = node.link
-        node.link = self  # type: ignore[assignment]
+        self.inner = node.radio
+        node.radio = self
 
-    async def transmit(self, payload: bytes) -> float:
-        return await self.inner.transmit(payload)
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
-    async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None:
-        heard = await self.inner.receive(timeout_s)
+    def received(self) -> tuple[bytes, float, float] | None:
+        heard = self.inner.received()
         if heard is not None and self.left > 0 and self._addressed_to_node(heard[0]):
             self.left -= 1
             return None

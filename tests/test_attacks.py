@@ -3,7 +3,8 @@
 Air: an attacker with a radio sends forged, tampered, replayed, flooding, oversized and
 truncated frames. They enter where real frames enter, the simulated SX1276's FIFO, and go
 through the real SX127x driver into the LoRa network; the legitimate node is played by the
-node-side protocol code (``drivers.sim.node``) so every frame is exactly what the test says.
+node library's frame code (``drivers.sim.node_frames`` on ``node.frames``) so every frame is
+exactly what the test says.
 Each rejection must show in ``counters.frames_rejected`` under its reason and in the
 ``duogate_frames_rejected`` metric; no report may be forwarded, no answer transmitted, no
 address or state allocated.
@@ -38,7 +39,7 @@ from prometheus_client import generate_latest
 
 from drivers.radio.base import RxPacket
 from drivers.sim.inprocess import InProcessSimRadio
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.bridge import Bridge
 from gateway.config import Config, parse_config
 from gateway.driver_settings import sim_radio_settings

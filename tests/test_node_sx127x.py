@@ -5,6 +5,7 @@ board's machine.SPI / machine.Pin (drivers/sim/node_bus.py), against the gateway
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -18,6 +19,7 @@ from drivers.sim.medium import RfMedium
 from drivers.sim.node_bus import BusError, wire
 from node.radio import time_on_air_s
 from node.sx127x import ChipNotFound, Sx127x
+from tests.micropython_fixtures import CBOR2, NODE_LIBRARY, run_micropython
 
 FREQUENCY_HZ = 869_525_000
 SETTINGS = RadioSettings(frequency_hz=FREQUENCY_HZ, spreading_factor=7, bandwidth_hz=125_000)
@@ -186,3 +188,73 @@ async def test_no_chip_and_a_chip_that_does_not_answer(air: Air) -> None:
     radio.begin()
     with pytest.raises(ValueError):
         Sx127x(spi, cs, reset).reset()  # a reset needs a way to wait
+
+
+# --- the same driver in a real MicroPython ---------------------------------------------------
+
+REPLAY_IN_MICROPYTHON = """
+import json
+from node.sx127x import Sx127x
+
+class ReplayedSpi:
+    '''machine.SPI answering as the simulated chip answered CPython: every byte the driver
+    clocks out must be the one CPython's run clocked out.'''
+
+    def __init__(self, transcript):
+        self.transcript = transcript
+        self.done = 0
+
+    def write_readinto(self, out, into):
+        sent, reply = self.transcript[self.done]
+        if bytes(out).hex() != sent:
+            raise AssertionError("transfer " + str(self.done) + ": " + bytes(out).hex())
+        answer = bytes.fromhex(reply)
+        for index in range(len(answer)):
+            into[index] = answer[index]
+        self.done += 1
+
+class Pin:
+    def value(self, level=None):
+        return 1
+
+spi = ReplayedSpi(INPUTS["transcript"])
+radio = Sx127x(spi, Pin())
+radio.begin()
+radio.configure(869525000, 9, 125000, 5, 17, 8, 0x12)
+radio.start_transmit(b"uplink from a board")
+finished = radio.tx_finished()
+radio.start_receive()
+packet = radio.received()
+print(json.dumps({"finished": finished, "payload": packet[0].hex(), "rssi": packet[1],
+                  "snr": packet[2], "transfers": spi.done, "left": len(spi.transcript)}))
+"""
+
+
+async def test_micropython_clocks_out_the_same_bytes_and_reads_the_same_packet(air: Air) -> None:
+    chip = SimulatedSX127x(air.loop, air.medium, position=(800.0, 0.0), name="recorded")
+    spi, cs, _reset, _dio0 = wire(chip)
+    transcript: list[tuple[str, str]] = []
+
+    class RecordingSpi:
+        def write_readinto(self, out: bytes | bytearray, into: bytearray) -> None:
+            spi.write_readinto(out, into)
+            transcript.append((bytes(out).hex(), bytes(into).hex()))
+
+    radio = Sx127x(RecordingSpi(), cs)
+    radio.begin()
+    radio.configure(FREQUENCY_HZ, 9, 125_000, 5, 17, 8, 0x12)
+    radio.start_transmit(b"uplink from a board")
+    await asyncio.sleep(time_on_air_s(19, 9, 125_000, 5, 8) + 0.01)
+    assert radio.tx_finished()
+    radio.start_receive()
+    assert chip.deliver(b"downlink", rssi_dbm=-131.5, snr_db=-6.25)
+    packet = radio.received()
+    assert packet is not None
+
+    inputs = {"transcript": transcript}
+    prelude = "import json\nINPUTS = json.loads(" + repr(json.dumps(inputs)) + ")\n"
+    printed = run_micropython(prelude + REPLAY_IN_MICROPYTHON, [NODE_LIBRARY, CBOR2])
+    result = json.loads(printed.strip().splitlines()[-1])
+    assert result["transfers"] == result["left"] == len(transcript)
+    assert result["finished"] is True
+    assert (bytes.fromhex(result["payload"]), result["rssi"], result["snr"]) == packet

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.model import Command, CommandStatus, lora_device_id
 from gateway.protocol.downlink import (
     COMMIT_MARGIN_S,

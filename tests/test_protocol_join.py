@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.model import lora_device_id
 from gateway.protocol import crypto
 from gateway.protocol.frames import FrameRejected, JoinAccept, JoinRefusedFrame

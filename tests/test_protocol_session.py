@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.model import CommandStatus, lora_device_id
 from gateway.protocol import frames
+from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
     Downlink,
     DownlinkCommand,
@@ -109,7 +110,8 @@ def test_unknown_address_bad_tag_and_wrong_direction() -> None:
     node.address ^= 0x0100
     _, phy = node.report({})
     assert rejected(core, phy[:-1] + bytes([phy[-1] ^ 1])) == "bad_tag"
-    downlink = frames.encode(Downlink(node.address, 0, ack_counter=1), node.keys)
+    gateway_keys = SessionKeys(node.keys.integrity, node.keys.encryption)
+    downlink = frames.encode(Downlink(node.address, 0, ack_counter=1), gateway_keys)
     assert rejected(core, downlink) == "wrong_direction"
     assert report(core, phy).counter == phy[7]  # the rejections changed nothing
 

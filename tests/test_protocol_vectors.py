@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.protocol import crypto, frames
 from gateway.protocol.crypto import SessionKeys
 from gateway.protocol.frames import (
@@ -142,7 +142,10 @@ def test_the_vectors_describe_one_consistent_exchange() -> None:
     answer = open_join_answer(accepted.frame, eui, root, h(keys["dev_nonce"]))
     assert isinstance(answer, JoinAccept)
     node = NodeSession.from_accept(eui, root, h(keys["dev_nonce"]), answer)
-    assert node.keys == SessionKeys(h(keys["integrity_key"]), h(keys["encryption_key"]))
+    assert (node.keys.integrity, node.keys.encryption) == (
+        h(keys["integrity_key"]),
+        h(keys["encryption_key"]),
+    )
     (report,) = core.receive(h(VECTORS["report_confirmed"]["frame"]), 2.0)
     assert isinstance(report, ReportReceived)
     assert report.report_id == f"lora-{keys['eui']}:{keys['gw_nonce']}:0"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.model import lora_device_id
 from gateway.protocol.frames import FrameRejected, JoinAccept
 from gateway.protocol.join import DeviceCredentials, JoinSettings

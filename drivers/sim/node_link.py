@@ -1,4 +1,6 @@
-"""A simulated node's radio on the ``RfMedium``: the ``NodeAirLink`` interface of ``node.py``.
+"""A plain radio on the ``RfMedium`` with an asyncio interface (``NodeAirLink``), for tests of the
+medium and of the gateway (a stand-in talker); simulated nodes themselves run the node library
+on a register-level chip (``node.py``).
 
     async transmit(payload) -> airtime_s      returns after TxDone
     async receive(timeout_s) -> (payload, rssi_dbm, snr_db) | None
@@ -19,6 +21,7 @@ import asyncio
 import contextlib
 import math
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from drivers.radio.base import RadioSettings
 from drivers.sim.medium import (
@@ -30,6 +33,13 @@ from drivers.sim.medium import (
     Role,
     reported_snr_db,
 )
+
+
+class NodeAirLink(Protocol):
+    async def transmit(self, payload: bytes) -> float: ...  # returns after TxDone, airtime s
+
+    # (payload, rssi, snr) of a frame whose preamble started within timeout_s, or None
+    async def receive(self, timeout_s: float) -> tuple[bytes, float, float] | None: ...
 
 
 @dataclass(eq=False, slots=True)

@@ -1,5 +1,8 @@
 """The simulated radio world: an RF medium, N simulated nodes and the gateway's SX127x chip.
 
+Every node is the node library (``node/``) on its own register-level simulated SX127x on the
+medium (``drivers.sim.node``), the same code a board runs.
+
 ``duogate sim`` (``gateway.sim_command``) runs it as its own process and serves the gateway
 chip's SPI bus and DIO0 line on a local socket (``drivers.sim.chip_server``); a gateway with
 ``radio.spi = "sim://HOST:PORT"`` then runs its real SX127x driver against it. The world keeps
@@ -19,7 +22,6 @@ import random
 from drivers.sim.chip import SimulatedSX127x
 from drivers.sim.medium import RfMedium
 from drivers.sim.node import SimNode
-from drivers.sim.node_link import MediumNodeLink
 from drivers.sim.settings import WorldSettings
 
 
@@ -33,22 +35,19 @@ class SimWorld:
         self.chip = SimulatedSX127x(self.loop, self.medium, position=(0.0, 0.0), name="gateway")
         settings.state_dir.mkdir(parents=True, exist_ok=True)
         self.nodes: list[SimNode] = []
-        self.links: list[MediumNodeLink] = []
         for index, plan in enumerate(settings.nodes):
             angle = 2 * math.pi * index / max(1, len(settings.nodes))
             position = (plan.distance_m * math.cos(angle), plan.distance_m * math.sin(angle))
-            link = MediumNodeLink(
-                self.medium, settings.radio, position=position, name=f"node-{plan.eui:016x}"
-            )
-            node = SimNode(
+            node = SimNode.on_medium(
                 plan.eui,
                 plan.root_key,
-                link,
+                self.medium,
+                settings.radio,
+                position=position,
                 config=settings.node,
                 state_path=settings.state_dir / f"node-{plan.eui:016x}.json",
                 rng=random.Random(settings.seed * 1_000_003 + plan.eui),
             )
-            self.links.append(link)
             self.nodes.append(node)
         self._tasks: list[asyncio.Task[None]] = []
         self._start_rng = random.Random(settings.seed)
@@ -75,8 +74,8 @@ class SimWorld:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        for link in self.links:
-            link.close()
+        for node in self.nodes:
+            node.close()
 
     def node(self, device_id: str) -> SimNode:
         for node in self.nodes:
