@@ -18,8 +18,19 @@ being run); ``on_event(action)`` gets the session's news (Joined, JoinRefused, S
 Acked, Dropped); ``store.save(record)`` (node/storage.py) keeps the node's record across
 power cycles. ``before_transmit(kind, frame)`` is called just before a frame goes on air.
 
-Times are seconds on one steady clock (``time.ticks_ms() / 1000`` on a board,
-``loop.time()`` in asyncio).
+Times are seconds on one steady clock: ``loop.time()`` in asyncio; on a board a
+``TickClock`` over the millisecond tick counter. Boards' floats are single precision (24
+bits of mantissa on MicroPython, 22 on CircuitPython): seconds since boot would resolve only
+8 to 30 ms after a day, too coarse for a receive window opened 20 ms early. A ``TickClock``
+counts from an epoch it moves an hour forward whenever an hour has passed, and calls
+``runner.rebase(3600)`` (and the application's own shift), so every time stays below about
+an hour and resolves to a millisecond or better::
+
+    clock = TickClock(time.ticks_ms, time.ticks_diff, time.ticks_add)
+    clock.on_rebase.append(runner.rebase)
+    while True:
+        wake = runner.step(clock.now())
+        time.sleep_ms(clock.ms_until(wake, 500))
 """
 
 from node import frames
@@ -76,6 +87,16 @@ class Runner:
     def report(self, data: dict, now: float, confirmed: bool = True) -> None:
         """Queue a report of ``data``; ValueError if it cannot go on air."""
         self._carry_out(self.node.report(data, now, confirmed), now)
+
+    def rebase(self, shift_s: float) -> None:
+        """The clock's origin moved ``shift_s`` seconds later: every time held here and in the
+        session moves with it. Call between steps (``TickClock`` does)."""
+        self.node.rebase(shift_s)
+        if self._tick_at is not None:
+            self._tick_at -= shift_s
+        self._tx_started -= shift_s
+        self._rx_opens -= shift_s
+        self._rx_closes -= shift_s
 
     @property
     def busy(self) -> bool:
@@ -186,3 +207,49 @@ class Runner:
             self._actions.extend(self.node.command_done(command.ref, status, detail, now))
         elif self.on_event is not None:
             self.on_event(action)
+
+
+class TickClock:
+    """Seconds on a wrapping millisecond tick counter (``time.ticks_ms`` with ``ticks_diff``
+    and ``ticks_add`` on MicroPython; ``adafruit_ticks``' on CircuitPython), counted from an
+    epoch that moves ``span_s`` forward whenever that much has passed, so the seconds stay
+    small enough for a single-precision float to resolve a millisecond (0.25 ms at an hour
+    with 24 bits of mantissa, 0.5 ms with 22).
+
+    Each move calls every function in ``on_rebase`` with the seconds moved: ``runner.rebase``
+    and whatever shifts the application's own times. ``now()`` must be called at least every
+    few days (the tick counter's half period: 6.2 days for 30-bit ticks).
+    """
+
+    def __init__(self, ticks_ms, ticks_diff, ticks_add, span_s: int = 3600) -> None:
+        if span_s < 1:
+            raise ValueError("span_s must be at least 1 second")
+        self._ticks_ms = ticks_ms
+        self._ticks_diff = ticks_diff
+        self._ticks_add = ticks_add
+        self._span_ms = int(span_s) * 1000
+        self._epoch = ticks_ms()
+        self.on_rebase = []
+
+    def now(self) -> float:
+        """Seconds since the epoch, moving the epoch (and calling ``on_rebase``) first when
+        a whole span has passed."""
+        elapsed = self._ticks_diff(self._ticks_ms(), self._epoch)
+        while elapsed >= self._span_ms:
+            self._epoch = self._ticks_add(self._epoch, self._span_ms)
+            elapsed -= self._span_ms
+            for shift in self.on_rebase:
+                shift(self._span_ms // 1000)
+        return elapsed / 1000
+
+    def ms_until(self, at, longest_ms: int) -> int:
+        """Whole milliseconds from now until ``at`` (a time of this clock, None: no time),
+        between 0 and ``longest_ms``. Never moves the epoch, so ``at`` may come from a
+        ``now()`` earlier in the same turn of the loop."""
+        if at is None:
+            return longest_ms
+        elapsed = self._ticks_diff(self._ticks_ms(), self._epoch)
+        wait = int(at * 1000) - elapsed
+        if wait < 0:
+            return 0
+        return wait if wait < longest_ms else longest_ms

@@ -1,7 +1,8 @@
 """The node's protocol state machine: events in, actions out (docs/protocol.md, Node rules).
 
-Pure: no radio, no clock, no file. The caller passes the time (seconds on any steady clock)
-and a random source, and carries out the actions it gets back, in order:
+Pure: no radio, no clock, no file. The caller passes the time (seconds on any steady clock;
+``rebase(shift_s)`` when that clock's origin moves later) and a random source, and carries
+out the actions it gets back, in order:
 
   ``Persist(record)``   write the record (node/storage.py) before going on
   ``Transmit(frame)``   send now; call ``tx_done(now, airtime_s)`` at TxDone
@@ -416,6 +417,14 @@ class Node:
                 actions.append(self._persist())
                 return actions + self.tick(now)
         return []
+
+    def rebase(self, shift_s: float) -> None:
+        """The caller's clock now counts from ``shift_s`` seconds later: every time held here
+        moves with it (node/runner.py, ``TickClock``: keeps a board's float times small)."""
+        self._window_closes -= shift_s
+        self._next_join_at -= shift_s
+        self._next_uplink_at -= shift_s
+        self._tx_allowed_at -= shift_s
 
     # ------------------------------------------------------------------------ joining
 
