@@ -77,7 +77,10 @@ bench: $(STAMP) system-deps bench-deps
 	$(PY) -m bench.run
 
 # strace counts the sync calls of the storage-writes benchmark (without it: bytes only).
+# pydantic: P7 runs the tree of 5a86920 beside this one, and that tree loaded its config
+# with pydantic (the gateway itself no longer needs it).
 bench-deps:
+	@$(PY) -c 'import pydantic' 2>/dev/null || $(PY) -m pip install --quiet 'pydantic>=2,<3'
 	@command -v strace >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing strace via apt-get"; \

@@ -78,8 +78,10 @@ async def memory_and_drain(params: dict[str, Any], channel: Channel) -> dict[str
                 for _, _, phy in fleet.report_frames(count, start=start):
                     radio.receive(phy)
                     await asyncio.sleep(0)
-                await until_stored(outbox, events + start)  # at most two chunks in flight
-            await until_stored(outbox, events + reports)
+                await until_stored(outbox, events + start + count)
+                # Written before the next chunk, as a channel's pace would allow: a burst of
+                # 100,000 rows taken at once would overrun the rows allowed to wait for a commit.
+                await outbox.flush()
             if gateway.lora.counters["report_not_stored"]:
                 raise BenchError("reports refused by the outbox")
             gc.collect()
