@@ -128,6 +128,10 @@ class Dropped:
         return "Dropped(" + self.kind + ", " + str(self.number) + ", " + self.reason + ")"
 
 
+def _persists(actions: list) -> bool:
+    return any(isinstance(action, Persist) for action in actions)
+
+
 # ---------------------------------------------------------------------------------- config
 
 
@@ -139,25 +143,33 @@ class NodeConfig:
         join_rx_delay_s: float = 1.0,  # must match the gateway's join.join_rx_delay_s
         rx_early_s: float = 0.02,  # open the receiver this much before the window is due
         rx_window_s: float = 0.25,  # a preamble must start within this long
+        # Join retries: a ceiling doubling from min to max, the wait drawn at random below it
+        # (join_jitter 1: anywhere in 0..ceiling), so a crowd powered on together spreads out
+        # and its last nodes are not left waiting minutes (docs/NODE.md, Join storm).
         join_backoff_min_s: float = 2.0,
-        join_backoff_max_s: float = 300.0,
-        join_jitter: float = 0.5,  # share of a join wait taken off at random
-        join_start_spread_s: float = 2.0,  # first join after power-on: within this, at random
+        join_backoff_max_s: float = 60.0,
+        join_jitter: float = 1.0,  # share of a join wait taken off at random
+        join_start_spread_s: float = 5.0,  # first join after power-on: within this, at random
         retry_min_s: float = 2.0,  # first retransmission of an unacked uplink
         retry_max_s: float = 60.0,
         next_uplink_gap_s: float = 1.0,  # after a receive window, before the next uplink
-        jitter: float = 0.25,  # share of an uplink wait taken off at random
+        # Share of an uplink wait taken off at random: nodes whose frames collided once must
+        # not retry in step (a join storm's first reports collide in crowds).
+        jitter: float = 0.5,
         queue_size: int = 16,
         max_attempts: int = 30,  # transmissions of one uplink before it is given up
         rejoin_after_unacked: int = 12,  # consecutive unacked transmissions end the session
         remembered_commands: int = 16,
         counter_block: int = 64,  # counters reserved per flash write
         duty_cycle: float = 0.01,  # share of time on air allowed (1 % in most EU868 bands)
+        # Pending confirmed uplinks kept in the record (docs/protocol.md, Storage): about two
+        # writes a report; off, a power cut loses what was not acked (docs/NODE.md).
+        persist_queue: bool = True,
     ) -> None:
         if queue_size < 1 or max_attempts < 1 or rejoin_after_unacked < 1:
             raise ValueError("queue_size, max_attempts and rejoin_after_unacked must be >= 1")
-        if not 0 <= jitter < 1 or not 0 <= join_jitter < 1:
-            raise ValueError("jitter and join_jitter must be 0 <= jitter < 1")
+        if not 0 <= jitter < 1 or not 0 <= join_jitter <= 1:
+            raise ValueError("jitter must be 0 <= jitter < 1 and join_jitter 0 <= join_jitter <= 1")
         if counter_block < 2:
             raise ValueError("counter_block must be at least 2")
         if not 0 < duty_cycle <= 1:
@@ -179,6 +191,7 @@ class NodeConfig:
         self.remembered_commands = remembered_commands
         self.counter_block = counter_block
         self.duty_cycle = duty_cycle
+        self.persist_queue = persist_queue
 
 
 def backoff_delay(attempt: int, first_s: float, max_s: float, jitter: float, draw: float) -> float:
@@ -332,14 +345,16 @@ class Node:
         size = len(cbor.encode(body))  # CborError (a ValueError) if JSON cannot hold it
         if size > frames.MAX_SESSION_BODY:
             raise ValueError("report body of " + str(size) + " bytes, at most 243")
-        actions = []
         self.report_next += 1
-        if self.report_next > self.report_reserved:
-            actions.append(self._persist())
+        write = self.report_next > self.report_reserved
         uplink = _Uplink("report", body["counter"], body=body)
         uplink.confirmed = confirmed
-        actions += self._make_room()
+        actions = self._make_room()
         self.queue.append(uplink)
+        if self.config.persist_queue and (confirmed or actions):
+            write = True  # a pending uplink came (or a dropped one went)
+        if write:
+            return actions + self._persist_before(self.tick(now))
         return actions + self.tick(now)
 
     def tx_done(self, now: float, airtime_s: float = 0.0) -> list:
@@ -414,8 +429,7 @@ class Node:
                 else:
                     self.stats["commands_executed"] += 1
                 actions = self._queue_result(ref, status, detail)
-                actions.append(self._persist())
-                return actions + self.tick(now)
+                return actions + self._persist_before(self.tick(now))
         return []
 
     def rebase(self, shift_s: float) -> None:
@@ -537,8 +551,6 @@ class Node:
                 return self._lose_session(now) + self.tick(now)
             head.counter = self.up_next
             self.up_next += 1
-            if self.up_next > self.up_reserved:
-                actions.append(self._persist())  # the counter is stored before it is on air
             if head.kind == "report":
                 head.frame = frames.report(
                     session.keys,
@@ -559,6 +571,10 @@ class Node:
                     True,
                     session.encrypt,
                 )
+            # The counter, and with persist_queue the frame itself, are stored before they are
+            # on air: after a power cycle the same bytes go out again.
+            if self.up_next > self.up_reserved or (head.confirmed and self.config.persist_queue):
+                actions.append(self._persist())
         head.attempts += 1
         self.stats["transmissions"] += 1
         if head.attempts > 1:
@@ -579,6 +595,7 @@ class Node:
         cfg = self.config
         sent = self._on_air
         actions = []
+        stored = sent in self.queue and sent.confirmed and cfg.persist_queue
         if sent in self.queue:
             if not sent.confirmed:
                 self.queue.remove(sent)
@@ -603,6 +620,8 @@ class Node:
             actions += self._command_arrived(downlink.command, now)
         if self._unacked_in_a_row >= cfg.rejoin_after_unacked:
             actions += self._lose_session(now)
+        if stored and sent not in self.queue and not _persists(actions):
+            return actions + self._persist_before(self.tick(now))
         return actions + self.tick(now)
 
     # ----------------------------------------------------------------------- commands
@@ -657,8 +676,39 @@ class Node:
                 "dl_last": self.dl_last,
                 "report_reserved": self.report_reserved,
                 "commands": [list(entry) for entry in self.commands],
+                "queue": self._stored_queue(),
             }
         )
+
+    def _persist_before(self, later: list) -> list:
+        """``later`` with one write ahead of what it sends: its own Persist (built after this
+        change, so it holds it) or one put in front."""
+        if _persists(later):
+            return later
+        actions = [self._persist()]
+        actions += later
+        return actions
+
+    def _stored_queue(self) -> list:
+        """The pending confirmed uplinks as stored: frames only of the current session."""
+        if not self.config.persist_queue:
+            return []
+        stored = []
+        for uplink in self.queue:
+            if uplink.confirmed:
+                framed = uplink.frame is not None and self.session is not None
+                stored.append(
+                    [
+                        uplink.kind,
+                        uplink.number,
+                        uplink.body,
+                        uplink.status,
+                        uplink.detail,
+                        uplink.counter if framed else -1,
+                        uplink.frame if framed else None,
+                    ]
+                )
+        return stored
 
     def _restore(self, record: dict) -> None:
         if record.get("version") != RECORD_VERSION:
@@ -682,10 +732,20 @@ class Node:
         self.up_next = self.up_reserved = int(record["up_reserved"])
         self.report_next = self.report_reserved = int(record["report_reserved"])
         self.dl_last = int(record["dl_last"])
+        self.queue = []
+        for kind, number, body, status, detail, counter, frame in record.get("queue", ()):
+            uplink = _Uplink(kind, int(number), body=body, status=int(status), detail=detail)
+            if frame is not None and self.session is not None:
+                # Sent again byte for byte: the gateway takes it as new or acks a duplicate.
+                uplink.counter = int(counter)
+                uplink.frame = bytes(frame)
+            self.queue.append(uplink)
         self.commands = []
         for ref, status, detail in record["commands"]:
             if status == _EXECUTING:  # the power went while it ran: its outcome is unknown
                 status, detail = frames.FAILED, "interrupted by a restart"
+                if len(self.queue) < self.config.queue_size:
+                    self._queue_result(int(ref), status, detail)
             self.commands.append([int(ref), int(status), detail])
 
     # ------------------------------------------------------------------------ helpers

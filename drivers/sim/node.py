@@ -53,8 +53,8 @@ class NodeConfig:
     rx_early_s: float = 0.02  # open the receiver this much before the window is due
     rx_window_s: float = 0.25  # a preamble must start within this long after opening
     join_backoff_min_s: float = 2.0
-    join_backoff_max_s: float = 300.0
-    join_jitter: float = 0.5  # share of a join wait taken off at random
+    join_backoff_max_s: float = 60.0
+    join_jitter: float = 1.0  # share of a join wait taken off at random (1: 0..ceiling)
     # The world powers its nodes up at random moments itself (WorldSettings.start_spread_s).
     join_start_spread_s: float = 0.0
     retry_min_s: float = 2.0  # first retransmission of an unacked uplink
