@@ -9,14 +9,25 @@ import random
 import re
 from pathlib import Path
 
-from gateway.protocol.downlink import ResolveCommand, Transmit
+from gateway.model import Command, lora_device_id
+from gateway.protocol.downlink import (
+    DownlinkScheduler,
+    DownlinkSettings,
+    ReserveCommandRefs,
+    ResolveCommand,
+    Transmit,
+)
+from gateway.protocol.dutycycle import DutyCycle
 from gateway.protocol.frames import FrameRejected
+from gateway.protocol.join import DeviceCredentials, JoinSettings
 from gateway.protocol.session import (
     CommandResultReceived,
     JoinAccepted,
     JoinRefused,
+    NetworkCore,
     ReportReceived,
 )
+from node import frames
 from node import session as ns
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "protocol.md"
@@ -168,3 +179,56 @@ class Air:
 
     def events(self, kind: type) -> list:
         return [event for event in self.node_events if isinstance(event, kind)]
+
+
+# ------------------------------------------------ one node of a gateway core, in-process
+
+EUI = bytes.fromhex("70b3d57ed0001234")
+ROOT = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
+DEVICE = lora_device_id(EUI)
+FREQUENCY_HZ = 869_525_000
+
+
+def gateway(
+    encrypt: bool = False, enabled: bool = True, registered: bool = True
+) -> tuple[NetworkCore, DownlinkScheduler]:
+    registry = {int.from_bytes(EUI, "big"): DeviceCredentials(ROOT, encrypt, enabled)}
+    core = NetworkCore(JoinSettings(), registry if registered else {})
+    scheduler = DownlinkScheduler(
+        core,
+        DownlinkSettings(),
+        time_on_air=airtime,
+        frequency_hz=lambda: FREQUENCY_HZ,
+        duty=DutyCycle("EU868"),
+    )
+    return core, scheduler
+
+
+def queue_command(
+    scheduler: DownlinkScheduler, action: str, params: dict, deadline: float, name: str
+) -> Command:
+    command = Command(name, DEVICE, action, params, deadline, "mqtt")
+    actions = scheduler.command_queued(command)
+    while isinstance(actions[0], ReserveCommandRefs):
+        scheduler.refs_reserved(DEVICE, actions[0].up_to)
+        actions = scheduler.command_queued(command)
+    return command
+
+
+class Relay:
+    """The application: one relay."""
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def __call__(self, command: frames.Command) -> tuple[int, str | None]:
+        if command.action == "relay" and isinstance(command.params.get("on"), bool):
+            self.on = command.params["on"]
+            return frames.EXECUTED, None
+        return frames.FAILED, "unknown action"
+
+
+def fast_config(**changes: float) -> ns.NodeConfig:
+    settings = {"duty_cycle": 1.0, "rejoin_after_unacked": 3}
+    settings.update(changes)
+    return ns.NodeConfig(**settings)

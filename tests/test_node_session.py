@@ -8,65 +8,28 @@ from pathlib import Path
 
 import pytest
 
-from gateway.model import Command, CommandStatus, lora_device_id
-from gateway.protocol.downlink import DownlinkScheduler, DownlinkSettings, ReserveCommandRefs
-from gateway.protocol.dutycycle import DutyCycle
+from gateway.model import CommandStatus
 from gateway.protocol.frames import DownlinkCommand
-from gateway.protocol.join import DeviceCredentials, JoinSettings
 from gateway.protocol.session import (
     CommandResultReceived,
     JoinAccepted,
-    NetworkCore,
     ReportReceived,
 )
 from node import frames
 from node import session as ns
 from node.storage import FlashFile, NodeStore
-from tests.node_fixtures import Air, airtime, seeded_bytes
-
-EUI = bytes.fromhex("70b3d57ed0001234")
-ROOT = bytes.fromhex("000102030405060708090a0b0c0d0e0f")
-DEVICE = lora_device_id(EUI)
-FREQUENCY_HZ = 869_525_000
-
-
-def gateway(
-    encrypt: bool = False, enabled: bool = True, registered: bool = True
-) -> tuple[NetworkCore, DownlinkScheduler]:
-    registry = {int.from_bytes(EUI, "big"): DeviceCredentials(ROOT, encrypt, enabled)}
-    core = NetworkCore(JoinSettings(), registry if registered else {})
-    scheduler = DownlinkScheduler(
-        core,
-        DownlinkSettings(),
-        time_on_air=airtime,
-        frequency_hz=lambda: FREQUENCY_HZ,
-        duty=DutyCycle("EU868"),
-    )
-    return core, scheduler
-
-
-def queue_command(
-    scheduler: DownlinkScheduler, action: str, params: dict, deadline: float, name: str
-) -> Command:
-    command = Command(name, DEVICE, action, params, deadline, "mqtt")
-    actions = scheduler.command_queued(command)
-    while isinstance(actions[0], ReserveCommandRefs):
-        scheduler.refs_reserved(DEVICE, actions[0].up_to)
-        actions = scheduler.command_queued(command)
-    return command
-
-
-class Relay:
-    """The application: one relay."""
-
-    def __init__(self) -> None:
-        self.on = False
-
-    def __call__(self, command: frames.Command) -> tuple[int, str | None]:
-        if command.action == "relay" and isinstance(command.params.get("on"), bool):
-            self.on = command.params["on"]
-            return frames.EXECUTED, None
-        return frames.FAILED, "unknown action"
+from tests.node_fixtures import (
+    DEVICE,
+    EUI,
+    ROOT,
+    Air,
+    Relay,
+    airtime,
+    fast_config,
+    gateway,
+    queue_command,
+    seeded_bytes,
+)
 
 
 def reports(air: Air) -> list[ReportReceived]:
@@ -75,12 +38,6 @@ def reports(air: Air) -> list[ReportReceived]:
 
 def results(air: Air) -> list[CommandResultReceived]:
     return [a for a in air.gateway_actions if isinstance(a, CommandResultReceived)]
-
-
-def fast_config(**changes: float) -> ns.NodeConfig:
-    settings = {"duty_cycle": 1.0, "rejoin_after_unacked": 3}
-    settings.update(changes)
-    return ns.NodeConfig(**settings)
 
 
 @pytest.mark.parametrize("encrypt", [False, True])
@@ -298,7 +255,8 @@ def test_the_duty_cycle_spaces_transmissions() -> None:
 def test_counters_survive_a_power_cycle_with_few_writes(tmp_path: Path) -> None:
     core, scheduler = gateway()
     store = NodeStore.at(str(tmp_path / "state"))
-    config = fast_config(counter_block=64)
+    # Counters alone (tests/test_node_persistence.py: the queue kept too, two writes a report).
+    config = fast_config(counter_block=64, persist_queue=False)
     node = ns.Node(EUI, ROOT, seeded_bytes(8), config, record=store.load())
     air = Air(node, core, scheduler, store=store)
     air.run(30.0, stop=lambda: node.joined)
@@ -333,14 +291,14 @@ def test_a_torn_write_leaves_the_previous_record(tmp_path: Path) -> None:
     store = NodeStore.at(str(tmp_path / "s"))
     store.save({"n": 1})
     store.save({"n": 2})
-    newest = FlashFile(str(tmp_path / "s.1"))
-    data = newest.read()
+    current = FlashFile(str(tmp_path / "s.0"))  # a snapshot, then one change appended
+    data = current.read()
     assert data is not None
-    newest.write(data[:-3])
+    current.write(data[:-3])
     assert NodeStore.at(str(tmp_path / "s")).load() == {"n": 1}
     again = NodeStore.at(str(tmp_path / "s"))
     assert again.load() == {"n": 1}
-    again.save({"n": 3})  # over the torn slot, not the good one
+    again.save({"n": 3})  # a snapshot into the other file, not behind the torn bytes
     assert NodeStore.at(str(tmp_path / "s")).load() == {"n": 3}
     assert NodeStore.at(str(tmp_path / "missing")).load() is None
 
