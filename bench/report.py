@@ -17,6 +17,7 @@ SYNCS_PER_REPORT_GOAL = 0.1
 DISK_BYTES_PER_REPORT_GOAL = 1024
 # P7: how many times fewer syncs and bytes per report than today's behaviour, per case
 TODAY_FACTOR_GOALS = {"busy": 10.0, "channel": 3.0}
+JOIN_STORM_GOAL_S = 300.0  # 100 nodes powered on at once: all joined and reporting
 
 
 def sync_floor(case: dict[str, Any]) -> float:
@@ -250,6 +251,8 @@ def rows(figures: dict[str, Any]) -> list[Row]:
     out += _guarded(figures, "web", "Web page weight and extra memory", "-", web)
     out += _guarded(figures, "storage", "P7 storage writes", "<= 0.1 syncs/report", storage_rows)
     out += _guarded(figures, "startup", "P8 start-up and idle CPU", "-", startup_rows)
+    join_goal = f"all joined and reporting <= {JOIN_STORM_GOAL_S:g} s (100 nodes)"
+    out += _guarded(figures, "joinstorm", "Join storm", join_goal, joinstorm_rows)
     out += _guarded(figures, "profile", "Profiles of P1 and P4 (py-spy)", "-", profile_rows)
     return [_pointing_to_profile(row, figures.get("profile")) for row in out]
 
@@ -570,6 +573,37 @@ def startup_rows(f: dict[str, Any]) -> list[Row]:
     ]
 
 
+def _seconds(value: float | None, bound_s: float) -> str:
+    return f"> {bound_s:g} s" if value is None else f"{value:.1f} s"
+
+
+def joinstorm_rows(f: dict[str, Any]) -> list[Row]:
+    bound, join = f["bound_s"], f["join"]
+    attempts, air = f["join_attempts"], f["air"]
+    done = f["all_reported_s"]
+    goal = JOIN_STORM_GOAL_S if f["nodes"] >= 100 else None
+    if goal is None:
+        verdict = "-"  # a smaller storm (--quick) has no goal
+    elif done is None:
+        missing = f["nodes"] - f["reported"]
+        verdict = f"MISSED: {missing} of {f['nodes']} not reporting after {bound:g} s"
+    else:
+        verdict = at_most(done, goal, "s")
+    return [
+        Row(
+            f"Join storm: {f['nodes']} nodes powered on at once, SF7/125 kHz, 869.525 MHz"
+            " (10 % sub-band): join time after power-on, median / p95 / max",
+            f"{_seconds(join['median'], bound)} / {_seconds(join['p95'], bound)} /"
+            f" {_seconds(join['max'], bound)}; all joined at {_seconds(f['all_joined_s'], bound)},"
+            f" all reporting at {_seconds(done, bound)} ({f['joined']} joined,"
+            f" {f['reported']} reporting); join requests per node median {attempts['median']:.0f},"
+            f" max {attempts['max']:.0f}; {air['lost_collision']} frames lost to collisions",
+            "-" if goal is None else f"all joined and reporting <= {goal:g} s",
+            verdict,
+        )
+    ]
+
+
 def table_text(found: list[Row]) -> str:
     headers = ("figure", "measured", "goal", "verdict")
     cells = [headers, *((r.figure, r.measured, r.goal, r.verdict) for r in found)]
@@ -753,6 +787,16 @@ P-numbers are those of issue 16.
   report* scales a share to the window's CPU time per report (`getrusage`). py-spy never
   stops the child, but reading its memory a thousand times a second costs it some cache:
   compare the window's CPU per report with the unprofiled P1 and P4 rows.
+* **Join storm.** `python -m bench.joinstorm` (`hil_tests/join_storm_fixtures.py`) in its own
+  interpreter: 100 nodes of the simulated world (the node library on simulated SX1276s at
+  50 m to 2 km, with the library's real-time join backoff and the 10 % sub-band's duty
+  cycle) powered on in the same instant, the gateway's real SX127x driver and LoRa stack on
+  its simulated chip, SF7/125 kHz on 869.525 MHz, receive delays of 1 s, open join; in real
+  time, every frame its real time on air, seeded. A node's join time is power-on to its
+  `Joined`; *reporting* is power-on to its first report reaching the gateway's sink (made at
+  power-on, sent once joined). The run ends when every node is reporting, or at the goal's
+  300 s (a node not there by then counts as later than that). docs/NODE.md ("After a power
+  cut") has the arithmetic of the channel and the duty cycle.
 * **Units.** MB is 2^20 bytes, us is microseconds, B is bytes.
 * **Web page.** `bench/web_weight.py`: bytes of the page's files and the daemon's extra
   resident memory with the web server idle and with the page open.

@@ -92,6 +92,9 @@ class Sizes:
     profile_burst_reports: int = 20_000
     profile_idle_s: float = 2.0
     profile_hz: int = 1000
+    # Join storm: nodes powered on at once, bounded by the goal (all joined and reporting)
+    joinstorm_nodes: int = 100
+    joinstorm_bound_s: float = 300.0
 
 
 FULL = Sizes()
@@ -119,6 +122,8 @@ QUICK = Sizes(
     profile_steady=(100.0, 1.0),
     profile_burst_reports=300,
     profile_idle_s=0.2,
+    joinstorm_nodes=5,
+    joinstorm_bound_s=60.0,
 )
 
 
@@ -538,6 +543,28 @@ def bench_imports() -> list[list[Any]]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def bench_joinstorm(sizes: Sizes) -> dict[str, Any]:
+    """The join storm (``bench.joinstorm``) in its own interpreter; it runs in real time."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.joinstorm",
+            str(sizes.joinstorm_nodes),
+            str(sizes.joinstorm_bound_s),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=sizes.joinstorm_bound_s + 120,
+        check=False,
+    )
+    if done.returncode != 0:
+        tail = "\n".join(done.stderr.strip().splitlines()[-15:])
+        raise ChildFailed(f"joinstorm: exit {done.returncode}\n{tail}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def bench_web(sizes: Sizes) -> dict[str, Any] | str:
     """The web engineer's figures, if bench/web_weight.py is there; else why not."""
     try:
@@ -572,6 +599,7 @@ STEPS = (
     "xmpp",
     "storage",
     "startup",
+    "joinstorm",
     "web",
 )
 
@@ -606,6 +634,7 @@ def run_all(
                 ("xmpp", lambda: bench_xmpp(Path(tmp), sizes)),
                 ("storage", lambda: bench_storage(broker, Path(tmp), sizes)),
                 ("startup", lambda: bench_startup(broker, sizes)),
+                ("joinstorm", lambda: bench_joinstorm(sizes)),
             ]
             for name, step in steps:
                 if name in wanted:
@@ -662,7 +691,8 @@ def sizes_text(sizes: Sizes) -> str:
         + f" with {sizes.storage_nodes} nodes, each case also for {TODAY_COMMIT};"
         f" {sizes.start_runs} starts with"
         f" {sizes.start_nodes} simulated nodes; idle {sizes.idle_s:g} s with"
-        f" {sizes.idle_nodes} joined nodes"
+        f" {sizes.idle_nodes} joined nodes; join storm of {sizes.joinstorm_nodes} nodes,"
+        f" at most {sizes.joinstorm_bound_s:g} s"
     )
 
 

@@ -24,12 +24,11 @@ from typing import Any
 
 from drivers.sim.node import NodeConfig, SimNode
 from gateway.driver_settings import plan_nodes
-from gateway.protocol.dutycycle import EU868_SUB_BANDS
+from gateway.protocol.capacity import SUB_BAND_10_PERCENT
 from hil_tests.helpers import GatewayUnderTest, SimBench, sim_config
 from node import session as ns
 from tests.sink_fixtures import RecordingSink
 
-SUB_BAND_10_PERCENT = EU868_SUB_BANDS[2]
 STORM_RADIO: dict[str, Any] = {
     "frequency_hz": 869_525_000,
     "spreading_factor": 7,
@@ -103,13 +102,17 @@ class StormRun:
             "reported": sum(t is not None for t in self.reported_s),
             "join": distribution(self.joined_s),
             "report": distribution(self.reported_s),
-            "all_joined_s": self.all_joined_s,
-            "all_reported_s": self.all_reported_s,
+            "all_joined_s": _rounded(self.all_joined_s),
+            "all_reported_s": _rounded(self.all_reported_s),
             "join_attempts": distribution([float(n) for n in self.join_attempts]),
             "air": self.air,
             "gateway": self.gateway,
             "elapsed_s": self.elapsed_s,
         }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 2)
 
 
 def percentile(ordered: list[float], share: float) -> float:
@@ -144,20 +147,27 @@ async def run_storm(
     forwarded, or ``bound_s`` has passed."""
     config = sim_config(data_dir, radio=STORM_RADIO, join=STORM_JOIN)
     bench = SimBench(config, seed=seed)
-    assert bench.medium is not None
-    gateway_radio = bench.gateway_radio()
-    gateway = GatewayUnderTest(config, gateway_radio)
+    medium = bench.medium
+    assert medium is not None
+    gateway = GatewayUnderTest(config, bench.gateway_radio())
     sink = TimedSink()
     gateway.sink = sink
     fleet: list[SimNode] = []
     joined_at: dict[int, float] = {}
     loop = asyncio.get_running_loop()
     for index, plan in enumerate(plan_nodes(config, nodes)):
-        node_rng = random.Random(seed * 1_000_003 + index)
-        node = await bench.node(
-            plan.eui, plan.root_key, node_config or storm_node_config(), plan.distance_m
+        angle = 2 * math.pi * index / nodes
+        node = SimNode.on_medium(
+            plan.eui,
+            plan.root_key,
+            medium,
+            bench.settings,
+            position=(plan.distance_m * math.cos(angle), plan.distance_m * math.sin(angle)),
+            config=node_config or storm_node_config(),
+            rng=random.Random(plan.eui),
+            # Seeded nonces and backoff draws.
+            random_bytes=random.Random(seed * 1_000_003 + index).randbytes,
         )
-        node.node._random_bytes = node_rng.randbytes  # seeded nonces and jitter
         fleet.append(node)
 
         def note(event: Any, index: int = index, inner: Any = node.runner.on_event) -> None:
@@ -189,6 +199,8 @@ async def run_storm(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await gateway.stop()
+        for node in fleet:
+            node.close()
         await bench.close()
     failures = [t.exception() for t in tasks if t.done() and not t.cancelled() and t.exception()]
     assert not failures, f"node firmware failed: {failures!r}"
@@ -203,7 +215,7 @@ async def run_storm(
             for node in fleet
         ],
         join_attempts=[node.stats.join_attempts for node in fleet],
-        air=bench.medium.stats.as_dict(),
+        air=medium.stats.as_dict(),
         gateway=dict(gateway.lora.counters),
         elapsed_s=round(elapsed, 2),
     )

@@ -27,7 +27,7 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     outcome = run_all(QUICK, out, log=lambda _line: None)
     figures = outcome["figures"]
     names = ("throughput", "throughput_pinned", "latency", "cpu", "cpu_pinned", "profile")
-    for name in (*names, "outage", "xmpp", "storage", "startup"):
+    for name in (*names, "outage", "xmpp", "storage", "startup", "joinstorm"):
         assert isinstance(figures[name], dict), f"{name}: {figures[name]}"
 
     for name in ("throughput", "throughput_pinned"):
@@ -100,6 +100,14 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert 0 < startup["ready"]["median_s"] <= startup["ready"]["max_s"]
     assert startup["idle"]["nodes"] == QUICK.idle_nodes and startup["idle"]["cpu_ms_per_s"] >= 0
 
+    storm = figures["joinstorm"]
+    assert isinstance(storm, dict), storm
+    assert storm["nodes"] == storm["joined"] == storm["reported"] == QUICK.joinstorm_nodes
+    join = storm["join"]
+    assert 0 < join["median"] <= join["p95"] <= join["max"] == storm["all_joined_s"]
+    assert storm["all_joined_s"] <= storm["all_reported_s"] <= QUICK.joinstorm_bound_s
+    assert storm["join_attempts"]["median"] >= 1
+
     text = out.read_text()
     assert "| figure | measured | goal | verdict |" in text
     assert outcome["machine"]["cpu"] in text
@@ -107,6 +115,7 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
     assert len(measured) >= 8, outcome["rows"]
     assert any(row.figure.startswith("P7") for row in measured), outcome["rows"]
     assert any(row.figure.startswith("P8") for row in measured), outcome["rows"]
+    assert any(row.figure.startswith("Join storm") for row in measured), outcome["rows"]
     assert "## Profiles: where the CPU goes" in text
     assert "| top functions by own time |" in text and "| area (own time) |" in text
 
