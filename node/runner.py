@@ -214,7 +214,7 @@ class TickClock:
     and ``ticks_add`` on MicroPython; ``adafruit_ticks``' on CircuitPython), counted from an
     epoch that moves ``span_s`` forward whenever that much has passed, so the seconds stay
     small enough for a single-precision float to resolve a millisecond (0.25 ms at an hour
-    with 24 bits of mantissa, 0.5 ms with 22).
+    with 24 bits of mantissa, 1 ms with 22).
 
     Each move calls every function in ``on_rebase`` with the seconds moved: ``runner.rebase``
     and whatever shifts the application's own times. ``now()`` must be called at least every
