@@ -349,7 +349,7 @@ class SimSection(Section):
     # Node firmware timing (real-time defaults; tests and demos scale them down).
     start_spread_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # nodes start staggered
     join_backoff_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0
-    join_backoff_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 300.0
+    join_backoff_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0  # as node.session
     retry_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0  # first retransmission
     retry_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
     next_uplink_gap_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # after an ack

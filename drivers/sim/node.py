@@ -60,7 +60,7 @@ class NodeConfig:
     retry_min_s: float = 2.0  # first retransmission of an unacked uplink
     retry_max_s: float = 60.0
     next_uplink_gap_s: float = 1.0  # after an ack, before the next queued uplink
-    jitter: float = 0.25  # every uplink wait is shortened by up to this fraction, at random
+    jitter: float = 0.5  # every uplink wait is shortened by up to this fraction, at random
     queue_size: int = 16  # unacked uplinks kept; the oldest report is dropped beyond it
     max_attempts: int = 30  # transmissions of one uplink before it is given up
     rejoin_after_unacked: int = 12  # consecutive unacked transmissions that end the session
