@@ -36,7 +36,7 @@ from functools import cache
 from pathlib import Path
 
 from drivers.radio.serial_frames import FrameDecoder, FrameError, decode_body
-from drivers.sim.node import NodeSession, join_request, open_join_answer
+from drivers.sim.node_frames import NodeSession, join_request, open_join_answer
 from gateway.config import ConfigError, load_config
 from gateway.console.editor import LineEditor
 from gateway.console.parser import ConsoleInputError, parse_command

@@ -28,7 +28,7 @@ async def gateway_of() -> AsyncIterator[Callable[[list[int]], Awaitable[Gateway]
         yield build
 
 
-async def until(condition: Callable[[], bool], timeout_s: float = 20.0) -> None:
+async def until(condition: Callable[[], bool], timeout_s: float = 45.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
         assert asyncio.get_running_loop().time() < deadline, "condition not reached in time"
