@@ -25,7 +25,7 @@ import digitalio
 
 from node import frames
 from node.rfm9x import Rfm9xRadio
-from node.runner import Runner
+from node.runner import Runner, TickClock
 from node.session import Node, NodeConfig
 from node.storage import NodeStore
 
@@ -51,21 +51,27 @@ def unhex(text, size, name):
 
 
 def make_clock():
-    """Seconds since start. CircuitPython's ``supervisor.ticks_ms`` keeps whole milliseconds
-    (``time.monotonic`` loses them after an hour or so); it wraps at 2**29 ms."""
+    """Seconds on the board's millisecond ticks, kept small (``TickClock``): a single-precision
+    float still resolves a millisecond however long the node runs. CircuitPython's
+    ``supervisor.ticks_ms`` wraps at 2**29 ms."""
     try:
         from supervisor import ticks_ms
-    except ImportError:
-        return time.monotonic
-    state = [ticks_ms(), 0]
+    except ImportError:  # CPython, running against a simulated chip
 
-    def clock():
-        now = ticks_ms()
-        state[1] += (now - state[0]) & 0x1FFFFFFF
-        state[0] = now
-        return state[1] / 1000
+        def ticks_ms():
+            return int(time.monotonic() * 1000)
 
-    return clock
+        return TickClock(ticks_ms, lambda a, b: a - b, lambda t, delta: t + delta)
+    period = 1 << 29
+
+    def ticks_diff(a, b):
+        diff = (a - b) & (period - 1)
+        return diff - period if diff >= period // 2 else diff
+
+    def ticks_add(t, delta):
+        return (t + delta) % period
+
+    return TickClock(ticks_ms, ticks_diff, ticks_add)
 
 
 def board_pin(name):
@@ -148,6 +154,11 @@ class Application:
         self.relay.switch_to_output(value=False)
         self.next_report_at = self.started
 
+    def rebase(self, shift_s):
+        """The clock's origin moved ``shift_s`` later (``TickClock.on_rebase``)."""
+        self.started -= shift_s
+        self.next_report_at -= shift_s
+
     def readings(self):
         data = {"relay": self.relay.value, "uptime_s": int(self.clock() - self.started)}
         temperature = cpu_temperature()
@@ -186,7 +197,8 @@ def main():
     settings = load_settings(SETTINGS_FILE)
     eui = unhex(settings["eui"], 8, "eui")
     root_key = unhex(settings["root_key"], 16, "root_key")
-    clock = make_clock()
+    ticks = make_clock()
+    clock = ticks.now
     radio = make_radio(settings)
     check_writable(STATE_FILE)
     store = NodeStore.at(STATE_FILE)
@@ -194,6 +206,8 @@ def main():
     node = Node(eui, root_key, random_source(radio), config=config, record=store.load())
     app = Application(settings, clock)
     runner = Runner(node, radio, store=store, execute=app.execute, on_event=on_event)
+    ticks.on_rebase.append(runner.rebase)
+    ticks.on_rebase.append(app.rebase)
     print("node", settings["eui"], "on", settings["frequency_hz"], "Hz")
     while True:
         now = clock()
