@@ -10,17 +10,15 @@ disk replays whatever it had stored but not yet delivered.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from hil_tests.faults_fixtures import (
+    Child,
     FaultRow,
     Ledger,
     MqttSubscriber,
@@ -37,7 +35,6 @@ from tests.servers import Mosquitto, wait_for_port
 
 PREFIX = "duogate/killed"
 NODES = 2
-REPO = Path(__file__).resolve().parent.parent
 
 
 def write_config(tmp_path: Path, broker_port: int, world_port: int) -> Path:
@@ -81,37 +78,6 @@ enabled = false
     return path
 
 
-class Process:
-    """A ``python -m gateway ...`` child with its output in a log file."""
-
-    def __init__(self, args: list[str], log: Path) -> None:
-        self.args = args
-        self.log = log
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *self.args],
-                cwd=REPO,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.mark.timeout(sized(120, 3600))
 async def test_gateway_killed_at_random_moments_and_restarted(
     mosquitto: Mosquitto, tmp_path: Path, request: pytest.FixtureRequest
@@ -120,8 +86,8 @@ async def test_gateway_killed_at_random_moments_and_restarted(
     rng = random.Random(7)
     world_port = free_port()
     config = write_config(tmp_path, mosquitto.port, world_port)
-    world = Process(["sim", "--config", str(config)], tmp_path / "world.log")
-    gateway = Process(["run", "--config", str(config)], tmp_path / "gateway.log")
+    world = Child(["sim", "--config", str(config)], tmp_path / "world.log")
+    gateway = Child(["run", "--config", str(config)], tmp_path / "gateway.log")
     ledger = Ledger()
     subscriber = MqttSubscriber(mosquitto.port, PREFIX, ledger)
     produced = produced_from_state_files(tmp_path / "world")

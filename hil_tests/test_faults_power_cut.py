@@ -50,6 +50,7 @@ from pathlib import Path
 import pytest
 
 from hil_tests.faults_fixtures import (
+    Child,
     FaultRow,
     Ledger,
     MqttSubscriber,
@@ -67,7 +68,6 @@ from tests.servers import Mosquitto, wait_for_port
 NODES = 6
 REPORT_INTERVAL_S = 2.0  # six nodes: three confirmed reports a second, acks included
 RX_DELAY_S = 0.3
-REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 30.0
 RECOVERY_TIMEOUT_S = sized(20.0, 60.0)  # a start takes about 2 s; lost reports never come
 SYNC_CALLS = "fsync,fdatasync"
@@ -120,44 +120,6 @@ enabled = false
 """
     )
     return path
-
-
-class Child:
-    """A ``python -m gateway ...`` child with its output in a log file."""
-
-    def __init__(self, args: list[str], log: Path, env: Mapping[str, str] | None = None) -> None:
-        self.args = args
-        self.log = log
-        self.env = dict(os.environ, **(env or {}))
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "gateway", *self.args],
-                cwd=REPO,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(timeout=10)
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=10)
-
-    def tail(self, lines: int = 40) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
 
 class ReadyListener:
