@@ -7,33 +7,13 @@ interpreter's import log (one stderr line per module).
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from tests.bridge_fixtures import fast_settings, toml_text
+from tests.import_log_fixtures import ROOT, imported_packages, other_lines, run_until_ready
 from tests.servers import Mosquitto, free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-IMPORT_LOG_PREFIX = "import time:"
-READY_TIMEOUT_S = 60.0
-
-
-def imported_packages(stderr: str) -> set[str]:
-    """Top-level package of every module named in ``-X importtime`` lines."""
-    return {
-        line.rsplit("|", 1)[-1].strip().split(".")[0]
-        for line in stderr.splitlines()
-        if line.startswith(IMPORT_LOG_PREFIX) and "cumulative" not in line
-    }
-
-
-def other_lines(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if not line.startswith(IMPORT_LOG_PREFIX)]
 
 
 def check_config(path: Path) -> subprocess.CompletedProcess[str]:
@@ -97,32 +77,7 @@ def test_run_starts_without_pydantic(tmp_path: Path, mosquitto: Mosquitto) -> No
     settings["metrics"] = {"enabled": True, "port": 0}
     settings["web"] = {"enabled": True, "port": 0}
     config = write_settings(tmp_path, settings)
-    notify_path = tmp_path / "notify.sock"
-    stderr_path = tmp_path / "stderr.txt"
-    with (
-        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify,
-        stderr_path.open("w") as stderr,
-    ):
-        notify.bind(str(notify_path))
-        notify.settimeout(READY_TIMEOUT_S)
-        process = subprocess.Popen(
-            [sys.executable, "-X", "importtime", "-m", "gateway", "run", "--config", str(config)],
-            cwd=ROOT,
-            env={**os.environ, "NOTIFY_SOCKET": str(notify_path)},
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=stderr,
-        )
-        try:
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while "READY=1" not in notify.recv(4096).decode().splitlines():
-                assert time.monotonic() < deadline, "no READY=1"
-            process.send_signal(signal.SIGTERM)
-            assert process.wait(timeout=30) == 0, stderr_path.read_text()[-3000:]
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-    imported = imported_packages(stderr_path.read_text())
+    stderr = run_until_ready(tmp_path, config)
+    imported = imported_packages(stderr)
     assert {"gateway", "msgspec", "paho", "prometheus_client", "aiohttp"} <= imported
     assert "pydantic" not in imported
