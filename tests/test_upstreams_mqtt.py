@@ -22,21 +22,20 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.config import Config, parse_config
+from gateway.config import Config
 from gateway.model import (
     CommandResult,
     CommandStatus,
     DeviceEvent,
     EventKind,
     IncomingCommand,
-    Report,
 )
 from gateway.store.outbox import Outbox
 from gateway.upstreams.base import UnpublishableItem, UpstreamUnavailable
 from gateway.upstreams.mqtt import MqttSetupError, MqttUpstream
+from tests.mqtt_upstream_fixtures import DEVICE, mqtt_config, report
 from tests.servers import Mosquitto
 
-DEVICE = "lora-0011223344556677"
 PREFIX = "duogate/gwtest"
 TIMEOUT = 15.0
 
@@ -45,30 +44,7 @@ TIMEOUT = 15.0
 
 
 def make_config(host: str, port: int, **mqtt: Any) -> Config:
-    settings = {
-        "host": host,
-        "port": port,
-        "keepalive_s": 5,
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.5,
-        "publish_timeout_s": 3.0,
-        "connect_timeout_s": 3.0,
-        **mqtt,
-    }
-    return parse_config({"gateway": {"id": "gwtest"}, "mqtt": settings}, check_files=False)
-
-
-def report(n: int) -> Report:
-    return Report(
-        id=f"{DEVICE}-{n}",
-        device=DEVICE,
-        kind="telemetry",
-        ts=1_780_000_000.0 + n,
-        seq=n,
-        data={"temperature": 20 + n / 10},
-        rssi=-90.0,
-        snr=6.5,
-    )
+    return mqtt_config("gwtest", host, port, **mqtt)
 
 
 class Observer:

@@ -17,41 +17,19 @@ import paho.mqtt.client as paho
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from gateway.config import Config, parse_config
-from gateway.model import Report
+from gateway.config import Config
 from gateway.upstreams.mqtt import MqttUpstream
+from tests.mqtt_upstream_fixtures import mqtt_config, report
 from tests.servers import Mosquitto
 
-DEVICE = "lora-0011223344556677"
 PREFIX = "duogate/gwsock"
 TIMEOUT = 15.0
 DISCONNECT = 0xE0
 
 
 def make_config(host: str, port: int, **mqtt: Any) -> Config:
-    settings = {
-        "host": host,
-        "port": port,
-        "keepalive_s": 60,
-        "reconnect_min_s": 0.1,
-        "reconnect_max_s": 0.5,
-        "publish_timeout_s": 5.0,
-        "connect_timeout_s": 3.0,
-        **mqtt,
-    }
-    return parse_config({"gateway": {"id": "gwsock"}, "mqtt": settings}, check_files=False)
-
-
-def report(n: int) -> Report:
-    return Report(
-        id=f"{DEVICE}-{n}",
-        device=DEVICE,
-        kind="telemetry",
-        ts=1_780_000_000.0 + n,
-        seq=n,
-        data={"temperature": 20 + n / 10},
-        rssi=-90.0,
-        snr=6.5,
+    return mqtt_config(
+        "gwsock", host, port, **{"keepalive_s": 60, "publish_timeout_s": 5.0, **mqtt}
     )
 
 
