@@ -26,9 +26,10 @@ import random
 import resource
 import socket
 import struct
+import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -417,22 +418,48 @@ class BenchGateway:
 
     async def wait_drained(self, timeout_s: float = 60) -> None:
         """Until the outbox is empty (every entry delivered and the marks committed)."""
-        outbox = self.bridge.outbox
-        assert outbox is not None
-        deadline = time.monotonic() + timeout_s
-        while True:
-            await outbox.flush()
-            if outbox.size == 0:
-                return
-            if time.monotonic() > deadline:
-                raise BenchError(f"outbox still holds {outbox.size} entries")
-            await asyncio.sleep(0.05)
+        assert self.bridge.outbox is not None
+        await until_outbox_empty(self.bridge.outbox, time.monotonic() + timeout_s)
 
     def not_stored(self) -> int:
         return self.lora.counters.get("report_not_stored", 0)
 
 
 # ------------------------------------------------------------------------------ helpers
+
+
+async def until_outbox_empty(outbox: Any, deadline: float | None, poll_s: float = 0.05) -> None:
+    """Until every entry is delivered and its delivery mark committed (the outbox empty on
+    disk too); BenchError after the monotonic ``deadline`` (None: no limit)."""
+    while True:
+        await outbox.flush()
+        if outbox.size == 0:
+            return
+        if deadline is not None and time.monotonic() > deadline:
+            raise BenchError(f"outbox still holds {outbox.size} entries")
+        await asyncio.sleep(poll_s)
+
+
+@contextlib.asynccontextmanager
+async def daemon_gateway(
+    nodes: int, mqtt_port: int
+) -> AsyncIterator[tuple[Any, InjectingRadio, NodeFleet, Config]]:
+    """The gateway as ``duogate run`` assembles it (console and metrics on), with an injecting
+    radio and ``nodes`` registered nodes, started in a temporary data directory; stopped when
+    the block ends. Yields (gateway, radio, fleet, config)."""
+    from gateway.daemon import Gateway  # the caller imports what the daemon imports, not us
+
+    with tempfile.TemporaryDirectory(prefix="duogate-bench-") as tmp:
+        fleet = NodeFleet(nodes)
+        registry = fleet.write_registry(Path(tmp) / "registry.toml")
+        config = bench_config(Path(tmp) / "data", registry, mqtt_port=mqtt_port, services=True)
+        radio = InjectingRadio()
+        gateway = Gateway.build(config, radio=radio)
+        await gateway.start()
+        try:
+            yield gateway, radio, fleet, config
+        finally:
+            await gateway.stop()
 
 
 def cpu_seconds() -> float:

@@ -13,24 +13,25 @@ from __future__ import annotations
 import asyncio
 import gc
 import importlib
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 from bench.child import Channel
 from bench.harness import (
     BenchError,
-    InjectingRadio,
-    NodeFleet,
-    bench_config,
     cpu_seconds,
+    daemon_gateway,
+    until_outbox_empty,
     vm_kib,
 )
-from gateway.daemon import Gateway
 from gateway.store.outbox import Outbox
 
-DAEMON_MODULES = ("gateway.console.server", "gateway.metrics", "gateway.upstreams.mqtt")
+DAEMON_MODULES = (
+    "gateway.daemon",
+    "gateway.console.server",
+    "gateway.metrics",
+    "gateway.upstreams.mqtt",
+)
 CHUNK = 1000  # frames built and injected at a time (the benchmark keeps no more than that)
 SETTLE_S = 2.0
 RECONNECT_TIMEOUT_S = 30.0
@@ -51,68 +52,53 @@ async def memory_and_drain(params: dict[str, Any], channel: Channel) -> dict[str
         importlib.import_module(module)
     gc.collect()
     rss_imported = vm_kib("VmRSS")
-    with tempfile.TemporaryDirectory(prefix="duogate-bench-") as tmp:
-        fleet = NodeFleet(nodes)
-        registry = fleet.write_registry(Path(tmp) / "registry.toml")
-        config = bench_config(
-            Path(tmp) / "data", registry, mqtt_port=params["mqtt_port"], services=True
-        )
-        radio = InjectingRadio()
-        gateway = Gateway.build(config, radio=radio)
-        await gateway.start()
-        try:
-            assert gateway.bridge is not None and gateway.bridge.outbox is not None
-            assert gateway.lora is not None
-            outbox = gateway.bridge.outbox
-            upstream: Any = gateway.bridge.upstreams["mqtt"]
-            if upstream.connected:
-                raise BenchError("the broker is up: the reports would not stay in the outbox")
-            rss_started = vm_kib("VmRSS")
-            await fleet.join_all(radio, config)
-            await asyncio.sleep(0.3)
+    async with daemon_gateway(nodes, params["mqtt_port"]) as (gateway, radio, fleet, config):
+        assert gateway.bridge is not None and gateway.bridge.outbox is not None
+        assert gateway.lora is not None
+        outbox = gateway.bridge.outbox
+        upstream: Any = gateway.bridge.upstreams["mqtt"]
+        if upstream.connected:
+            raise BenchError("the broker is up: the reports would not stay in the outbox")
+        rss_started = vm_kib("VmRSS")
+        await fleet.join_all(radio, config)
+        await asyncio.sleep(0.3)
+        await outbox.flush()
+        events = outbox.size  # one "joined" event per node (more if a join was repeated)
+        rss_joined = vm_kib("VmRSS")
+        for start in range(0, reports, CHUNK):
+            count = min(CHUNK, reports - start)
+            for _, _, phy in fleet.report_frames(count, start=start):
+                radio.receive(phy)
+                await asyncio.sleep(0)
+            await until_stored(outbox, events + start + count)
+            # Written before the next chunk, as a channel's pace would allow: a burst of
+            # 100,000 rows taken at once would overrun the rows allowed to wait for a commit.
             await outbox.flush()
-            events = outbox.size  # one "joined" event per node (more if a join was repeated)
-            rss_joined = vm_kib("VmRSS")
-            for start in range(0, reports, CHUNK):
-                count = min(CHUNK, reports - start)
-                for _, _, phy in fleet.report_frames(count, start=start):
-                    radio.receive(phy)
-                    await asyncio.sleep(0)
-                await until_stored(outbox, events + start + count)
-                # Written before the next chunk, as a channel's pace would allow: a burst of
-                # 100,000 rows taken at once would overrun the rows allowed to wait for a commit.
-                await outbox.flush()
-            if gateway.lora.counters["report_not_stored"]:
-                raise BenchError("reports refused by the outbox")
-            gc.collect()
-            await asyncio.sleep(SETTLE_S)
-            rss, hwm = vm_kib("VmRSS"), vm_kib("VmHWM")
-            channel.announce("buffered", {"entries": outbox.size, "rss_kib": rss})
-            await channel.wait_go()
+        if gateway.lora.counters["report_not_stored"]:
+            raise BenchError("reports refused by the outbox")
+        gc.collect()
+        await asyncio.sleep(SETTLE_S)
+        rss, hwm = vm_kib("VmRSS"), vm_kib("VmHWM")
+        channel.announce("buffered", {"entries": outbox.size, "rss_kib": rss})
+        await channel.wait_go()
 
-            entries = outbox.size
-            deadline = time.monotonic() + RECONNECT_TIMEOUT_S
-            while not upstream.connected:
-                if time.monotonic() > deadline:
-                    raise BenchError("the upstream did not reconnect to the broker")
-                await asyncio.sleep(POLL_S / 2)
-            start_mono, cpu0 = time.monotonic(), cpu_seconds()
-            target = upstream.stats["published"] + entries
-            deadline = start_mono + 60 + entries / 100
-            while upstream.stats["published"] < target:
-                if time.monotonic() > deadline:
-                    raise BenchError(f"drain: {upstream.stats['published']} of {target}")
-                await asyncio.sleep(POLL_S)
-            drained = time.monotonic() - start_mono
-            cpu = cpu_seconds() - cpu0
-            while True:  # the delivery marks committed: the outbox is empty on disk too
-                await outbox.flush()
-                if outbox.size == 0:
-                    break
-                await asyncio.sleep(POLL_S)
-            empty = time.monotonic() - start_mono
-        finally:
-            await gateway.stop()
+        entries = outbox.size
+        deadline = time.monotonic() + RECONNECT_TIMEOUT_S
+        while not upstream.connected:
+            if time.monotonic() > deadline:
+                raise BenchError("the upstream did not reconnect to the broker")
+            await asyncio.sleep(POLL_S / 2)
+        start_mono, cpu0 = time.monotonic(), cpu_seconds()
+        target = upstream.stats["published"] + entries
+        deadline = start_mono + 60 + entries / 100
+        while upstream.stats["published"] < target:
+            if time.monotonic() > deadline:
+                raise BenchError(f"drain: {upstream.stats['published']} of {target}")
+            await asyncio.sleep(POLL_S)
+        drained = time.monotonic() - start_mono
+        cpu = cpu_seconds() - cpu0
+        await until_outbox_empty(outbox, None, POLL_S)
+        empty = time.monotonic() - start_mono
     return {
         "nodes": nodes,
         "reports": reports,

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.child import Channel
-from bench.harness import BenchError, InjectingRadio, NodeFleet, bench_config, cpu_seconds
+from bench.harness import BenchError, cpu_seconds, daemon_gateway, until_outbox_empty
 
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT_S = 60.0
@@ -142,41 +142,22 @@ def time_to_ready(mqtt_port: int, nodes: int, runs: int) -> dict[str, Any]:
 
 
 async def idle_cpu(params: dict[str, Any], channel: Channel) -> dict[str, Any]:
-    from gateway.daemon import Gateway  # the child imports what the daemon imports
-
     nodes, idle_s = params["nodes"], params["idle_s"]
-    with tempfile.TemporaryDirectory(prefix="duogate-bench-") as tmp:
-        fleet = NodeFleet(nodes)
-        registry = fleet.write_registry(Path(tmp) / "registry.toml")
-        config = bench_config(
-            Path(tmp) / "data", registry, mqtt_port=params["mqtt_port"], services=True
-        )
-        radio = InjectingRadio()
-        gateway = Gateway.build(config, radio=radio)
-        await gateway.start()
-        try:
-            assert gateway.bridge is not None and gateway.bridge.outbox is not None
-            outbox = gateway.bridge.outbox
-            upstream: Any = gateway.bridge.upstreams["mqtt"]
-            deadline = time.monotonic() + READY_TIMEOUT_S
-            while not upstream.connected:
-                if time.monotonic() > deadline:
-                    raise BenchError("the upstream did not connect")
-                await asyncio.sleep(0.01)
-            await fleet.join_all(radio, config)
-            while True:  # every "joined" event delivered and its mark committed
-                await outbox.flush()
-                if outbox.size == 0:
-                    break
-                if time.monotonic() > deadline:
-                    raise BenchError(f"outbox still holds {outbox.size} entries")
-                await asyncio.sleep(0.05)
-            await asyncio.sleep(SETTLE_S)
-            cpu0, wall0 = cpu_seconds(), time.monotonic()
-            await asyncio.sleep(idle_s)
-            cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
-        finally:
-            await gateway.stop()
+    async with daemon_gateway(nodes, params["mqtt_port"]) as (gateway, radio, fleet, config):
+        assert gateway.bridge is not None and gateway.bridge.outbox is not None
+        outbox = gateway.bridge.outbox
+        upstream: Any = gateway.bridge.upstreams["mqtt"]
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not upstream.connected:
+            if time.monotonic() > deadline:
+                raise BenchError("the upstream did not connect")
+            await asyncio.sleep(0.01)
+        await fleet.join_all(radio, config)
+        await until_outbox_empty(outbox, deadline)  # every "joined" event delivered
+        await asyncio.sleep(SETTLE_S)
+        cpu0, wall0 = cpu_seconds(), time.monotonic()
+        await asyncio.sleep(idle_s)
+        cpu, wall = cpu_seconds() - cpu0, time.monotonic() - wall0
     return {
         "nodes": nodes,
         "idle_s": wall,
