@@ -88,6 +88,7 @@ class Gateway:
     bridge: Bridge | None = None
     services: list[Any] = field(default_factory=list)
     lora: LoraNetwork | None = None
+    fleet: Any = None  # gateway.fleet.coordinator.FleetCoordinator, in a fleet
 
     @classmethod
     def build(
@@ -107,6 +108,12 @@ class Gateway:
         # load_config refuses a file with no upstream (gateway.config_checks).
         if upstreams is None:
             upstreams = build_upstreams(config, drivers.rows)
+        fleet_link = None
+        if config.fleet is not None:
+            from gateway.fleet.link import FleetLink
+
+            fleet_link = FleetLink(config, config.fleet)
+            upstreams = [*upstreams, fleet_link]
         # The outbox and the LoRa leases share one database connection and its commits.
         journal = Journal(config.gateway.data_dir)
         gateway.bridge = Bridge(
@@ -120,11 +127,24 @@ class Gateway:
             journal=journal,
         )
         drivers.add(gateway.lora, *build_bus_drivers(config))
+        if fleet_link is not None:
+            from gateway.fleet.coordinator import FleetCoordinator
+
+            lora = gateway.lora
+            gateway.fleet = FleetCoordinator.from_config(
+                config,
+                lora,
+                fleet_link,
+                owns_locally=lambda device: drivers.owner(device) not in (None, lora),
+            )
         return gateway
 
     async def start(self) -> None:
         assert self.bridge is not None
         await self.bridge.start()
+        if self.fleet is not None:
+            await self.fleet.start()
+            self.services.append(self.fleet)
         config = self.config
         if config.console.enabled:
             from gateway.console.server import ConsoleServer

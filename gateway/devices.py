@@ -37,8 +37,10 @@ class DeviceSink(Protocol):
         seq: int | None = None,
         report_id: str | None = None,
         safe_within_s: float | None = None,
+        gateways: list[dict[str, Any]] | None = None,
     ) -> None:
         """Take a reading; it goes to every upstream and is kept until each has it.
+        ``gateways``: in a fleet, every gateway that heard it.
 
         With ``safe_within_s`` (for a reading something acknowledges, such as a LoRa ack),
         return only once it is safe: on disk, or taken by every upstream; the store makes sure

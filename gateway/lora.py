@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import time
 from collections import Counter, deque
@@ -23,7 +24,9 @@ from typing import Any
 from drivers.radio.base import Radio, RadioError, RxPacket
 from gateway.config import Config
 from gateway.devices import DeviceInfo, DeviceSink
+from gateway.fleet.role import SERVED_ELSEWHERE, FleetRole, Uplink
 from gateway.model import Command, CommandResult, CommandStatus, EventKind, lora_device_id
+from gateway.protocol import frames
 from gateway.protocol.downlink import TX_LEAD_S as TX_LEAD_S
 from gateway.protocol.downlink import (
     Action,
@@ -38,12 +41,14 @@ from gateway.protocol.downlink import (
     WakeAt,
 )
 from gateway.protocol.dutycycle import DutyCycle
-from gateway.protocol.frames import FrameRejected
+from gateway.protocol.frames import AirFrameType, FrameRejected
+from gateway.protocol.join import LeaseRecord
 from gateway.protocol.presence import Presence
 from gateway.protocol.session import (
     CommandResultReceived,
     JoinAccepted,
     JoinRefused,
+    LeaseInfo,
     LeaseReclaimed,
     NetworkCore,
     ReportReceived,
@@ -111,6 +116,8 @@ class LoraNetwork:
         self._presence_task: asyncio.Task[None] | None = None
         self._registry: set[str] = set()
         self.presence = Presence(config.join.offline_after_s)
+        self.fleet: FleetRole | None = None  # set before start(), when in a fleet
+        self._fleet_refs: Callable[[str, str, set[int]], int] | None = None
 
     # ------------------------------------------------------------------ DeviceDriver
 
@@ -146,6 +153,7 @@ class LoraNetwork:
             frequency_hz=lambda: self.radio.settings.frequency_hz,
             duty=self.duty,
             ref_reservations=reservations,
+            ref_of=self._fleet_refs,
         )
         for info in self._core.leases():
             node = self.state.node(info.device_id, "lora")
@@ -280,21 +288,45 @@ class LoraNetwork:
     # ------------------------------------------------------------------ receive path
 
     def _on_receive(self, packet: RxPacket) -> None:
-        state = self.state
-        state.count_received()
+        self.state.count_received()
+        if self.fleet is not None:
+            try:
+                header = frames.peek(packet.payload)
+            except FrameRejected as exc:
+                self._rejected(exc, packet)
+                return
+            if header.type is AirFrameType.JOIN_REQUEST and header.eui is not None:
+                self._tasks.spawn(self._fleet_join(lora_device_id(header.eui), packet))
+                return
+        self._take(packet)
+
+    async def _fleet_join(self, device: str, packet: RxPacket) -> None:
+        assert self.fleet is not None
+        request = hashlib.sha256(packet.payload).hexdigest()[:16]
+        if await self.fleet.join_heard(device, request, packet):
+            self._take(packet)
+        else:
+            self.counters["joins_left_to_fleet"] += 1
+
+    def _take(self, packet: RxPacket) -> None:
         try:
             actions = self.core.receive(packet.payload, self._wall())
         except FrameRejected as exc:
-            state.count_rejected(exc.reason)
-            self._log_up("?", f"rejected:{exc.reason}", packet, None)
-            log.debug("frame rejected (%s): %s", exc.reason, exc)
+            self._rejected(exc, packet)
             return
         self._journal.due_in(LEASE_SYNC_S)  # the lease's counters changed
         for action in actions:
             self._tasks.spawn(self._handle(action, packet))
 
+    def _rejected(self, exc: FrameRejected, packet: RxPacket) -> None:
+        self.state.count_rejected(exc.reason)
+        self._log_up("?", f"rejected:{exc.reason}", packet, None)
+        log.debug("frame rejected (%s): %s", exc.reason, exc)
+
     async def _handle(self, action: Any, packet: RxPacket) -> None:
         uplink = isinstance(action, ReportReceived | CommandResultReceived)
+        if uplink and self.fleet is not None and not self._served_here(action, packet):
+            return
         if uplink and self.presence.heard(action.device_id, packet.t_mono):
             assert self._sink is not None
             await self._sink.event(action.device_id, EventKind.ONLINE, {})
@@ -311,8 +343,22 @@ class LoraNetwork:
             log.info("address 0x%04x of inactive %s reclaimed", action.address, action.device_id)
             self.state.nodes.pop(action.device_id, None)
 
+    def _served_here(self, uplink: Uplink, packet: RxPacket) -> bool:
+        """In a fleet: True if this gateway serves the device; else the uplink is only noted
+        (the fleet tells the owner it was heard here)."""
+        assert self.fleet is not None
+        lease = self.core.lease(uplink.device_id)
+        session = lease.session_id if lease is not None else ""
+        if self.fleet.uplink_heard(uplink, session, packet):
+            return True
+        self.counters["uplinks_served_elsewhere"] += 1
+        self.state.note_uplink(
+            uplink.device_id, "lora", rssi=packet.rssi, snr=packet.snr, duplicate=uplink.duplicate
+        )
+        self._log_up(uplink.device_id, "heard (served elsewhere)", packet, None)
+        return False
+
     async def _on_report(self, report: ReportReceived, packet: RxPacket) -> None:
-        assert self._sink is not None
         # The node's address is already in the state (set at join and at start-up).
         self.state.note_uplink(
             report.device_id,
@@ -325,29 +371,49 @@ class LoraNetwork:
         self._log_up(
             report.device_id, "report" + (" (dup)" if report.duplicate else ""), packet, report.body
         )
+        store_by = self.scheduler.store_by(report, packet.t_mono)
+        if not await self.store_report(report, packet, store_by):
+            return  # no ack: the node retransmits
+        await self._carry_out(self.scheduler.uplink_received(report, packet.t_mono))
+
+    async def store_report(
+        self, report: ReportReceived, packet: RxPacket, store_by: float | None = None
+    ) -> bool:
+        """Hand a report to the sink once (retransmissions are not stored again); False if the
+        outbox refused it. ``store_by``: when it must be safe (its ack goes on air after)."""
+        assert self._sink is not None
         stored = self._stored_report_ids.setdefault(
             report.device_id, deque(maxlen=STORED_IDS_PER_DEVICE)
         )
-        if report.report_id not in stored:
-            store_by = self.scheduler.store_by(report, packet.t_mono)
-            safe_within_s = None if store_by is None else max(0.0, store_by - self._mono())
-            try:
-                await self._sink.report(
-                    report.device_id,
-                    "lora",
-                    report.body,
-                    rssi=packet.rssi,
-                    snr=packet.snr,
-                    seq=report.counter,
-                    report_id=report.report_id,
-                    safe_within_s=safe_within_s,
-                )
-            except Exception as exc:  # the outbox refused: no ack, the node retransmits
-                self.counters["report_not_stored"] += 1
-                log.warning("report %s not stored, not acked: %s", report.report_id, exc)
-                return
-            stored.append(report.report_id)
-        await self._carry_out(self.scheduler.uplink_received(report, packet.t_mono))
+        if report.report_id in stored:
+            return True
+        gateways = None
+        if self.fleet is not None:
+            lease = self.core.lease(report.device_id)
+            session = lease.session_id if lease is not None else ""
+            if self.fleet.published_before(report.device_id, session, report.counter):
+                stored.append(report.report_id)
+                return True
+            gateways = await self.fleet.receptions(report, session, packet, store_by)
+        safe_within_s = None if store_by is None else max(0.0, store_by - self._mono())
+        try:
+            await self._sink.report(
+                report.device_id,
+                "lora",
+                report.body,
+                rssi=packet.rssi,
+                snr=packet.snr,
+                seq=report.counter,
+                report_id=report.report_id,
+                safe_within_s=safe_within_s,
+                gateways=gateways,
+            )
+        except Exception as exc:  # the outbox refused: no ack, the node retransmits
+            self.counters["report_not_stored"] += 1
+            log.warning("report %s not stored, not acked: %s", report.report_id, exc)
+            return False
+        stored.append(report.report_id)
+        return True
 
     async def _on_command_result(self, result: CommandResultReceived, packet: RxPacket) -> None:
         self.state.note_uplink(
@@ -371,6 +437,8 @@ class LoraNetwork:
             log.error("join of %s not answered: lease not stored: %s", device, exc)
             return
         if not join.repeated:
+            if self.fleet is not None:
+                self.fleet.joined(device)
             self.state.count_join(True)
             assert self._sink is not None
             event = EventKind.REJOINED if join.rejoin else EventKind.JOINED
@@ -421,6 +489,32 @@ class LoraNetwork:
         )
         self._apply(self.scheduler.transmitted(tx, airtime, started))
         return True
+
+    # ------------------------------------------------------------------ fleet
+
+    def use_fleet(self, fleet: FleetRole, ref_of: Callable[[str, str, set[int]], int]) -> None:
+        """Serve only the devices ``fleet`` gives this gateway; name command references with
+        ``ref_of`` (the same on every gateway). Before ``start``."""
+        self.fleet = fleet
+        self._fleet_refs = ref_of
+
+    def adopt(self, record: LeaseRecord, dl_from: int = 0) -> LeaseInfo | None:
+        """Take a session another gateway of the fleet wrote (kept in the leases here too)."""
+        info = self.core.adopt(record, dl_from)
+        self._journal.due_in(LEASE_SYNC_S)
+        if info is not None:
+            self.state.node(info.device_id, "lora").address = info.address
+        return info
+
+    def device_left(self, device: str) -> None:
+        """Another gateway of the fleet serves ``device`` now: its commands end here, it is no
+        longer watched for silence."""
+        self._apply(self.scheduler.device_left(device, SERVED_ELSEWHERE))
+        self.presence.forget(device)
+        self._note_queue(device)
+
+    def session_record(self, device: str) -> LeaseRecord | None:
+        return self.core.record(device)
 
     def duty_cycle_used(self) -> dict[str, float]:
         return self.duty.used_by_band(self.radio.settings.frequency_hz, self._mono())

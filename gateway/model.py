@@ -51,9 +51,11 @@ class Report:
     data: dict[str, Any]
     rssi: float | None = None
     snr: float | None = None
+    # In a fleet: every gateway that heard the uplink ({"gateway", "rssi", "snr"}), best first.
+    gateways: list[dict[str, Any]] | None = None
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             "id": self.id,
             "device": self.device,
             "kind": self.kind,
@@ -63,6 +65,9 @@ class Report:
             "snr": self.snr,
             "data": self.data,
         }
+        if self.gateways is not None:
+            wire["gateways"] = self.gateways
+        return wire
 
 
 class EventKind(StrEnum):

@@ -269,7 +269,7 @@ def test_the_simulated_world_is_checked_when_it_runs(tmp_path):
 def test_a_world_relays_nothing_and_needs_no_upstream(tmp_path):
     path = tmp_path / "c.toml"
     path.write_text(NO_NODES + "[mqtt]\nenabled = false\n")
-    with pytest.raises(ConfigError, match=r"^mqtt.enabled: enable mqtt or xmpp"):
+    with pytest.raises(ConfigError, match=r"^mqtt.enabled: enable mqtt, xmpp or a fleet"):
         load_config(path)
     assert not load_config(path, for_sim=True).mqtt.enabled
 

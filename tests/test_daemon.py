@@ -107,5 +107,5 @@ def test_a_gateway_without_any_upstream_is_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"
+        "mqtt.enabled: enable mqtt, xmpp or a fleet; reports need somewhere to go"
     )

@@ -225,13 +225,14 @@ class Bridge:
         seq: int | None = None,
         report_id: str | None = None,
         safe_within_s: float | None = None,
+        gateways: list[dict[str, Any]] | None = None,
     ) -> None:
         now = self._wall()
         number = next(self._report_ids)
         if report_id is None:
             report_id = f"{device}:{int(now * 1000)}:{number}"
         report = Report(
-            report_id, device, kind, now, number if seq is None else seq, data, rssi, snr
+            report_id, device, kind, now, number if seq is None else seq, data, rssi, snr, gateways
         )
         if not device.startswith("lora-"):
             self.state.note_uplink(device, kind, rssi=rssi, snr=snr, data=data)

@@ -183,6 +183,8 @@ class DownlinkScheduler:
     a payload of so many bytes takes with the radio's current settings; ``frequency_hz``
     the radio's current channel, for the duty-cycle budget kept in ``duty``.
     ``ref_reservations`` are the stored bounds of ``ReserveCommandRefs``, per device.
+    ``ref_of(device, command_id, taken)``, when given, names each command's reference instead
+    of the per-device counter (a fleet: the same reference on every gateway).
     """
 
     def __init__(
@@ -194,8 +196,10 @@ class DownlinkScheduler:
         frequency_hz: Callable[[], int],
         duty: DutyCycle,
         ref_reservations: Mapping[str, int] | None = None,
+        ref_of: Callable[[str, str, set[int]], int] | None = None,
     ) -> None:
         self.network = network
+        self._ref_of = ref_of
         self.settings = settings
         self.duty = duty
         self._time_on_air = time_on_air
@@ -225,6 +229,11 @@ class DownlinkScheduler:
         if len(queue) >= self.settings.queue_per_device:
             return [ResolveCommand(command, CommandStatus.REJECTED, "queue_full")]
         refs = self._refs.setdefault(device, _RefCounter())
+        if self._ref_of is not None:
+            ref = self._ref_of(device, command.id, refs.in_use)
+            refs.in_use.add(ref)
+            queue.append(_Queued(command, ref))
+            return [CommandQueued(command, ref), *self._wake_change()]
         number = refs.next
         while number % REF_MODULUS in refs.in_use:  # wrapped around onto a waiting command
             number += 1
@@ -248,6 +257,15 @@ class DownlinkScheduler:
                 self._remove(entry)
                 break
         return self._wake_change()
+
+    def device_left(self, device: str, detail: str) -> list[Action]:
+        """Another gateway serves ``device`` now: its commands end here as rejected with
+        ``detail`` (the new owner carries them out, with the same references)."""
+        entries = list(self._queues.get(device, ()))
+        for entry in entries:
+            self._remove(entry)
+        resolved = [ResolveCommand(e.command, CommandStatus.REJECTED, detail) for e in entries]
+        return [*resolved, *self._wake_change()]
 
     def timer_due(self, now: float) -> list[Action]:
         """End the commands whose time is up (see ``_Queued.due_at``)."""

@@ -393,3 +393,48 @@ class JoinServer:
             self.dirty.add(record.eui)
             self.by_eui[record.eui] = lease
             self.by_address[record.address] = lease
+
+    def adopt(self, record: LeaseRecord, dl_from: int = 0) -> Lease | None:
+        """Take a session another gateway of a fleet wrote (its record), keeping what this
+        gateway learnt of the same session meanwhile: the highest uplink counter, the highest
+        downlink counter. A lease of another session of the EUI, or of another EUI on the
+        record's address, ends. Downlink counters continue at or above ``dl_from``.
+
+        Returns the lease, or None when the record names no session or the device is unknown
+        here (no credentials: the registry differs between gateways).
+        """
+        history = self.history.setdefault(record.eui, JoinHistory())
+        history.generation = max(history.generation, record.generation)
+        for nonce in record.recent_nonces:
+            if nonce not in history.nonces:
+                history.nonces.append(nonce)
+        del history.nonces[: -self.settings.recent_nonces]
+        self.dirty.add(record.eui)
+        current = self.by_eui.get(record.eui)
+        if record.address is None:
+            self.drop(record.eui)
+            return None
+        if current is not None and current.gw_nonce == record.gw_nonce:
+            current.up_last = max(current.up_last, record.up_last)
+            for counter, tag in record.up_recent:
+                current.up_recent.setdefault(counter, tag)
+            while len(current.up_recent) > self.settings.recent_uplinks:
+                del current.up_recent[min(current.up_recent)]
+            current.last_seen = max(current.last_seen, record.last_seen)
+            start = max(current.dl_next, record.dl_reserved, dl_from)
+            current.dl_next = start
+            current.dl_reserved = min(
+                max(current.dl_reserved, start + DOWNLINK_RESERVATION), frames.MAX_COUNTER + 1
+            )
+            return current
+        self.drop(record.eui)
+        holder = self.by_address.get(record.address)
+        if holder is not None:
+            self.drop(holder.eui)
+        self.restore([record])
+        self.history[record.eui] = history  # restore() keeps the record's alone
+        lease = self.by_eui.get(record.eui)
+        if lease is not None and dl_from > lease.dl_next:
+            lease.dl_next = dl_from
+            lease.dl_reserved = min(dl_from + DOWNLINK_RESERVATION, frames.MAX_COUNTER + 1)
+        return lease

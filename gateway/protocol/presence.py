@@ -34,3 +34,8 @@ class Presence:
 
     def reported_offline(self, device: str) -> None:
         self._offline.add(device)
+
+    def forget(self, device: str) -> None:
+        """Stop watching ``device`` (another gateway of the fleet serves it now)."""
+        self._last_heard.pop(device, None)
+        self._offline.discard(device)

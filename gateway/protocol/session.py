@@ -344,6 +344,18 @@ class NetworkCore:
         eui = _eui_of(device_id)
         return eui is not None and self._joins.drop(eui) is not None
 
+    def adopt(self, record: LeaseRecord, dl_from: int = 0) -> LeaseInfo | None:
+        """Take a session record another gateway of the fleet wrote (``JoinServer.adopt``)."""
+        lease = self._joins.adopt(record, dl_from)
+        return LeaseInfo.of(lease) if lease is not None else None
+
+    def record(self, device_id: str) -> LeaseRecord | None:
+        """The record of one device's session, as the store keeps it; None without a lease."""
+        eui = _eui_of(device_id)
+        if eui is None or eui not in self._joins.by_eui:
+            return None
+        return self._joins.record(eui)
+
     def take_dirty(self) -> list[LeaseRecord]:
         """Records changed since the last call, for the store to write."""
         joins = self._joins

@@ -92,6 +92,8 @@ def encode(item: Report | DeviceEvent) -> tuple[Kind, str]:
             "rssi": item.rssi,
             "snr": item.snr,
         }
+        if item.gateways is not None:
+            fields["gateways"] = item.gateways
     elif isinstance(item, DeviceEvent):
         kind = "event"
         fields = {

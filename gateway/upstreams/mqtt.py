@@ -95,6 +95,7 @@ class _ExtraSubscription:
     qos: int
     callback: MessageCallback
     commands: bool  # retained messages are dropped, as on the command topics
+    retained: bool = False  # the broker sends the retained messages at each subscription
 
 
 class MqttUpstream:
@@ -252,19 +253,29 @@ class MqttUpstream:
         await self._publish(topic, data, qos, retain=retain)
 
     def subscribe_extra(
-        self, topic_filter: str, callback: MessageCallback, qos: int = 0, *, commands: bool = False
+        self,
+        topic_filter: str,
+        callback: MessageCallback,
+        qos: int = 0,
+        *,
+        commands: bool = False,
+        retained: bool = False,
     ) -> None:
         """Also subscribe to ``topic_filter`` (now and after every reconnect).
 
         ``callback(topic, payload, arrival)`` runs on the event loop; it may be a coroutine
         function. ``arrival`` is the monotonic time the message reached the gateway (the start
         of a stall it waited through). With ``commands``, the topics carry commands: a message
-        with the retain flag (possible under MQTT 3.1.1) is dropped, counted and logged.
+        with the retain flag (possible under MQTT 3.1.1) is dropped, counted and logged. With
+        ``retained``, the broker's retained messages on the topics are delivered at each
+        subscription (otherwise only new messages are, under MQTT 5).
         """
-        self._extras.append(_ExtraSubscription(topic_filter, qos, callback, commands))
+        extra = _ExtraSubscription(topic_filter, qos, callback, commands, retained)
+        self._extras.append(extra)
         if self.connected and self.client is not None:
+            handling = 0 if retained else NO_RETAINED
             self._tasks.spawn(
-                self.client.subscribe([(topic_filter, qos)], retain_handling=NO_RETAINED)
+                self.client.subscribe([(topic_filter, qos)], retain_handling=handling)
             )
 
     def add_ready_listener(self, callback: ReadyCallback) -> None:
@@ -330,8 +341,10 @@ class MqttUpstream:
                 "resumed" if client.session_present else "new",
             )
             topics = [(self.command_filter, COMMAND_QOS)]
-            topics += [(extra.topic_filter, extra.qos) for extra in self._extras]
+            topics += [(e.topic_filter, e.qos) for e in self._extras if not e.retained]
             await client.subscribe(topics, retain_handling=NO_RETAINED)
+            if retained := [(e.topic_filter, e.qos) for e in self._extras if e.retained]:
+                await client.subscribe(retained)
             await client.publish(self.status_topic, b"online", 1, retain=True)
             self._online.set()
             for listener in self._ready_listeners:

@@ -1,0 +1,505 @@
+"""Who serves each LoRa device in a fleet, moved through the broker (docs/FLEET.md).
+
+The rules are in ``gateway.protocol.fleet``; this is their I/O: sealed session records and
+sightings in and out through the ``FleetLink``, the waits (gathering sightings, settling a
+claim), and the LoRa shell told which devices it serves (``FleetRole``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from drivers.radio.base import RxPacket
+from gateway.config import Config, FleetSection
+from gateway.config_checks import fleet_key
+from gateway.fleet.link import FleetLink
+from gateway.fleet.role import Uplink
+from gateway.lora import LoraNetwork
+from gateway.model import IncomingCommand, lora_device_id
+from gateway.protocol.fleet import (
+    FleetMessageRejected,
+    FleetSeal,
+    Reception,
+    SessionRecord,
+    Sighting,
+    best_placed,
+    command_ref,
+    decode_record,
+    decode_sighting,
+    encode_record,
+    encode_sighting,
+    handover_target,
+)
+from gateway.protocol.join import DOWNLINK_RESERVATION
+from gateway.protocol.session import ReportReceived
+from gateway.tasks import TaskSet
+
+log = logging.getLogger("duogate.fleet")
+
+HEARD_KEPT_PER_DEVICE = 8  # uplinks heard here of a device served elsewhere
+GATHERS_KEPT = 4096
+COMMANDS_KEPT = 10_000
+RECORD_CHECK_S = 5.0  # how often downlink reservations of served devices are shared
+KEEP_COMMANDS_MARGIN_S = 60.0  # fleet commands are kept this long past the longest time to live
+
+
+@dataclass
+class _Gather:
+    """Receptions of one uplink (or join request) by the gateways of the fleet."""
+
+    receptions: dict[str, Reception] = field(default_factory=dict)
+    checked: bool = False  # the owner looked whether to hand the device over
+
+
+@dataclass
+class _KeptCommand:
+    incoming: IncomingCommand
+    command_id: str
+    until: float  # monotonic: dropped after, whatever happened
+
+
+class FleetCoordinator:
+    """The fleet side of one gateway: implements ``FleetRole`` for the LoRa shell and
+    ``FleetGate`` for the link."""
+
+    def __init__(
+        self,
+        settings: FleetSection,
+        gateway: str,
+        key: bytes,
+        lora: LoraNetwork,
+        link: FleetLink,
+        *,
+        keep_commands_s: float,
+        owns_locally: Callable[[str], bool] = lambda device: False,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.me = gateway
+        self.lora = lora
+        self.link = link
+        self.topics = link.topics
+        self._seal = FleetSeal(key)
+        self._mono = monotonic
+        self._keep_commands_s = keep_commands_s
+        self._owns_locally = owns_locally
+        self.records: dict[str, SessionRecord] = {}
+        self.alive: dict[str, bool] = {}
+        self.serving: set[str] = set()
+        self._floors: dict[str, int] = {}
+        self._published: dict[str, tuple[str, int]] = {}  # device -> (session, highest counter)
+        self._gathers: OrderedDict[tuple[str, str, str, int], _Gather] = OrderedDict()
+        self._heard: dict[str, deque[tuple[ReportReceived, RxPacket, str]]] = {}
+        self._claiming: set[str] = set()
+        self._commands: OrderedDict[str, _KeptCommand] = OrderedDict()
+        self.counters: dict[str, int] = dict.fromkeys(
+            (
+                "rejected_messages",
+                "handed_over",
+                "taken_over",
+                "claims",
+                "joins_answered",
+                "not_published",
+            ),
+            0,
+        )
+        self._tasks = TaskSet(log, "fleet: task failed")
+        self._check_task: asyncio.Task[None] | None = None
+        link.gate = self
+        topics = self.topics
+        link.subscribe_extra(topics.all_sessions, self._on_record, 1, retained=True)
+        link.subscribe_extra(topics.all_status, self._on_status, 1, retained=True)
+        link.subscribe_extra(topics.all_sightings, self._on_sighting, 0)
+        link.subscribe_extra(topics.all_reports, self._on_report, 1)
+        link.subscribe_extra(topics.all_results, self._on_result, 1)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: Config,
+        lora: LoraNetwork,
+        link: FleetLink,
+        *,
+        owns_locally: Callable[[str], bool],
+    ) -> FleetCoordinator:
+        """The coordinator of ``config.fleet``; tells ``lora`` to serve only what it gives
+        it (call before the LoRa network starts)."""
+        assert config.fleet is not None
+        coordinator = cls(
+            config.fleet,
+            config.gateway.id,
+            fleet_key(config.fleet),
+            lora,
+            link,
+            keep_commands_s=config.commands.max_ttl_s + KEEP_COMMANDS_MARGIN_S,
+            owns_locally=owns_locally,
+        )
+        lora.use_fleet(coordinator, command_ref)
+        return coordinator
+
+    async def start(self) -> None:
+        self.alive[self.me] = True
+        self._check_task = asyncio.create_task(self._share_reservations(), name="fleet-records")
+
+    async def stop(self) -> None:
+        if self._check_task is not None:
+            self._check_task.cancel()
+        await self._tasks.cancel_all()
+
+    # -------------------------------------------------------------------- FleetGate (link)
+
+    def publishes(self, device: str) -> bool:
+        if not device.startswith("lora-"):
+            return True
+        return device in self.serving
+
+    def command_arrived(self, incoming: IncomingCommand) -> bool:
+        device = incoming.device
+        if not device.startswith("lora-"):
+            return self._owns_locally(device)  # a Modbus or BLE device: the gateway that has it
+        if device not in self.records:
+            return self._first_alive() == self.me
+        body = incoming.body
+        command_id = body.get("id") if isinstance(body, dict) else None
+        if isinstance(command_id, str):
+            self._commands[command_id] = _KeptCommand(
+                incoming, command_id, self._mono() + self._keep_commands_s
+            )
+            while len(self._commands) > COMMANDS_KEPT:
+                self._commands.popitem(last=False)
+        return device in self.serving
+
+    def _first_alive(self) -> str:
+        """The gateway that answers a fleet command for a LoRa device nobody has a session
+        of (``rejected``, ``device_not_joined``): one for the whole fleet."""
+        return min(gateway for gateway, alive in self.alive.items() if alive)
+
+    # -------------------------------------------------------------------- FleetRole (LoRa)
+
+    async def join_heard(self, device: str, request: str, packet: RxPacket) -> bool:
+        reception = Reception(self.me, packet.rssi, packet.snr)
+        sighting = Sighting(device, "join", request, 0, reception)
+        gather = self._gather(sighting.key())
+        gather.receptions[self.me] = reception
+        self._send_sighting(sighting)
+        record = self.records.get(device)
+        owner = record.owner if record is not None else None
+        if owner != self.me:
+            await asyncio.sleep(self.settings.gather_s)
+            sighters = gather.receptions
+            if owner is not None and self.alive.get(owner, False) and owner in sighters:
+                return False  # its owner heard it and answers
+            if best_placed(sighters.values()) != self.me:
+                return False
+        self.counters["joins_answered"] += 1
+        return True
+
+    def joined(self, device: str) -> None:
+        before = self.records.get(device)
+        epoch = before.epoch + 1 if before is not None else 1
+        self._floors[device] = -1
+        self._publish_record(device, self.me, epoch, floor=-1)
+        self.serving.add(device)
+
+    def uplink_heard(self, uplink: Uplink, session: str, packet: RxPacket) -> bool:
+        device = uplink.device_id
+        reception = Reception(self.me, packet.rssi, packet.snr)
+        sighting = Sighting(device, "uplink", session, uplink.counter, reception)
+        gather = self._gather(sighting.key())
+        gather.receptions[self.me] = reception
+        if device in self.serving:
+            return True
+        if isinstance(uplink, ReportReceived) and not uplink.duplicate:
+            kept = self._heard.setdefault(device, deque(maxlen=HEARD_KEPT_PER_DEVICE))
+            kept.append((uplink, packet, session))
+        self._send_sighting(sighting)
+        record = self.records.get(device)
+        owner_gone = record is not None and not self.alive.get(record.owner, False)
+        if owner_gone and device not in self._claiming:
+            self._tasks.spawn(self._maybe_claim(device, sighting.key()))
+        return False
+
+    def published_before(self, device: str, session: str, counter: int) -> bool:
+        record = self.records.get(device)
+        if record is None or record.session != session:
+            return False
+        return counter <= self._floors.get(device, -1)
+
+    async def receptions(
+        self, uplink: Uplink, session: str, packet: RxPacket, latest: float | None
+    ) -> list[dict[str, Any]]:
+        key = (uplink.device_id, "uplink", session, uplink.counter)
+        gather = self._gather(key)
+        wait = self.settings.gather_s
+        if latest is not None:
+            wait = min(wait, latest - self._mono() - 0.05)
+        if wait > 0:
+            await asyncio.sleep(wait)
+        self._consider_handover(key, gather)
+        ranked = sorted(gather.receptions.values(), key=Reception.rank, reverse=True)
+        return [reception.to_wire() for reception in ranked]
+
+    # -------------------------------------------------------------------- ownership moves
+
+    def _consider_handover(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
+        device = key[0]
+        if gather.checked or device not in self.serving:
+            return
+        gather.checked = True
+        own = gather.receptions.get(self.me)
+        others = [r for g, r in gather.receptions.items() if g != self.me and self.alive.get(g)]
+        target = handover_target(own, others, self.settings.handover_margin_db)
+        if target is None:
+            return
+        theirs = gather.receptions[target]
+        why = (
+            f"uplink #{key[3]} heard there only"
+            if own is None
+            else f"heard at {theirs.rssi:.1f} dB there, {own.rssi:.1f} dB here"
+        )
+        # Heard here, this report is published here: the next owner starts above it.
+        self._hand_over(device, target, why, key[3] if own is not None else -1)
+
+    def _hand_over(self, device: str, target: str, why: str, handled: int) -> None:
+        record = self.records.get(device)
+        if record is None:
+            return
+        published = self._published.get(device)
+        handled = max(handled, self._floors.get(device, -1))
+        if published is not None and published[0] == record.session:
+            handled = max(handled, published[1])
+        self._publish_record(device, target, record.epoch + 1, floor=handled)
+        self.serving.discard(device)
+        self.lora.device_left(device)
+        self.counters["handed_over"] += 1
+        log.info("fleet: %s handed over to %s (%s)", device, target, why)
+
+    async def _maybe_claim(self, device: str, key: tuple[str, str, str, int]) -> None:
+        """The owner of ``device`` is offline: the best placed of the gateways that heard
+        this uplink claims it, and serves it if no better claim arrives meanwhile."""
+        self._claiming.add(device)
+        try:
+            await asyncio.sleep(self.settings.gather_s)
+            record = self.records.get(device)
+            if record is None or self.alive.get(record.owner, False) or device in self.serving:
+                return
+            gather = self._gathers.get(key)
+            heard = gather.receptions if gather is not None else {}
+            alive = [r for g, r in heard.items() if self.alive.get(g)]
+            if best_placed(alive) != self.me:
+                return
+            floor = max(record.floor, self._published_in(record))
+            claim = self._publish_record(
+                device, self.me, record.epoch + 1, floor=floor, dl_skip=DOWNLINK_RESERVATION
+            )
+            self.counters["claims"] += 1
+            await asyncio.sleep(self.settings.claim_settle_s)
+            if self.records.get(device) is claim:
+                self._serve(device, claim, f"took {device} over from {record.owner}")
+        finally:
+            self._claiming.discard(device)
+
+    def _serve(self, device: str, record: SessionRecord, why: str) -> None:
+        """This gateway serves ``device`` from now on: publish what it heard above the floor
+        and carry out the fleet's commands for it that have no outcome yet."""
+        self.serving.add(device)
+        self._floors[device] = max(record.floor, self._published_in(record))
+        self.counters["taken_over"] += 1
+        log.info("fleet: %s (reports up to #%d handled)", why, self._floors[device])
+        for report, packet, session in self._heard.pop(device, ()):
+            if session == record.session and report.counter > self._floors[device]:
+                self._tasks.spawn(self.lora.store_report(report, packet))
+        for kept in [k for k in self._commands.values() if k.incoming.device == device]:
+            if kept.until > self._mono():
+                self._tasks.spawn(self.link.deliver(kept.incoming))
+
+    def _published_in(self, record: SessionRecord) -> int:
+        published = self._published.get(record.device)
+        if published is None or published[0] != record.session:
+            return -1
+        lease = self.lora.session_record(record.device)
+        same = lease is not None and lease.gw_nonce == record.lease.gw_nonce
+        ceiling = lease.up_last if lease is not None and same else -1
+        # A report on the open fleet topic raises the floor only as far as this gateway has
+        # verified the device's counters itself: a forged one cannot silence later reports.
+        return min(published[1], max(ceiling, record.lease.up_last))
+
+    def _publish_record(
+        self, device: str, owner: str, epoch: int, *, floor: int, dl_skip: int = 0
+    ) -> SessionRecord | None:
+        lease = self.lora.session_record(device)
+        if lease is None:
+            return None
+        if dl_skip:
+            lease = replace(lease, dl_reserved=lease.dl_reserved + dl_skip)
+            self.lora.adopt(lease)
+        record = SessionRecord(device, owner, epoch, lease, floor)
+        self.records[device] = record
+        topic = self.topics.session(device)
+        payload = self._seal.seal(topic, encode_record(record))
+        self._tasks.spawn(self._publish(topic, payload, retain=True))
+        return record
+
+    def _send_sighting(self, sighting: Sighting) -> None:
+        topic = self.topics.sightings(sighting.device)
+        payload = self._seal.seal(topic, encode_sighting(sighting))
+        self._tasks.spawn(self._publish(topic, payload, retain=False, qos=0))
+
+    async def _publish(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> None:
+        # Records are retained: one published while the broker is away is published again
+        # by _share_reservations once the link is back (it compares with what it shared).
+        try:
+            await self.link.publish_raw(topic, payload, qos, retain=retain)
+        except Exception as exc:
+            if qos:
+                log.warning("fleet: %s not published: %s", topic, exc)
+            self.counters["not_published"] += 1
+
+    async def _share_reservations(self) -> None:
+        """Share a served device's record again when its downlink reservation moved, so a
+        gateway taking it over never repeats a downlink counter."""
+        while True:
+            await asyncio.sleep(RECORD_CHECK_S)
+            self._expire_kept()
+            for device in list(self.serving):
+                record = self.records.get(device)
+                lease = self.lora.session_record(device)
+                if record is None or lease is None:
+                    continue
+                if lease.dl_reserved > record.lease.dl_reserved:
+                    self._publish_record(device, self.me, record.epoch + 1, floor=record.floor)
+
+    def _expire_kept(self) -> None:
+        now = self._mono()
+        for command_id in [c for c, k in self._commands.items() if k.until <= now]:
+            del self._commands[command_id]
+
+    # -------------------------------------------------------------------- messages in
+
+    def _open(self, topic: str, payload: bytes) -> bytes | None:
+        try:
+            return self._seal.open(topic, payload)
+        except FleetMessageRejected as exc:
+            self.counters["rejected_messages"] += 1
+            log.warning("fleet: message on %s refused: %s", topic, exc)
+            return None
+
+    def _on_record(self, topic: str, payload: bytes, _arrival: float) -> None:
+        if not payload:
+            return
+        plain = self._open(topic, payload)
+        if plain is None:
+            return
+        try:
+            record = decode_record(plain)
+        except FleetMessageRejected as exc:
+            self.counters["rejected_messages"] += 1
+            log.warning("fleet: record on %s refused: %s", topic, exc)
+            return
+        if self.topics.device_of(topic) != record.device or record.lease.eui != _eui(record.device):
+            self.counters["rejected_messages"] += 1
+            log.warning("fleet: record on %s names another device", topic)
+            return
+        current = self.records.get(record.device)
+        if not record.outranks(current):
+            return
+        self.records[record.device] = record
+        self.lora.adopt(record.lease)
+        device = record.device
+        if device in self.serving and record.owner != self.me:
+            self.serving.discard(device)
+            self.lora.device_left(device)
+            log.info("fleet: %s now served by %s", device, record.owner)
+        elif device not in self.serving and record.owner == self.me:
+            before = current.owner if current is not None else "nobody"
+            self._serve(device, record, f"{device} now served here (from {before})")
+
+    def _on_status(self, topic: str, payload: bytes, _arrival: float) -> None:
+        gateway = self.topics.gateway_of(topic)
+        if gateway is None or gateway == self.me:
+            return
+        online = payload == b"online"
+        if self.alive.get(gateway) == online:
+            return
+        self.alive[gateway] = online
+        owned = sum(1 for r in self.records.values() if r.owner == gateway)
+        log.info(
+            "fleet: gateway %s %s (%d devices)", gateway, "online" if online else "offline", owned
+        )
+
+    def _on_sighting(self, topic: str, payload: bytes, _arrival: float) -> None:
+        plain = self._open(topic, payload)
+        if plain is None:
+            return
+        try:
+            sighting = decode_sighting(plain)
+        except FleetMessageRejected as exc:
+            self.counters["rejected_messages"] += 1
+            log.warning("fleet: sighting on %s refused: %s", topic, exc)
+            return
+        gateway = sighting.reception.gateway
+        if gateway == self.me or self.topics.device_of(topic) != sighting.device:
+            return
+        self.alive.setdefault(gateway, True)
+        key = sighting.key()
+        gather = self._gather(key)
+        gather.receptions[gateway] = sighting.reception
+        served = sighting.kind == "uplink" and sighting.device in self.serving
+        if served and self.me not in gather.receptions:
+            self._tasks.spawn(self._check_unheard(key, gather))
+
+    async def _check_unheard(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
+        """A neighbour heard an uplink of a device served here: if this gateway does not
+        hear it too within the gathering time, the device goes to the best that did."""
+        await asyncio.sleep(self.settings.gather_s * 2)
+        if self.me not in gather.receptions:
+            self._consider_handover(key, gather)
+
+    def _on_report(self, topic: str, payload: bytes, _arrival: float) -> None:
+        try:
+            report_id = json.loads(payload)["id"]
+            device, session, counter = str(report_id).rsplit(":", 2)
+            number = int(counter)
+        except (ValueError, KeyError, TypeError):
+            return
+        if self.topics.device_of(topic) != device:
+            return
+        seen = self._published.get(device)
+        if seen is None or seen[0] != session or seen[1] < number:
+            self._published[device] = (session, number)
+
+    def _on_result(self, topic: str, payload: bytes, _arrival: float) -> None:
+        try:
+            result = json.loads(payload)
+            command_id, status = result["id"], result["status"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if status not in ("accepted", "sent") and isinstance(command_id, str):
+            kept = self._commands.get(command_id)
+            if kept is not None and self.topics.device_of(topic) == kept.incoming.device:
+                del self._commands[command_id]
+
+    def _gather(self, key: tuple[str, str, str, int]) -> _Gather:
+        gather = self._gathers.get(key)
+        if gather is None:
+            gather = self._gathers[key] = _Gather()
+            while len(self._gathers) > GATHERS_KEPT:
+                self._gathers.popitem(last=False)
+        return gather
+
+
+def _eui(device: str) -> int | None:
+    if not device.startswith("lora-"):
+        return None
+    try:
+        eui = int(device[5:], 16)
+    except ValueError:
+        return None
+    return eui if lora_device_id(eui) == device else None

@@ -1,0 +1,179 @@
+"""Gateways of a fleet in one process on real mosquitto: who serves a device, hand-overs, a
+gateway that goes away, commands on the fleet topic (tests/fleet_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.model import lora_device_id
+from tests.bridge_fixtures import MqttWatcher
+from tests.fleet_fixtures import FLEET, site, until
+from tests.servers import Mosquitto
+
+A_POOL, B_POOL = 0x0100, 0x0200
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    server = Mosquitto(tmp_path / "mosquitto")
+    server.start()
+    yield server
+    server.stop()
+
+
+def reports(watcher: MqttWatcher, device: str | None = None) -> list[dict[str, Any]]:
+    found = []
+    for message in list(watcher.messages):
+        parts = message.topic.split("/")
+        if len(parts) == 4 and parts[1] == "devices" and parts[3] == "report":
+            body = message.json()
+            if device is None or body["device"] == device:
+                found.append(body)
+    return found
+
+
+def duplicated(watcher: MqttWatcher) -> list[str]:
+    counts = Counter(report["id"] for report in reports(watcher))
+    return [report_id for report_id, count in counts.items() if count > 1]
+
+
+def results(watcher: MqttWatcher, command_id: str) -> list[dict[str, Any]]:
+    return [
+        m.json()
+        for m in list(watcher.messages)
+        if m.topic.endswith("/command/result") and m.json().get("id") == command_id
+    ]
+
+
+async def test_each_device_is_served_by_one_gateway_and_reported_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            b = await s.gateway("gw-b", 600.0, pool_start=B_POOL)
+            near_a = s.node(0x0016C0F100000001, 60.0)
+            middle = s.node(0x0016C0F100000002, 300.0, 40.0)
+            near_b = s.node(0x0016C0F100000003, 560.0)
+            nodes = [near_a, middle, near_b]
+            await until(lambda: all(n.joined for n in nodes), 30, "all nodes joined")
+            await until(
+                lambda: all(len(reports(watcher, n.device_id)) >= 4 for n in nodes),
+                40,
+                "four reports of every node on the fleet topics",
+            )
+            assert a.fleet.serving >= {near_a.device_id}
+            assert b.fleet.serving >= {near_b.device_id}
+            assert not (a.fleet.serving & b.fleet.serving)
+            assert near_a.address is not None and A_POOL <= near_a.address <= A_POOL + 0xFF
+            assert near_b.address is not None and B_POOL <= near_b.address <= B_POOL + 0xFF
+            heard_by = [r.get("gateways") or [] for r in reports(watcher, middle.device_id)]
+            assert any(len(g) == 2 for g in heard_by), heard_by
+            assert duplicated(watcher) == []
+    finally:
+        watcher.drop()
+
+
+async def test_a_node_moving_away_is_handed_over_without_loss_or_duplicates(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            b = await s.gateway("gw-b", 600.0, pool_start=B_POOL)
+            roamer = s.node(0x0016C0F100000011, 50.0)
+            device = roamer.device_id
+            await until(lambda: device in a.fleet.serving, 30, "the roamer served by gw-a")
+            await until(lambda: len(reports(watcher, device)) >= 3, 30, "three reports")
+            s.move(roamer, 560.0)
+            await until(lambda: device in b.fleet.serving, 40, "the roamer served by gw-b")
+            settled = roamer.stats.acks_received
+            await until(
+                lambda: roamer.stats.acks_received >= settled + 4, 40, "four reports acked at B"
+            )
+            assert roamer.stats.joins == 1, "the roamer kept its session"
+            acked = roamer.stats.acks_received
+            await until(
+                lambda: len({r["id"] for r in reports(watcher, device)}) >= acked,
+                10,
+                "every acked report on the fleet topic",
+            )
+            assert duplicated(watcher) == []
+            assert device not in a.fleet.serving
+    finally:
+        watcher.drop()
+
+
+async def test_a_fleet_command_is_carried_out_once_by_the_owner(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            await s.gateway("gw-b", 600.0, pool_start=B_POOL)
+            node = s.node(0x0016C0F100000021, 300.0, 30.0)
+            await until(lambda: node.joined and reports(watcher, node.device_id), 30, "reporting")
+            command_id = f"c-{uuid.uuid4().hex[:8]}"
+            envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": 30}
+            watcher.publish(f"{FLEET}/devices/{node.device_id}/command", json.dumps(envelope))
+            final = await until(
+                lambda: [r for r in results(watcher, command_id) if r["status"] == "executed"],
+                30,
+                "the command executed",
+            )
+            assert len(final) == 1
+            assert [c.action for c in node.executed] == ["relay"]
+            unknown = f"c-{uuid.uuid4().hex[:8]}"
+            nobody = lora_device_id(0x0016C0F1000000FF)
+            watcher.publish(
+                f"{FLEET}/devices/{nobody}/command",
+                json.dumps({"id": unknown, "action": "ping", "ttl_s": 30}),
+            )
+            answers = await until(lambda: results(watcher, unknown), 15, "an answer")
+            await until(lambda: True, 1, "")
+            assert len(results(watcher, unknown)) == 1, answers
+            assert answers[0]["status"] == "rejected"
+    finally:
+        watcher.drop()
+
+
+async def test_devices_of_a_gateway_that_goes_away_are_served_by_a_neighbour(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            b = await s.gateway("gw-b", 450.0, pool_start=B_POOL)
+            node = s.node(0x0016C0F100000031, 150.0)
+            device = node.device_id
+            await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
+            await until(lambda: len(reports(watcher, device)) >= 3, 30, "three reports")
+            await s.stop_gateway("gw-a")
+            await until(lambda: device in b.fleet.serving, 30, "taken over by gw-b")
+            acked = node.stats.acks_received
+            await until(lambda: node.stats.acks_received >= acked + 3, 30, "acked by gw-b")
+            assert node.stats.joins == 1
+            acked = node.stats.acks_received
+            await until(
+                lambda: len({r["id"] for r in reports(watcher, device)}) >= acked,
+                10,
+                "every acked report on the fleet topic",
+            )
+            assert duplicated(watcher) == []
+            assert a.fleet is not None
+    finally:
+        watcher.drop()
