@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -26,6 +27,7 @@ from gateway.protocol.downlink import (
     WakeAt,
 )
 from gateway.protocol.dutycycle import DutyCycle
+from gateway.protocol.fleet import command_ref
 from gateway.protocol.frames import JoinAccept, ResultCode
 from gateway.protocol.join import DeviceCredentials, JoinSettings
 from gateway.protocol.session import (
@@ -52,7 +54,13 @@ def airtime(size: int) -> float:
 class Gateway:
     """A core with one joined node, and a scheduler over it."""
 
-    def __init__(self, *, queue_per_device: int = 16, duty: DutyCycle | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        queue_per_device: int = 16,
+        duty: DutyCycle | None = None,
+        ref_of: Callable[[str, str, set[int]], int] | None = None,
+    ) -> None:
         self.core = NetworkCore(JoinSettings(), {EUI: DeviceCredentials(ROOT)})
         self.scheduler = DownlinkScheduler(
             self.core,
@@ -60,6 +68,7 @@ class Gateway:
             time_on_air=airtime,
             frequency_hz=lambda: FREQUENCY_HZ,
             duty=duty or DutyCycle("EU868"),
+            ref_of=ref_of,
         )
         dev_nonce = b"\x01" * 8
         actions = self.core.receive(join_request(EUI, ROOT, dev_nonce), 1000.0)
@@ -300,3 +309,32 @@ def test_a_sent_command_out_of_time_waits_for_its_answer_while_the_next_one_goes
     assert gateway.scheduler.queued(DEVICE) == 2  # the first may still be answered
     actions = gateway.answer(0, rx_done=80.0, status=ResultCode.EXECUTED)
     assert actions[0] == ResolveCommand(first, CommandStatus.EXECUTED, "pong")
+
+
+def test_in_a_fleet_a_command_takes_the_reference_the_fleet_names_without_reserving() -> None:
+    gateway = Gateway(ref_of=command_ref)
+    first = command(500.0)
+    expected = command_ref(DEVICE, "c1")
+    assert gateway.scheduler.command_queued(first) == [
+        CommandQueued(first, expected),
+        WakeAt(500.0),
+    ]
+    (tx,) = gateway.report(rx_done=50.0)
+    assert tx.command_ref == expected
+    assert gateway.node.open_downlink(tx.frame).command.ref == expected  # type: ignore[union-attr]
+
+
+def test_a_device_that_left_for_another_gateway_ends_its_commands_here() -> None:
+    gateway = Gateway()
+    first, second = command(500.0), command(600.0, "relay", on=True)
+    gateway.queue(first)
+    gateway.queue(second)
+    (tx,) = gateway.report(rx_done=50.0)
+    gateway.scheduler.transmitted(tx, 0.1, tx.at)  # the first one may be on air already
+    actions = gateway.scheduler.device_left(DEVICE, "served_elsewhere")
+    assert only(actions, ResolveCommand) == [
+        ResolveCommand(first, CommandStatus.REJECTED, "served_elsewhere"),
+        ResolveCommand(second, CommandStatus.REJECTED, "served_elsewhere"),
+    ]
+    assert gateway.scheduler.queued(DEVICE) == 0
+    assert gateway.scheduler.timer_due(10_000.0) == []

@@ -334,3 +334,63 @@ def test_addresses_stay_unique_whatever_the_join_order(
         assert len(addresses) == len(set(addresses))
         assert all(100 <= a <= 107 for a in addresses)
         assert core.free_addresses == 8 - len(leases)
+
+
+# --------------------------------------------------------------------------- fleet adoption
+
+
+def test_a_session_adopted_from_another_gateway_verifies_its_uplinks() -> None:
+    owner = make_core(pool_start=0x0100, pool_end=0x01FF)
+    neighbour = make_core(pool_start=0x0200, pool_end=0x02FF)
+    node = joined(owner, 1, nonce(1), 1000.0)
+    for _ in range(3):
+        owner.receive(node.report({"n": 1})[1], 1001.0)
+    record = owner.record(lora_device_id(1))
+    assert record is not None and record.address is not None
+    assert 0x0100 <= record.address <= 0x01FF
+    info = neighbour.adopt(record)
+    assert info is not None and info.address == record.address
+    _, frame = node.report({"n": 2})
+    (report,) = neighbour.receive(frame, 1002.0)
+    assert isinstance(report, ReportReceived) and not report.duplicate
+    assert report.report_id.startswith(f"{lora_device_id(1)}:{info.session_id}:")
+    with pytest.raises(FrameRejected, match="bad_tag"):
+        neighbour.receive(frame[:-4] + b"\0" * 4, 1002.0)
+
+
+def test_adopting_the_same_session_again_keeps_what_this_gateway_learnt() -> None:
+    owner, neighbour = make_core(), make_core()
+    node = joined(owner, 1, nonce(1), 1000.0)
+    device = lora_device_id(1)
+    neighbour.adopt(owner.record(device))  # type: ignore[arg-type]
+    for _ in range(4):
+        neighbour.receive(node.report({})[1], 1001.0)
+    stale = owner.record(device)
+    assert stale is not None
+    neighbour.adopt(stale, dl_from=5000)
+    mine = neighbour.record(device)
+    assert mine is not None and mine.up_last == 3  # not back to the stale record's
+    ack = neighbour.build_downlink(device, 3, None)
+    assert node.open_downlink(ack).counter >= 5000
+
+
+def test_a_newer_session_from_another_gateway_replaces_the_old_one() -> None:
+    a = make_core(pool_start=0x0100, pool_end=0x01FF)
+    b = NetworkCore(
+        JoinSettings(pool_start=0x0200, pool_end=0x02FF),
+        {1: DeviceCredentials(root_key_of(1)), 2: DeviceCredentials(root_key_of(2))},
+        random_bytes=lambda size: b"\x77" * size,
+    )
+    old = joined(a, 1, nonce(1), 1000.0)
+    b.adopt(a.record(lora_device_id(1)))  # type: ignore[arg-type]
+    new = joined(b, 1, nonce(2), 1100.0)  # a rejoin there: it keeps its address
+    a.adopt(b.record(lora_device_id(1)))  # type: ignore[arg-type]
+    lease = a.lease(lora_device_id(1))
+    assert lease is not None and lease.address == new.address == old.address
+    assert lease.session_id == "77" * 8
+    with pytest.raises(FrameRejected, match="bad_tag"):
+        a.receive(old.report({})[1], 1101.0)
+    (report,) = a.receive(new.report({})[1], 1101.0)
+    assert isinstance(report, ReportReceived)
+    with pytest.raises(FrameRejected, match="join_replay"):
+        join(a, 1, nonce(1), 1102.0)  # the old join nonce is known here too
