@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import secrets
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -119,6 +120,10 @@ class FleetCoordinator:
         link.subscribe_extra(topics.all_sightings, self._on_sighting, 0)
         link.subscribe_extra(topics.all_reports, self._on_report, 1)
         link.subscribe_extra(topics.all_results, self._on_result, 1)
+        # Subscribed last: the marker comes back after the retained records sent before it.
+        link.subscribe_extra(topics.sync(gateway), self._on_sync, 1)
+        link.add_ready_listener(self._on_link_ready)
+        self._sync_marker = b""
 
     @classmethod
     def from_config(
@@ -382,6 +387,20 @@ class FleetCoordinator:
             del self._commands[command_id]
 
     # -------------------------------------------------------------------- messages in
+
+    async def _on_link_ready(self) -> None:
+        self._sync_marker = secrets.token_bytes(8)
+        topic = self.topics.sync(self.me)
+        await self._publish(topic, self._seal.seal(topic, self._sync_marker), retain=False)
+
+    def _on_sync(self, topic: str, payload: bytes, _arrival: float) -> None:
+        if self._open(topic, payload) == self._sync_marker and not self.link.synced:
+            self.link.synced = True
+            log.info(
+                "fleet: %d device records read, %d gateways alive; serving",
+                len(self.records),
+                sum(self.alive.values()),
+            )
 
     def _open(self, topic: str, payload: bytes) -> bytes | None:
         try:

@@ -22,7 +22,7 @@ import msgspec
 from gateway.config import Config, FleetSection
 from gateway.fleet.role import SERVED_ELSEWHERE
 from gateway.model import CommandResult, DeviceEvent, IncomingCommand, Report
-from gateway.upstreams.base import CommandHandler, MqttExtras
+from gateway.upstreams.base import CommandHandler, MqttExtras, UpstreamUnavailable
 from gateway.upstreams.mqtt import MqttUpstream
 
 log = logging.getLogger("duogate.fleet")
@@ -56,6 +56,9 @@ class FleetTopics:
     def status(self, gateway: str) -> str:
         return f"{self.fleet}/gateways/{gateway}/status"
 
+    def sync(self, gateway: str) -> str:
+        return f"{self.fleet}/gateways/{gateway}/sync"
+
     def device_of(self, topic: str) -> str | None:
         """The device a ``<fleet>/devices/<device>/...`` or ``<fleet>/sessions/<device>`` topic
         names."""
@@ -88,6 +91,32 @@ class FleetLink(MqttUpstream):
         self.gate: FleetGate | None = None
         self.dropped: Counter[str] = Counter()
         self._on_command: CommandHandler | None = None
+        # Reports and results wait after each (re)connection until the retained session
+        # records are in (the coordinator says so): a gateway cut off for a while must learn
+        # which of its devices were taken over before it publishes what it kept for them.
+        self.synced = False
+
+    @property
+    def connected(self) -> bool:
+        return self.link_up and self.synced
+
+    @property
+    def link_up(self) -> bool:
+        """Connected, subscribed and ``online`` announced (whether synced or not)."""
+        return MqttUpstream.connected.fget(self)  # type: ignore[attr-defined,no-any-return]
+
+    async def publish_raw(
+        self, topic: str, payload: bytes | str, qos: int = 0, retain: bool = False
+    ) -> None:
+        """The messages gateways share: sent as soon as the link is up."""
+        if not self.link_up or self.client is None:
+            raise UpstreamUnavailable("not connected to the fleet broker")
+        data = payload.encode() if isinstance(payload, str) else payload
+        await self.client.publish(topic, data, qos, retain=retain)
+
+    async def _session(self) -> bool:
+        self.synced = False
+        return await super()._session()
 
     @property
     def extras(self) -> MqttExtras | None:
