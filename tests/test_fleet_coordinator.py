@@ -181,3 +181,65 @@ async def test_devices_of_a_gateway_that_goes_away_are_served_by_a_neighbour(
             assert a.fleet is not None
     finally:
         watcher.drop()
+
+
+async def test_a_command_waiting_at_the_old_owner_is_carried_out_by_the_new_one(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            b = await s.gateway("gw-b", 600.0, pool_start=B_POOL)
+            node = s.node(0x0016C0F100000041, 50.0)
+            device = node.device_id
+            await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
+            await until(lambda: len(reports(watcher, device)) >= 2, 30, "two reports")
+            s.move(node, 580.0)  # out of gw-a's reach: the command waits there
+            command_id = f"c-{uuid.uuid4().hex[:8]}"
+            envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": 60}
+            watcher.publish(f"{FLEET}/devices/{device}/command", json.dumps(envelope))
+            await until(lambda: device in b.fleet.serving, 30, "handed over to gw-b")
+            final = await until(
+                lambda: [r for r in results(watcher, command_id) if r["status"] == "executed"],
+                40,
+                "the command executed by gw-b",
+            )
+            assert len(final) == 1
+            assert [c.action for c in node.executed] == ["relay"]
+            statuses = [r["status"] for r in results(watcher, command_id)]
+            assert "rejected" not in statuses, statuses
+    finally:
+        watcher.drop()
+
+
+async def test_a_command_left_by_a_gateway_that_went_away_is_executed_once(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    watcher = MqttWatcher(broker, (f"{FLEET}/#",))
+    watcher.connect()
+    try:
+        async with site(tmp_path, broker.port) as s:
+            a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+            b = await s.gateway("gw-b", 450.0, pool_start=B_POOL)
+            node = s.node(0x0016C0F100000051, 150.0)
+            device = node.device_id
+            await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
+            await until(lambda: len(reports(watcher, device)) >= 2, 30, "two reports")
+            command_id = f"c-{uuid.uuid4().hex[:8]}"
+            envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": 60}
+            watcher.publish(f"{FLEET}/devices/{device}/command", json.dumps(envelope))
+            # gw-a goes as soon as it sent the command (or at once if it had not yet).
+            await until(lambda: node.executed or a.lora.scheduler.queued(device), 20, "queued")
+            await s.stop_gateway("gw-a")
+            await until(lambda: device in b.fleet.serving, 30, "taken over by gw-b")
+            final = await until(
+                lambda: [r for r in results(watcher, command_id) if r["status"] == "executed"],
+                40,
+                "the command's outcome from gw-b",
+            )
+            assert len(final) == 1
+            assert [c.action for c in node.executed] == ["relay"], "executed once"
+    finally:
+        watcher.drop()

@@ -22,6 +22,7 @@ import msgspec
 from gateway.config import Config, FleetSection
 from gateway.fleet.role import SERVED_ELSEWHERE
 from gateway.model import CommandResult, DeviceEvent, IncomingCommand, Report
+from gateway.store.commands import RESTART_DETAIL
 from gateway.upstreams.base import CommandHandler, MqttExtras, UpstreamUnavailable
 from gateway.upstreams.mqtt import MqttUpstream
 
@@ -136,8 +137,10 @@ class FleetLink(MqttUpstream):
             await super().publish_event(event)
 
     async def publish_result(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
-        if result.detail == SERVED_ELSEWHERE:
-            self.dropped["results"] += 1  # the new owner answers it
+        if result.detail == SERVED_ELSEWHERE or (
+            result.detail == RESTART_DETAIL and not self._publishes(result.device, "results")
+        ):
+            self.dropped["results"] += 1  # the device's new owner answers it
             return
         await super().publish_result(result, reply_to)
 
