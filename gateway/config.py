@@ -339,6 +339,68 @@ class ExternalNodeChip(Section):
     y_m: _WorldCoordinateM = 0.0
 
 
+# Seconds of the world's schedule (from its start, or from when the gateways took their chips).
+_ScheduleS = Annotated[float, Meta(ge=0, le=1e9)]
+_UntilS = Annotated[float, Meta(ge=0)]  # inf: for good
+
+
+def _check_point(values: list[float], key: str) -> None:
+    if len(values) != 2:
+        raise ValueError(f"{key} must be [x, y] in metres, got {len(values)} numbers")
+
+
+class SimGateway(Section):
+    """A gateway chip of a simulated site, served on its own ``sim://`` port to a
+    ``duogate run`` with ``radio.spi = "sim://HOST:PORT"``."""
+
+    name: Annotated[str, _matching(r"^[A-Za-z0-9_.-]{1,32}$")]
+    listen: str  # HOST:PORT, port 0 picks a free one (logged)
+    position: list[_WorldCoordinateM]
+    # Power-off periods [from_s, to_s], in order; [from_s] alone (or to_s = inf): off for good.
+    off: Annotated[list[list[_UntilS]], Meta(max_length=1000)] = []
+
+    def __post_init__(self) -> None:
+        _check_point(self.position, "position")
+        end = -1.0
+        for index, period in enumerate(self.off):
+            if not 1 <= len(period) <= 2:
+                raise ValueError(
+                    f"off[{index}] must be [from_s, to_s] or [from_s], got {len(period)} numbers"
+                )
+            start, stop = period[0], period[-1] if len(period) == 2 else float("inf")
+            if start == float("inf"):
+                raise ValueError(f"off[{index}]: from_s must be a finite number of seconds")
+            if stop <= start:
+                raise ValueError(f"off[{index}]: to_s must be after from_s, got {period}")
+            if start <= end:
+                raise ValueError(f"off[{index}] must start after off[{index - 1}] ends")
+            end = stop
+
+    def off_periods(self) -> list[tuple[float, float]]:
+        return [(p[0], p[1] if len(p) == 2 else float("inf")) for p in self.off]
+
+
+class SimNodePosition(Section):
+    """Where node number ``node`` (0-based) of the world stands."""
+
+    node: Annotated[int, Meta(ge=0, le=9_999)]
+    position: list[_WorldCoordinateM]
+
+    def __post_init__(self) -> None:
+        _check_point(self.position, "position")
+
+
+class SimMove(Section):
+    """Node number ``node`` goes to ``to`` at ``at_s`` seconds of the schedule."""
+
+    node: Annotated[int, Meta(ge=0, le=9_999)]
+    at_s: _ScheduleS
+    to: list[_WorldCoordinateM]
+
+    def __post_init__(self) -> None:
+        _check_point(self.to, "to")
+
+
 class SimSection(Section):
     nodes: Annotated[int, Meta(ge=0, le=10_000)] = 5
     report_interval_s: Annotated[float, Meta(gt=0, le=86_400)] = 10.0
@@ -353,13 +415,30 @@ class SimSection(Section):
     retry_min_s: Annotated[float, Meta(gt=0, le=3600)] = 2.0  # first retransmission
     retry_max_s: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
     next_uplink_gap_s: Annotated[float, Meta(ge=0, le=3600)] = 1.0  # after an ack
+    rejoin_after_unacked: Annotated[int, Meta(ge=1, le=1000)] = 12  # as node.session
     external_nodes: Annotated[list[ExternalNodeChip], Meta(max_length=64)] = []
+    # A site: gateway chips at positions, each on its own port (none: one chip at the origin
+    # on ``listen``), nodes placed in an area or one by one, moves and power periods.
+    gateways: Annotated[list[SimGateway], Meta(max_length=64)] = []
+    node_area: list[list[_WorldCoordinateM]] | None = None  # [[x0, y0], [x1, y1]]
+    node_positions: Annotated[list[SimNodePosition], Meta(max_length=10_000)] = []
+    moves: Annotated[list[SimMove], Meta(max_length=10_000)] = []
+    schedule_from: Literal["start", "gateways"] = "start"
+    # Log-distance path loss: 10 * exponent dB per decade of distance from the loss at 1 m
+    # (free space at the frequency when not given), plus random shadowing per frame.
+    path_loss_exponent: Annotated[float, Meta(ge=1, le=8)] = 2.7
+    reference_loss_db: Annotated[float, Meta(ge=0, le=200)] | None = None
+    shadowing_sigma_db: Annotated[float, Meta(ge=0, le=30)] = 0.0
+    ledger: Path | None = None  # JSON Lines of what the nodes and the site did
 
     def __post_init__(self) -> None:
         if self.join_backoff_max_s < self.join_backoff_min_s:
             raise ValueError("join_backoff_max_s must not be below join_backoff_min_s")
         if self.retry_max_s < self.retry_min_s:
             raise ValueError("retry_max_s must not be below retry_min_s")
+        area = self.node_area
+        if area is not None and (len(area) != 2 or any(len(corner) != 2 for corner in area)):
+            raise ValueError("node_area must be two corners [[x0, y0], [x1, y1]] in metres")
 
 
 class ConsoleSection(Section):
@@ -718,6 +797,7 @@ _PATH_KEYS = {
     ("gateway", "data_dir"),
     ("join", "registry"),
     ("sim", "state_dir"),
+    ("sim", "ledger"),
     ("console", "socket"),
     ("xmpp", "ca_file"),
 }

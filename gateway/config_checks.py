@@ -23,6 +23,7 @@ from gateway.config import (
     ConfigError,
     MqttSection,
     Secret,
+    SimSection,
     XmppSection,
     secret_fields,
     secret_file_warnings,
@@ -69,6 +70,7 @@ def config_problems(
         *_serial_port_problems(config),
         *_modbus_problems(config),
         *_other_problems(config),
+        *_sim_site_problems(config, for_sim=for_sim, check_files=check_files),
     ]
     if check_files:
         secret_lines = {
@@ -240,9 +242,15 @@ def _listener_problems(config: Config) -> Iterator[str]:
 
 
 def _sim_listen_problems(config: Config) -> Iterator[str]:
-    """``duogate sim`` listens on ``sim.listen`` and on each external node chip's port: every
-    one must parse, and no two may ask for the same fixed port."""
-    listeners = [("sim.listen", config.sim.listen)]
+    """``duogate sim`` listens on ``sim.listen`` (or on each of ``sim.gateways``) and on each
+    external node chip's port: every one must parse, and no two may ask for the same fixed
+    port."""
+    sim = config.sim
+    listeners = [] if sim.gateways else [("sim.listen", sim.listen)]
+    listeners += [
+        (f"sim.gateways[{index}].listen", gateway.listen)
+        for index, gateway in enumerate(sim.gateways)
+    ]
     listeners += [
         (f"sim.external_nodes[{index}].listen", chip.listen)
         for index, chip in enumerate(config.sim.external_nodes)
@@ -387,6 +395,53 @@ def _ssl_reason(exc: BaseException) -> str:
     if isinstance(exc, ssl.SSLError) and exc.reason:
         return str(exc.reason).lower().replace("_", " ")
     return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+def _sim_site_problems(config: Config, *, for_sim: bool, check_files: bool) -> Iterator[str]:
+    """A site in ``[sim]``: gateway names, node numbers, where the world runs, the ledger."""
+    sim = config.sim
+    names: dict[str, int] = {}
+    for index, gateway in enumerate(sim.gateways):
+        if gateway.name in names:
+            yield (
+                f"sim.gateways[{index}].name: {gateway.name!r} is also "
+                f"sim.gateways[{names[gateway.name]}].name; give each gateway its own name"
+            )
+        names.setdefault(gateway.name, index)
+    if sim.gateways and sim.listen != SimSection().listen:
+        yield "sim.listen: not used with sim.gateways (each gateway chip has its own listen)"
+    placed: dict[int, int] = {}
+    for index, pinned in enumerate(sim.node_positions):
+        if pinned.node >= sim.nodes:
+            yield (
+                f"sim.node_positions[{index}].node: node {pinned.node} but sim.nodes = "
+                f"{sim.nodes} (nodes are numbered from 0)"
+            )
+        elif pinned.node in placed:
+            yield (
+                f"sim.node_positions[{index}].node: node {pinned.node} is also placed by "
+                f"sim.node_positions[{placed[pinned.node]}]"
+            )
+        placed.setdefault(pinned.node, index)
+    for index, move in enumerate(sim.moves):
+        if move.node >= sim.nodes:
+            yield (
+                f"sim.moves[{index}].node: node {move.node} but sim.nodes = {sim.nodes} "
+                "(nodes are numbered from 0)"
+            )
+    if not for_sim and config.radio.driver == "sim":
+        if sim.gateways:
+            yield (
+                "sim.gateways: a site runs in `duogate sim`, with a gateway process per chip; "
+                "radio.driver = 'sim' runs a single chip inside the gateway"
+            )
+        if sim.schedule_from == "gateways":
+            yield (
+                "sim.schedule_from: 'gateways' waits for gateway processes to take their "
+                "chips; with radio.driver = 'sim' the world runs inside the gateway (use 'start')"
+            )
+    if check_files and sim.ledger is not None and sim.ledger.is_dir():
+        yield f"sim.ledger: {sim.ledger} is a directory"
 
 
 def _sim_world_problems(config: Config, registry_size: int) -> Iterator[str]:

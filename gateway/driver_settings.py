@@ -20,7 +20,16 @@ from drivers.ble.settings import BleSettings
 from drivers.modbus.settings import BusSettings, DeviceSettings, ModbusSettings, RegisterSettings
 from drivers.radio.base import RadioSettings, SerialRadioSettings, Sx127xSettings
 from drivers.sim.node import NodeConfig
-from drivers.sim.settings import ExternalChipPlan, NodePlan, SimRadioSettings, WorldSettings
+from drivers.sim.settings import (
+    ExternalChipPlan,
+    GatewayChipPlan,
+    NodeMove,
+    NodePlan,
+    PathLoss,
+    Point,
+    SimRadioSettings,
+    WorldSettings,
+)
 from gateway.config import (
     BleSection,
     Config,
@@ -29,6 +38,7 @@ from gateway.config import (
     ModbusSection,
     RadioSection,
     Section,
+    SimSection,
 )
 from gateway.config_checks import parse_listen
 from gateway.protocol import crypto
@@ -115,7 +125,8 @@ def ble_settings(section: BleSection) -> BleSettings:
 def plan_nodes(config: Config, count: int | None = None) -> list[NodePlan]:
     """Which nodes the world runs: registry devices first, else open-join lab nodes.
 
-    Distances spread from 50 m to 2 km on a log scale, reproducibly from ``sim.seed``.
+    Distances spread from 50 m to 2 km on a log scale, reproducibly from ``sim.seed``; nodes
+    in ``sim.node_area`` or ``sim.node_positions`` stand where those say (``place_nodes``).
     """
     count = config.sim.nodes if count is None else count
     rng = random.Random(config.sim.seed)
@@ -135,10 +146,29 @@ def plan_nodes(config: Config, count: int | None = None) -> list[NodePlan]:
             eui += 1
             if eui not in known:
                 keys.append((eui, crypto.lab_root_key(settings.lab_key, eui)))
-    return [
+    plans = [
         NodePlan(eui, key, round(math.exp(rng.uniform(math.log(50), math.log(2000))), 1))
         for eui, key in keys
     ]
+    places = place_nodes(config.sim, count)
+    return [
+        dataclasses.replace(plan, position=place) for plan, place in zip(plans, places, strict=True)
+    ]
+
+
+def place_nodes(sim: SimSection, count: int) -> list[Point | None]:
+    """Each node's position: drawn in ``node_area`` (reproducibly from ``seed``), or pinned by
+    ``node_positions``; None leaves a node on the world's circle around the origin."""
+    places: list[Point | None] = [None] * count
+    if sim.node_area is not None:
+        (x0, y0), (x1, y1) = sim.node_area
+        rng = random.Random(f"node_area:{sim.seed}")
+        places = [(rng.uniform(x0, x1), rng.uniform(y0, y1)) for _ in range(count)]
+    for pinned in sim.node_positions:
+        if pinned.node < count:
+            x, y = pinned.position
+            places[pinned.node] = (x, y)
+    return places
 
 
 def node_config(config: Config) -> NodeConfig:
@@ -152,6 +182,7 @@ def node_config(config: Config) -> NodeConfig:
         retry_min_s=sim.retry_min_s,
         retry_max_s=sim.retry_max_s,
         next_uplink_gap_s=sim.next_uplink_gap_s,
+        rejoin_after_unacked=sim.rejoin_after_unacked,
     )
 
 
@@ -170,6 +201,18 @@ def external_chip_plans(config: Config) -> list[ExternalChipPlan]:
     return plans
 
 
+def gateway_chip_plans(config: Config) -> list[GatewayChipPlan]:
+    """``sim.gateways``: the chips of a site, each served on its own port."""
+    plans = []
+    for gateway in config.sim.gateways:
+        host, port = parse_listen(gateway.listen)
+        x, y = gateway.position
+        plans.append(
+            GatewayChipPlan(gateway.name, host, port, (x, y), tuple(gateway.off_periods()))
+        )
+    return plans
+
+
 def world_settings(config: Config) -> WorldSettings:
     sim = config.sim
     return WorldSettings(
@@ -180,4 +223,9 @@ def world_settings(config: Config) -> WorldSettings:
         seed=sim.seed,
         loss=sim.loss,
         start_spread_s=sim.start_spread_s,
+        gateways=tuple(gateway_chip_plans(config)),
+        moves=tuple(NodeMove(move.node, move.at_s, (move.to[0], move.to[1])) for move in sim.moves),
+        path_loss=PathLoss(sim.path_loss_exponent, sim.reference_loss_db, sim.shadowing_sigma_db),
+        ledger=sim.ledger,
+        schedule_from=sim.schedule_from,
     )

@@ -13,6 +13,8 @@ Flash: the library's record goes to two slot files (``node.storage.NodeStore``) 
 ``state_path``; ``state_path`` itself (JSON) holds the application's state (relay, interval)
 and a view of the node for observers (report counter, queue, recent commands), written before
 every transmission and after every change.
+
+``ledger``: told of joins, reports going on air, acks and commands (``drivers.sim.ledger``).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 
 from drivers.radio.base import RadioSettings
 from drivers.sim.chip import SimulatedSX127x
+from drivers.sim.ledger import NodeLedger, NodeNotes, TellingNode
 from drivers.sim.medium import Position, RfMedium
 from drivers.sim.node_bus import wire
 from gateway.model import lora_device_id
@@ -179,6 +182,7 @@ class SimNode:
         random_bytes: Callable[[int], bytes] = secrets.token_bytes,
         dio0: Any = None,
         chip: SimulatedSX127x | None = None,
+        ledger: NodeLedger | None = None,
     ) -> None:
         self.eui = eui
         self.root_key = root_key
@@ -197,13 +201,14 @@ class SimNode:
         record = None
         if state_path is not None and state_path.exists():
             record = self._load(state_path)
-        self.node = ns.Node(
+        self.node = TellingNode(
             eui.to_bytes(8, "big"),
             root_key,
             random_bytes,
             config=self.config.session_config(),
             record=record,
         )
+        self._notes = NodeNotes(ledger, self.device_id, self.node) if ledger else None
         self.runner = Runner(
             self.node,
             radio,
@@ -438,6 +443,8 @@ class SimNode:
                 self._stats.reports_dropped += 1
             else:
                 self._stats.uplinks_given_up += 1
+        if self._notes is not None:
+            self._notes.event(event)
         self._dirty = True
 
     def _before_transmit(self, kind: str, frame: bytes) -> None:
@@ -445,6 +452,8 @@ class SimNode:
         if kind != "join" and queue and queue[0].frame == frame and queue[0].attempts == 1:
             if kind == "report":
                 self._stats.reports_sent += 1
+                if self._notes is not None:
+                    self._notes.report(queue[0])
             else:
                 self._stats.results_sent += 1
         self._save()  # what is about to go on air is on record first
