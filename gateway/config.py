@@ -441,6 +441,22 @@ class SimSection(Section):
             raise ValueError("node_area must be two corners [[x0, y0], [x1, y1]] in metres")
 
 
+class FleetSection(Section):
+    """Several gateways on one (clustered) broker serving LoRa nodes as one (docs/FLEET.md)."""
+
+    name: Annotated[str, _matching(r"^[A-Za-z0-9_-]{1,64}$")]  # the fleet topics' prefix
+    key: Secret  # 32 or 64 hex digits, the same on every gateway of the fleet
+    broker: MqttSection = MqttSection(protocol="3.1.1", keepalive_s=10, discovery=False)
+    # How long the owner of a device waits for the neighbours' sightings of an uplink before
+    # it publishes the report (and decides whether to hand the device over).
+    gather_s: Annotated[float, Meta(ge=0.05, le=0.6)] = 0.3
+    # A neighbour must hear a device this much stronger before the owner hands it over.
+    handover_margin_db: Annotated[float, Meta(ge=0, le=40)] = 6.0
+    # A gateway claiming a device of a gateway that went offline waits this long for rival
+    # claims before it serves the device.
+    claim_settle_s: Annotated[float, Meta(ge=0.1, le=30)] = 1.0
+
+
 class ConsoleSection(Section):
     enabled: bool = True
     socket: Path | None = None  # default <data_dir>/console.sock
@@ -472,6 +488,7 @@ class Config(Section):
     modbus: ModbusSection = ModbusSection()
     ble: BleSection = BleSection()
     sim: SimSection = SimSection()
+    fleet: FleetSection | None = None
     console: ConsoleSection = ConsoleSection()
     metrics: MetricsSection = MetricsSection()
     web: WebSection = WebSection()
@@ -642,6 +659,11 @@ def secret_fields(config: Config) -> list[tuple[str, Secret | None]]:
         ("xmpp.password", config.xmpp.password),
         ("web.password", config.web.password),
         ("join.open_join_key", config.join.open_join_key),
+        ("fleet.key", config.fleet.key if config.fleet is not None else None),
+        (
+            "fleet.broker.password",
+            config.fleet.broker.password if config.fleet is not None else None,
+        ),
     ]
 
 

@@ -21,6 +21,7 @@ from gateway.config import (
     CONTROL_CHARACTERS,
     Config,
     ConfigError,
+    FleetSection,
     MqttSection,
     Secret,
     SimSection,
@@ -71,6 +72,7 @@ def config_problems(
         *_modbus_problems(config),
         *_other_problems(config),
         *_sim_site_problems(config, for_sim=for_sim, check_files=check_files),
+        *_fleet_problems(config),
     ]
     if check_files:
         secret_lines = {
@@ -80,6 +82,11 @@ def config_problems(
         }
         problems += [line for line in secret_lines.values() if line is not None]
         problems += _file_problems(config)
+        if config.fleet is not None and secret_lines.get("fleet.key") is None:
+            try:
+                fleet_key(config.fleet)
+            except ConfigError as exc:
+                problems += exc.problems
         if secret_lines.get("join.open_join_key") is None:
             try:
                 join_settings(config)
@@ -95,8 +102,8 @@ def config_problems(
 
 
 def _upstream_problems(config: Config) -> Iterator[str]:
-    if not config.mqtt.enabled and not config.xmpp.enabled:
-        yield "mqtt.enabled: enable mqtt or xmpp; reports need somewhere to go"
+    if not config.mqtt.enabled and not config.xmpp.enabled and config.fleet is None:
+        yield "mqtt.enabled: enable mqtt, xmpp or a fleet; reports need somewhere to go"
 
 
 def topic_problem(topic: str) -> str | None:
@@ -317,6 +324,39 @@ def _other_problems(config: Config) -> Iterator[str]:
                 f"{name}: the console socket path {socket} is longer than "
                 f"{MAX_SOCKET_PATH_BYTES} bytes (a Unix socket limit); set console.socket"
             )
+
+
+def _fleet_problems(config: Config) -> Iterator[str]:
+    fleet = config.fleet
+    if fleet is None:
+        return
+    join = config.join
+    if (join.address_pool_start, join.address_pool_end) == (0x0001, 0xFFFE):
+        yield (
+            "join.address_pool_start: in a fleet each gateway hands out addresses from its own "
+            "range: set join.address_pool_start and join.address_pool_end (docs/FLEET.md)"
+        )
+    if not fleet.broker.enabled:
+        yield "fleet.broker.enabled: a fleet needs its broker"
+    yield from (line.replace("mqtt.", "fleet.broker.", 1) for line in _mqtt_problems(fleet.broker))
+    if fleet.broker.topic_prefix is not None:
+        yield "fleet.broker.topic_prefix: the fleet's topics start with fleet.name"
+
+
+def fleet_key(fleet: FleetSection) -> bytes:
+    """The fleet key from its secret; ConfigError with one line when it is not 16 or 32 bytes
+    of hex."""
+    try:
+        text = fleet.key.read()
+    except (OSError, KeyError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"fleet.key: cannot read the secret: {exc}"]) from None
+    try:
+        key = bytes.fromhex(text)
+    except ValueError:
+        key = b""
+    if len(key) not in (16, 32):
+        raise ConfigError(["fleet.key: expected 32 or 64 hex digits (a 128- or 256-bit key)"])
+    return key
 
 
 # --- files and secrets -----------------------------------------------------------------------

@@ -47,6 +47,7 @@ class RecordingSink:
         seq: int | None = None,
         report_id: str | None = None,
         safe_within_s: float | None = None,
+        gateways: list[dict[str, Any]] | None = None,
     ) -> None:
         self.reports.append(StoredReport(device, kind, dict(data), rssi, snr, seq, report_id))
         self._changed.set()
