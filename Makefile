@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace
+APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace nats-server
 # Node.js runs MicroPython's WebAssembly port in the tests; installed only when node or npm is
 # missing (a Node.js from elsewhere often brings its own npm and refuses Debian's).
 NODE_APT_PACKAGES := nodejs npm
@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace node npm; do \
+	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace nats-server node npm; do \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
 	done; \
 	node_packages=""; \
@@ -39,7 +39,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing via apt-get"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node_packages >/dev/null; \
-	    for svc in mosquitto prosody ejabberd; do \
+	    for svc in mosquitto prosody ejabberd nats-server; do \
 	      (service $$svc stop || true) >/dev/null 2>&1; \
 	    done; \
 	  else \
