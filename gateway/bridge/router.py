@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.bridge.directory import DriverDirectory
 from gateway.bridge.results import ResultSender
+from gateway.fleet.role import SERVED_ELSEWHERE
 from gateway.model import Command, CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol import envelope, expiry
 from gateway.state import GatewayState
@@ -149,6 +150,12 @@ class CommandRouter:
         except Exception as exc:
             log.exception("command %r for %s failed in its driver", command.id, command.device)
             await self._finish(command, CommandStatus.FAILED, f"driver_error: {exc}")
+            return
+        if result.detail == SERVED_ELSEWHERE:
+            log.info(
+                "command %r for %s: left to the gateway serving it now", command.id, command.device
+            )
+            await self.commands.forget(command)
             return
         await self._finish(command, result.status, result.detail)
 

@@ -20,10 +20,12 @@ from typing import Any
 from drivers.radio.base import RxPacket
 from gateway.config import Config, FleetSection
 from gateway.config_checks import fleet_key
+from gateway.fleet.kept_commands import KeptCommands
 from gateway.fleet.link import FleetLink
 from gateway.fleet.role import Uplink
 from gateway.lora import LoraNetwork
-from gateway.model import IncomingCommand, lora_device_id
+from gateway.model import CommandResult, CommandStatus, IncomingCommand, lora_device_id
+from gateway.protocol.expiry import ExpiryPolicy
 from gateway.protocol.fleet import (
     FleetMessageRejected,
     FleetSeal,
@@ -46,9 +48,13 @@ log = logging.getLogger("duogate.fleet")
 
 HEARD_KEPT_PER_DEVICE = 8  # uplinks heard here of a device served elsewhere
 GATHERS_KEPT = 4096
-COMMANDS_KEPT = 10_000
+# An owner hands a device over when a neighbour heard this many of its uplinks in a row that
+# the owner did not (one may just have collided here).
+MISSES_BEFORE_HANDOVER = 2
 RECORD_CHECK_S = 5.0  # how often downlink reservations of served devices are shared
-KEEP_COMMANDS_MARGIN_S = 60.0  # fleet commands are kept this long past the longest time to live
+KEEP_COMMANDS_MARGIN_S = 60.0
+UNANSWERED_MARGIN_S = 10.0  # past a kept command's deadline and answer time, before it counts
+OWNER_OFFLINE = "owner_offline"  # fleet commands are kept this long past the longest time to live
 
 
 @dataclass
@@ -57,13 +63,6 @@ class _Gather:
 
     receptions: dict[str, Reception] = field(default_factory=dict)
     checked: bool = False  # the owner looked whether to hand the device over
-
-
-@dataclass
-class _KeptCommand:
-    incoming: IncomingCommand
-    command_id: str
-    until: float  # monotonic: dropped after, whatever happened
 
 
 class FleetCoordinator:
@@ -79,6 +78,8 @@ class FleetCoordinator:
         link: FleetLink,
         *,
         keep_commands_s: float,
+        policy: ExpiryPolicy | None = None,
+        node_answer_timeout_s: float = 30.0,
         owns_locally: Callable[[str], bool] = lambda device: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -89,7 +90,12 @@ class FleetCoordinator:
         self.topics = link.topics
         self._seal = FleetSeal(key)
         self._mono = monotonic
-        self._keep_commands_s = keep_commands_s
+        self.kept = KeptCommands(
+            keep_s=keep_commands_s,
+            answer_s=node_answer_timeout_s + UNANSWERED_MARGIN_S,
+            policy=policy or ExpiryPolicy(),
+            monotonic=monotonic,
+        )
         self._owns_locally = owns_locally
         self.records: dict[str, SessionRecord] = {}
         self.alive: dict[str, bool] = {}
@@ -99,7 +105,7 @@ class FleetCoordinator:
         self._gathers: OrderedDict[tuple[str, str, str, int], _Gather] = OrderedDict()
         self._heard: dict[str, deque[tuple[ReportReceived, RxPacket, str]]] = {}
         self._claiming: set[str] = set()
-        self._commands: OrderedDict[str, _KeptCommand] = OrderedDict()
+        self._missed: dict[str, int] = {}  # served devices: uplinks heard only elsewhere in a row
         self.counters: dict[str, int] = dict.fromkeys(
             (
                 "rejected_messages",
@@ -144,6 +150,8 @@ class FleetCoordinator:
             lora,
             link,
             keep_commands_s=config.commands.max_ttl_s + KEEP_COMMANDS_MARGIN_S,
+            policy=ExpiryPolicy.from_config(config.commands),
+            node_answer_timeout_s=config.commands.node_answer_timeout_s,
             owns_locally=owns_locally,
         )
         lora.use_fleet(coordinator, command_ref)
@@ -165,20 +173,26 @@ class FleetCoordinator:
             return True
         return device in self.serving
 
+    def publishes_report(self, device: str, report_id: str) -> bool:
+        """A report is published by the device's owner, and by a former owner up to the floor
+        it handed the device over at (the report that decided it, and any still queued)."""
+        if self.publishes(device):
+            return True
+        record = self.records.get(device)
+        try:
+            _, session, counter = report_id.rsplit(":", 2)
+            number = int(counter)
+        except ValueError:
+            return False
+        return record is not None and record.session == session and number <= record.floor
+
     def command_arrived(self, incoming: IncomingCommand) -> bool:
         device = incoming.device
         if not device.startswith("lora-"):
             return self._owns_locally(device)  # a Modbus or BLE device: the gateway that has it
         if device not in self.records:
             return self._first_alive() == self.me
-        body = incoming.body
-        command_id = body.get("id") if isinstance(body, dict) else None
-        if isinstance(command_id, str):
-            self._commands[command_id] = _KeptCommand(
-                incoming, command_id, self._mono() + self._keep_commands_s
-            )
-            while len(self._commands) > COMMANDS_KEPT:
-                self._commands.popitem(last=False)
+        self.kept.keep(incoming)
         return device in self.serving
 
     def _first_alive(self) -> str:
@@ -220,6 +234,7 @@ class FleetCoordinator:
         gather = self._gather(sighting.key())
         gather.receptions[self.me] = reception
         if device in self.serving:
+            self._missed.pop(device, None)
             return True
         if isinstance(uplink, ReportReceived) and not uplink.duplicate:
             kept = self._heard.setdefault(device, deque(maxlen=HEARD_KEPT_PER_DEVICE))
@@ -248,7 +263,9 @@ class FleetCoordinator:
         if wait > 0:
             await asyncio.sleep(wait)
         self._consider_handover(key, gather)
+        # The serving gateway first, then the others, strongest first.
         ranked = sorted(gather.receptions.values(), key=Reception.rank, reverse=True)
+        ranked.sort(key=lambda reception: reception.gateway != self.me)
         return [reception.to_wire() for reception in ranked]
 
     # -------------------------------------------------------------------- ownership moves
@@ -321,9 +338,8 @@ class FleetCoordinator:
         for report, packet, session in self._heard.pop(device, ()):
             if session == record.session and report.counter > self._floors[device]:
                 self._tasks.spawn(self.lora.store_report(report, packet))
-        for kept in [k for k in self._commands.values() if k.incoming.device == device]:
-            if kept.until > self._mono():
-                self._tasks.spawn(self.link.deliver(kept.incoming))
+        for incoming in self.kept.open_for(device):
+            self._tasks.spawn(self.link.deliver(incoming))
 
     def _published_in(self, record: SessionRecord) -> int:
         published = self._published.get(record.device)
@@ -372,7 +388,7 @@ class FleetCoordinator:
         gateway taking it over never repeats a downlink counter."""
         while True:
             await asyncio.sleep(RECORD_CHECK_S)
-            self._expire_kept()
+            self._answer_abandoned()
             for device in list(self.serving):
                 record = self.records.get(device)
                 lease = self.lora.session_record(device)
@@ -381,10 +397,28 @@ class FleetCoordinator:
                 if lease.dl_reserved > record.lease.dl_reserved:
                     self._publish_record(device, self.me, record.epoch + 1, floor=record.floor)
 
-    def _expire_kept(self) -> None:
-        now = self._mono()
-        for command_id in [c for c, k in self._commands.items() if k.until <= now]:
-            del self._commands[command_id]
+    def _answer_abandoned(self) -> None:
+        """A kept command whose device's owner went offline without an outcome is answered
+        ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
+        the first online one by name."""
+        for kept in self.kept.take_due():
+            device = kept.incoming.device
+            record = self.records.get(device)
+            if record is None or self.alive.get(record.owner, False):
+                continue  # its owner answers it
+            if self._first_alive() != self.me:
+                continue
+            result = CommandResult(
+                kept.command_id, device, CommandStatus.TIMEOUT, time.time(), OWNER_OFFLINE
+            )
+            log.info("command %r for %s: %s, no outcome", kept.command_id, device, OWNER_OFFLINE)
+            self._tasks.spawn(self._answer(result, kept.incoming.reply_to))
+
+    async def _answer(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
+        try:
+            await self.link.publish_result(result, reply_to)
+        except Exception as exc:
+            log.warning("fleet: result of %r not published: %s", result.id, exc)
 
     # -------------------------------------------------------------------- messages in
 
@@ -475,10 +509,17 @@ class FleetCoordinator:
             self._tasks.spawn(self._check_unheard(key, gather))
 
     async def _check_unheard(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
-        """A neighbour heard an uplink of a device served here: if this gateway does not
-        hear it too within the gathering time, the device goes to the best that did."""
+        """A neighbour heard an uplink of a device served here: if this gateway does not hear
+        it too within the gathering time, that is a miss; after ``MISSES_BEFORE_HANDOVER`` in a
+        row the device goes to the best that heard it."""
         await asyncio.sleep(self.settings.gather_s * 2)
-        if self.me not in gather.receptions:
+        device = key[0]
+        if self.me in gather.receptions or device not in self.serving:
+            return
+        missed = self._missed[device] = self._missed.get(device, 0) + 1
+        if missed >= MISSES_BEFORE_HANDOVER:
+            self._missed.pop(device, None)
+            gather.checked = False
             self._consider_handover(key, gather)
 
     def _on_report(self, topic: str, payload: bytes, _arrival: float) -> None:
@@ -501,9 +542,7 @@ class FleetCoordinator:
         except (ValueError, KeyError, TypeError):
             return
         if status not in ("accepted", "sent") and isinstance(command_id, str):
-            kept = self._commands.get(command_id)
-            if kept is not None and self.topics.device_of(topic) == kept.incoming.device:
-                del self._commands[command_id]
+            self.kept.answered(command_id, self.topics.device_of(topic))
 
     def _gather(self, key: tuple[str, str, str, int]) -> _Gather:
         gather = self._gathers.get(key)

@@ -35,6 +35,9 @@ class FleetGate(Protocol):
     def publishes(self, device: str) -> bool:
         """True if this gateway publishes the device's messages on the fleet topics."""
 
+    def publishes_report(self, device: str, report_id: str) -> bool:
+        """True if this gateway publishes this report of the device on the fleet topics."""
+
     def command_arrived(self, incoming: IncomingCommand) -> bool:
         """A fleet command arrived; True if this gateway's bridge is to take it."""
 
@@ -129,8 +132,10 @@ class FleetLink(MqttUpstream):
         await super().start(on_command)
 
     async def publish_report(self, report: Report) -> None:
-        if self._publishes(report.device, "reports"):
+        if self.gate is None or self.gate.publishes_report(report.device, report.id):
             await super().publish_report(report)
+        else:
+            self.dropped["reports"] += 1
 
     async def publish_event(self, event: DeviceEvent) -> None:
         if self._publishes(event.device, "events"):

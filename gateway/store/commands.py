@@ -199,6 +199,16 @@ class CommandStore:
             self._transition, key, entry, command.deadline - now_mono
         )
 
+    async def forget(self, command: Command) -> None:
+        """Drop a command's state: another gateway of a fleet carries it out and answers it;
+        should it come back here, it is taken as new."""
+        key = (command.origin, command.device, command.id)
+        await self._write_in_commit(
+            self._write,
+            "DELETE FROM command_states WHERE origin = ? AND device = ? AND id = ?",
+            key,
+        )
+
     async def get(self, origin: str, device: str, command_id: str) -> CommandState | None:
         rows = await self._run(
             self._select, "origin = ? AND device = ? AND id = ?", (origin, device, command_id)
