@@ -44,7 +44,7 @@ def test_a_fleet_gateway_without_its_own_broker_is_accepted(tmp_path: Path) -> N
         ("abcd", "", "fleet.key: expected 32 or 64 hex digits (a 128- or 256-bit key)"),
         ("zz" * 16, "", "fleet.key: expected 32 or 64 hex digits (a 128- or 256-bit key)"),
         (KEY_HEX, "gather_s = 5\n", "fleet.broker.gather_s: unknown key"),
-        (KEY_HEX, "topic_prefix = \"x\"\n", "fleet.broker.topic_prefix: the fleet's topics"),
+        (KEY_HEX, 'topic_prefix = "x"\n', "fleet.broker.topic_prefix: the fleet's topics"),
         (KEY_HEX, "keepalive_s = 1\n", "fleet.broker.keepalive_s: must be 5..3600"),
     ],
 )
