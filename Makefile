@@ -13,11 +13,12 @@ NPM_DIR := $(VENV)/node
 MICROPYTHON_STAMP := $(NPM_DIR)/.installed-$(MICROPYTHON_WASM_VERSION)
 PYTEST_ARGS ?=
 
-.PHONY: run test lint format bench bench-deps soak fuzz install system-deps clean help
+.PHONY: run test fleet lint format bench bench-deps soak fuzz install system-deps clean help
 
 help:
 	@echo "make run    - simulated radio world + gateway + private mosquitto, reports shown live"
 	@echo "make test   - install what the tests need, then ruff, import rules and pytest (tests/, hil_tests/)"
+	@echo "make fleet  - the fleet site on mosquitto and on a NATS cluster (docs/FLEET.md)"
 	@echo "make bench  - benchmarks -> docs/PERFORMANCE.md"
 	@echo "make soak   - long fault scenarios;  make fuzz - long parser fuzzing"
 	@echo "make install - install the systemd service on a Raspberry Pi OS machine (root)"
@@ -72,6 +73,11 @@ TEST_WORKERS ?= 2
 
 test: $(STAMP) system-deps $(MICROPYTHON_STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+
+# The fleet site scenarios on mosquitto and on a 3-node NATS cluster (docs/FLEET.md).
+fleet: $(STAMP) system-deps
+	DUOGATE_FLEET_NATS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile -s \
+	  tests/test_fleet_site_mosquitto.py tests/test_fleet_site_nats.py
 
 bench: $(STAMP) system-deps bench-deps
 	$(PY) -m bench.run

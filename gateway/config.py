@@ -441,12 +441,22 @@ class SimSection(Section):
             raise ValueError("node_area must be two corners [[x0, y0], [x1, y1]] in metres")
 
 
+class FleetBrokerSection(MqttSection):
+    """[mqtt]'s keys for the fleet's broker, with defaults that suit a cluster: MQTT 3.1.1
+    (NATS speaks no other), a 10 s keepalive (a silent gateway is noticed sooner), no Home
+    Assistant discovery."""
+
+    protocol: Literal["5", "3.1.1"] = "3.1.1"
+    keepalive_s: Annotated[int, Meta(ge=5, le=3600)] = 10
+    discovery: bool = False
+
+
 class FleetSection(Section):
     """Several gateways on one (clustered) broker serving LoRa nodes as one (docs/FLEET.md)."""
 
     name: Annotated[str, _matching(r"^[A-Za-z0-9_-]{1,64}$")]  # the fleet topics' prefix
     key: Secret  # 32 or 64 hex digits, the same on every gateway of the fleet
-    broker: MqttSection = MqttSection(protocol="3.1.1", keepalive_s=10, discovery=False)
+    broker: FleetBrokerSection = FleetBrokerSection()
     # How long the owner of a device waits for the neighbours' sightings of an uplink before
     # it publishes the report (and decides whether to hand the device over).
     gather_s: Annotated[float, Meta(ge=0.05, le=0.6)] = 0.3

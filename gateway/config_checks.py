@@ -341,6 +341,14 @@ def _fleet_problems(config: Config) -> Iterator[str]:
     yield from (line.replace("mqtt.", "fleet.broker.", 1) for line in _mqtt_problems(fleet.broker))
     if fleet.broker.topic_prefix is not None:
         yield "fleet.broker.topic_prefix: the fleet's topics start with fleet.name"
+    if "." in config.gateway.id:
+        yield (
+            f"gateway.id: in a fleet the id is part of topics and may not hold '.' (a NATS "
+            f"cluster refuses it), got {config.gateway.id!r}"
+        )
+    for name in ("qos_reports", "qos_events", "qos_results"):
+        if getattr(fleet.broker, name) == 2:
+            yield f"fleet.broker.{name}: 0 or 1 (clustered brokers such as NATS refuse QoS 2)"
 
 
 def fleet_key(fleet: FleetSection) -> bytes:

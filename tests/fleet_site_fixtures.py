@@ -13,6 +13,7 @@ the application received.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import random
@@ -47,9 +48,9 @@ WALKED_TO = (560.0, 30.0)  # node 0 walks from beside gw-a to beside gw-b
 POOLS = {"gw-a": 0x0100, "gw-b": 0x0200, "gw-c": 0x0300}
 KILLED = "gw-c"
 MOVE_S, KILL_S, CLUSTER_FAULT_S = 35.0, 55.0, 70.0
-COMMANDS_FROM_S, COMMANDS_UNTIL_S, COMMANDS = 25.0, 85.0, 24
+COMMANDS_FROM_S, COMMANDS_UNTIL_S, COMMANDS = 25.0, 75.0, 24
 COMMAND_TTL_S = 30.0
-END_S, DRAIN_S = 110.0, 15.0
+END_S, DRAIN_S = 110.0, 20.0
 # A node of the killed gateway is served by a neighbour within this bound: its next report
 # (REPORT_INTERVAL_S), retransmissions while nobody acks, the claim (gather + settle).
 FAILOVER_BOUND_S = 2 * REPORT_INTERVAL_S + 10.0
@@ -172,11 +173,15 @@ class Application:
     def __init__(self, port: int) -> None:
         self.messages: list[Received] = []
         self._lock = threading.Lock()
+        # A persistent session that reconnects: a cluster node's death closes connections
+        # on the others for a moment, and what was published meanwhile waits in the session.
         client = paho.Client(
             CallbackAPIVersion.VERSION2,
             client_id=f"app-{uuid.uuid4().hex[:8]}",
             protocol=paho.MQTTv311,
+            clean_session=False,
         )
+        client.reconnect_delay_set(0.2, 2.0)
         subscribed = threading.Event()
         client.on_message = self._on_message
         client.on_subscribe = lambda *_args: subscribed.set()
@@ -203,8 +208,16 @@ class Application:
 
     def command(self, device: str, command_id: str, action: str, params: dict[str, Any]) -> None:
         envelope = {"id": command_id, "action": action, "params": params, "ttl_s": COMMAND_TTL_S}
-        info = self.client.publish(f"{FLEET}/devices/{device}/command", json.dumps(envelope), 1)
-        info.wait_for_publish(10)
+        topic, payload = f"{FLEET}/devices/{device}/command", json.dumps(envelope)
+        deadline = time.monotonic() + 30.0
+        while True:
+            info = self.client.publish(topic, payload, 1)
+            with contextlib.suppress(RuntimeError, ValueError):
+                info.wait_for_publish(10)
+            if info.is_published():
+                return
+            assert time.monotonic() < deadline, f"command {command_id} not taken by the broker"
+            time.sleep(0.5)
 
     def close(self) -> None:
         self.client.loop_stop()
@@ -223,7 +236,10 @@ class Figures:
     acked: int = 0
     published: int = 0
     lost: list[str] = field(default_factory=list)  # acked by a node, never published
-    duplicated: list[str] = field(default_factory=list)  # published more than once
+    duplicated: list[str] = field(default_factory=list)  # published by the gateways twice
+    # The same publication delivered twice (byte for byte: QoS 1 is at least once, and a
+    # broker resends what it had not acknowledged when a connection dropped).
+    redelivered: list[str] = field(default_factory=list)
     commands: Counter[str] = field(default_factory=Counter)  # final status -> count
     command_faults: list[str] = field(default_factory=list)
     walker_joins: int = 0
@@ -240,7 +256,8 @@ class Figures:
             f"fleet site on {self.broker}: {self.nodes} nodes, coverage (gateways: nodes) "
             f"{self.coverage}, {self.reports_made} reports made, {self.acked} acked, "
             f"{self.published} published; lost {len(self.lost)}, duplicated "
-            f"{len(self.duplicated)}; commands {dict(self.commands)}, faults "
+            f"{len(self.duplicated)} (delivered twice by the broker: {len(self.redelivered)}); "
+            f"commands {dict(self.commands)}, faults "
             f"{len(self.command_faults)}; walker joins {self.walker_joins}; "
             f"{len(self.failover_s)} nodes of {KILLED} served again, slowest after "
             f"{worst:.1f} s (bound {FAILOVER_BOUND_S:g} s), {len(self.alone)} out of others' "
@@ -407,11 +424,14 @@ def _figures(
     figures = Figures(broker, len(places), coverage(places, reach), logs=logs)
     reports = [m for m in received if m.topic.endswith("/report")]
     counts = Counter(m.body["id"] for m in reports)
+    bodies = Counter((m.body["id"], json.dumps(m.body, sort_keys=True)) for m in reports)
+    publications = Counter(report_id for report_id, _ in bodies)
     made = {line["report_id"]: line for line in ledger if line["event"] == "report"}
     acked = {line["report_id"] for line in ledger if line["event"] == "acked"}
     figures.reports_made, figures.acked, figures.published = len(made), len(acked), len(counts)
     figures.lost = sorted(acked - set(counts))
-    figures.duplicated = sorted(rid for rid, n in counts.items() if n > 1)
+    figures.duplicated = sorted(rid for rid, n in publications.items() if n > 1)
+    figures.redelivered = sorted({rid for (rid, _), n in bodies.items() if n > 1})
     devices = {line["node"]: line["device"] for line in ledger if "device" in line}
     walker = devices.get(0, "")
     figures.walker_joins = sum(
@@ -434,7 +454,9 @@ def _command_figures(
     commands: dict[str, str],
 ) -> None:
     """Every command has one final result; ``executed`` only if its node ran it, once;
-    ``expired``, ``rejected`` or ``timeout`` only if its node never ran it."""
+    ``expired`` or ``rejected`` only if its node never ran it; ``timeout`` (the outcome is not
+    known: no answer in time, or its gateway went away with it on air) if the node ran it at
+    most once."""
     finals: dict[str, list[str]] = {}
     for message in received:
         if message.topic.endswith("/command/result"):
@@ -454,7 +476,7 @@ def _command_figures(
             continue
         status = statuses[0]
         figures.commands[status] += 1
-        if runs > 1 or (status == "executed") != (runs == 1):
+        if runs > 1 or (status != "timeout" and (status == "executed") != (runs == 1)):
             figures.command_faults.append(f"{command_id} ({device}): {status}, node ran it {runs}x")
 
 

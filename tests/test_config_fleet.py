@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.config import load_config
+
 KEY_HEX = "00112233445566778899aabbccddeeff"
 
 
@@ -17,13 +19,15 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def fleet_file(tmp_path: Path, *, key: str = KEY_HEX, extra: str = "") -> Path:
+def fleet_file(
+    tmp_path: Path, *, key: str = KEY_HEX, extra: str = "", gateway_id: str = "gw-a"
+) -> Path:
     key_file = tmp_path / "fleet.key"
     key_file.write_text(key + "\n")
     path = tmp_path / "gw.toml"
     path.write_text(
         "[sim]\nnodes = 0\n"
-        '[gateway]\nid = "gw-a"\n'
+        f'[gateway]\nid = "{gateway_id}"\n'
         "[join]\naddress_pool_start = 0x0100\naddress_pool_end = 0x01ff\n"
         "[mqtt]\nenabled = false\n"
         f'[fleet]\nname = "farm"\nkey = {{ file = "{key_file}" }}\n'
@@ -38,6 +42,13 @@ def test_a_fleet_gateway_without_its_own_broker_is_accepted(tmp_path: Path) -> N
     assert result.stdout.strip().endswith("ok (gateway gw-a, radio sim)")
 
 
+def test_the_fleet_broker_defaults_suit_a_cluster(tmp_path: Path) -> None:
+    config = load_config(fleet_file(tmp_path))
+    assert config.fleet is not None
+    broker = config.fleet.broker
+    assert (broker.protocol, broker.keepalive_s, broker.discovery) == ("3.1.1", 10, False)
+
+
 @pytest.mark.parametrize(
     ("key", "extra", "line"),
     [
@@ -46,6 +57,7 @@ def test_a_fleet_gateway_without_its_own_broker_is_accepted(tmp_path: Path) -> N
         (KEY_HEX, "gather_s = 5\n", "fleet.broker.gather_s: unknown key"),
         (KEY_HEX, 'topic_prefix = "x"\n', "fleet.broker.topic_prefix: the fleet's topics"),
         (KEY_HEX, "keepalive_s = 1\n", "fleet.broker.keepalive_s: must be 5..3600"),
+        (KEY_HEX, "qos_reports = 2\n", "fleet.broker.qos_reports: 0 or 1"),
     ],
 )
 def test_check_config_and_run_refuse_a_bad_fleet_alike(
@@ -78,3 +90,11 @@ def test_a_fleet_without_a_name_or_key_is_refused(tmp_path: Path) -> None:
     result = run_cli("check-config", str(path))
     assert result.returncode == 2
     assert "fleet.name" in result.stderr and "fleet.key" in result.stderr, result.stderr
+
+
+def test_a_gateway_id_that_a_nats_topic_cannot_hold_is_refused_in_a_fleet(tmp_path: Path) -> None:
+    result = run_cli("check-config", str(fleet_file(tmp_path, gateway_id="gw.a")))
+    assert result.returncode == 2
+    assert result.stderr.startswith("gateway.id: in a fleet the id is part of topics"), (
+        result.stderr
+    )

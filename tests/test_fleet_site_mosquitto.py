@@ -10,6 +10,8 @@ import pytest
 from tests.fleet_site_fixtures import FAILOVER_BOUND_S, KILLED, Figures, play_site
 from tests.servers import Mosquitto
 
+pytestmark = pytest.mark.timeout(400)  # the site plays out in the first test's fixture
+
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Figures]:
@@ -25,7 +27,6 @@ def figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Figures]:
     yield played
 
 
-@pytest.mark.timeout(400)
 def test_no_report_acked_on_air_is_lost_and_none_is_published_twice(figures: Figures) -> None:
     assert figures.acked > 5 * figures.nodes, figures.explain()
     assert figures.lost == [], figures.explain()

@@ -53,7 +53,9 @@ GATHERS_KEPT = 4096
 MISSES_BEFORE_HANDOVER = 2
 RECORD_CHECK_S = 5.0  # how often downlink reservations of served devices are shared
 KEEP_COMMANDS_MARGIN_S = 60.0
-UNANSWERED_MARGIN_S = 10.0  # past a kept command's deadline and answer time, before it counts
+# A kept command whose device's owner is offline this long past the command's deadline (and
+# nobody took the device) has no outcome anybody can learn.
+UNANSWERED_MARGIN_S = 10.0
 OWNER_OFFLINE = "owner_offline"  # fleet commands are kept this long past the longest time to live
 
 
@@ -79,7 +81,6 @@ class FleetCoordinator:
         *,
         keep_commands_s: float,
         policy: ExpiryPolicy | None = None,
-        node_answer_timeout_s: float = 30.0,
         owns_locally: Callable[[str], bool] = lambda device: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -92,7 +93,7 @@ class FleetCoordinator:
         self._mono = monotonic
         self.kept = KeptCommands(
             keep_s=keep_commands_s,
-            answer_s=node_answer_timeout_s + UNANSWERED_MARGIN_S,
+            answer_s=UNANSWERED_MARGIN_S,
             policy=policy or ExpiryPolicy(),
             monotonic=monotonic,
         )
@@ -105,6 +106,7 @@ class FleetCoordinator:
         self._gathers: OrderedDict[tuple[str, str, str, int], _Gather] = OrderedDict()
         self._heard: dict[str, deque[tuple[ReportReceived, RxPacket, str]]] = {}
         self._claiming: set[str] = set()
+        self._unshared: set[str] = set()  # devices whose record did not reach the broker
         self._missed: dict[str, int] = {}  # served devices: uplinks heard only elsewhere in a row
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -151,7 +153,6 @@ class FleetCoordinator:
             link,
             keep_commands_s=config.commands.max_ttl_s + KEEP_COMMANDS_MARGIN_S,
             policy=ExpiryPolicy.from_config(config.commands),
-            node_answer_timeout_s=config.commands.node_answer_timeout_s,
             owns_locally=owns_locally,
         )
         lora.use_fleet(coordinator, command_ref)
@@ -203,6 +204,9 @@ class FleetCoordinator:
     # -------------------------------------------------------------------- FleetRole (LoRa)
 
     async def join_heard(self, device: str, request: str, packet: RxPacket) -> bool:
+        if not self.link.synced:
+            # Cut off from the fleet: another gateway may answer it too. The node asks again.
+            return False
         reception = Reception(self.me, packet.rssi, packet.snr)
         sighting = Sighting(device, "join", request, 0, reception)
         gather = self._gather(sighting.key())
@@ -272,8 +276,8 @@ class FleetCoordinator:
 
     def _consider_handover(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
         device = key[0]
-        if gather.checked or device not in self.serving:
-            return
+        if gather.checked or device not in self.serving or not self.link.synced:
+            return  # cut off from the fleet, a hand-over would reach nobody
         gather.checked = True
         own = gather.receptions.get(self.me)
         others = [r for g, r in gather.receptions.items() if g != self.me and self.alive.get(g)]
@@ -312,6 +316,8 @@ class FleetCoordinator:
             record = self.records.get(device)
             if record is None or self.alive.get(record.owner, False) or device in self.serving:
                 return
+            if not self.link.synced:
+                return  # cut off from the fleet: a claim would not meet its rivals
             gather = self._gathers.get(key)
             heard = gather.receptions if gather is not None else {}
             alive = [r for g, r in heard.items() if self.alive.get(g)]
@@ -323,7 +329,12 @@ class FleetCoordinator:
             )
             self.counters["claims"] += 1
             await asyncio.sleep(self.settings.claim_settle_s)
-            if self.records.get(device) is claim:
+            if self.records.get(device) is claim and device in self._unshared:
+                # Not on the broker yet: served when it comes back from there (_on_record);
+                # should it never get there, a later uplink claims again.
+                self._unshared.discard(device)
+                self.records[device] = record
+            elif self.records.get(device) is claim:
                 self._serve(device, claim, f"took {device} over from {record.owner}")
         finally:
             self._claiming.discard(device)
@@ -363,23 +374,37 @@ class FleetCoordinator:
             self.lora.adopt(lease)
         record = SessionRecord(device, owner, epoch, lease, floor)
         self.records[device] = record
-        topic = self.topics.session(device)
-        payload = self._seal.seal(topic, encode_record(record))
-        self._tasks.spawn(self._publish(topic, payload, retain=True))
+        self._share(device)
         return record
+
+    def _share(self, device: str) -> None:
+        topic = self.topics.session(device)
+        payload = self._seal.seal(topic, encode_record(self.records[device]))
+        self._unshared.add(device)
+        self._tasks.spawn(self._publish(topic, payload, retain=True, shared=device))
+
+    def _share_again(self) -> None:
+        """Records that did not reach the broker (it was away) are published again."""
+        for device in list(self._unshared):
+            if device in self.records:
+                self._share(device)
 
     def _send_sighting(self, sighting: Sighting) -> None:
         topic = self.topics.sightings(sighting.device)
         payload = self._seal.seal(topic, encode_sighting(sighting))
         self._tasks.spawn(self._publish(topic, payload, retain=False, qos=0))
 
-    async def _publish(self, topic: str, payload: bytes, *, retain: bool, qos: int = 1) -> None:
-        # Records are retained: one published while the broker is away is published again
-        # by _share_reservations once the link is back (it compares with what it shared).
+    async def _publish(
+        self, topic: str, payload: bytes, *, retain: bool, qos: int = 1, shared: str = ""
+    ) -> None:
         try:
             await self.link.publish_raw(topic, payload, qos, retain=retain)
+            self._unshared.discard(shared)
         except Exception as exc:
-            if qos:
+            if shared:
+                self._unshared.add(shared)  # published again when the link is back
+                log.info("fleet: %s not published yet: %s", topic, exc)
+            elif qos:
                 log.warning("fleet: %s not published: %s", topic, exc)
             self.counters["not_published"] += 1
 
@@ -389,6 +414,7 @@ class FleetCoordinator:
         while True:
             await asyncio.sleep(RECORD_CHECK_S)
             self._answer_abandoned()
+            self._share_again()
             for device in list(self.serving):
                 record = self.records.get(device)
                 lease = self.lora.session_record(device)
@@ -423,6 +449,7 @@ class FleetCoordinator:
     # -------------------------------------------------------------------- messages in
 
     async def _on_link_ready(self) -> None:
+        self._share_again()
         self._sync_marker = secrets.token_bytes(8)
         topic = self.topics.sync(self.me)
         await self._publish(topic, self._seal.seal(topic, self._sync_marker), retain=False)
