@@ -76,8 +76,8 @@ test: $(STAMP) system-deps $(MICROPYTHON_STAMP) lint
 
 # The fleet site scenarios on mosquitto and on a 3-node NATS cluster (docs/FLEET.md).
 fleet: $(STAMP) system-deps
-	DUOGATE_FLEET_NATS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -n 2 --dist loadfile -s \
-	  tests/test_fleet_site_mosquitto.py tests/test_fleet_site_nats.py
+	DUOGATE_FLEET_NATS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -s \
+	  tests/test_fleet_site.py
 
 bench: $(STAMP) system-deps bench-deps
 	$(PY) -m bench.run

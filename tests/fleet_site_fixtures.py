@@ -48,9 +48,9 @@ WALKED_TO = (560.0, 30.0)  # node 0 walks from beside gw-a to beside gw-b
 POOLS = {"gw-a": 0x0100, "gw-b": 0x0200, "gw-c": 0x0300}
 KILLED = "gw-c"
 MOVE_S, KILL_S, CLUSTER_FAULT_S = 35.0, 55.0, 70.0
-COMMANDS_FROM_S, COMMANDS_UNTIL_S, COMMANDS = 25.0, 75.0, 24
+COMMANDS_FROM_S, COMMANDS_UNTIL_S, COMMANDS = 25.0, 65.0, 24
 COMMAND_TTL_S = 30.0
-END_S, DRAIN_S = 110.0, 20.0
+END_S, DRAIN_S = 95.0, 20.0
 # A node of the killed gateway is served by a neighbour within this bound: its next report
 # (REPORT_INTERVAL_S), retransmissions while nobody acks, the claim (gather + settle).
 FAILOVER_BOUND_S = 2 * REPORT_INTERVAL_S + 10.0

@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from drivers.radio.base import RxPacket
 from gateway.config import Config, FleetSection
@@ -45,6 +45,7 @@ from gateway.protocol.session import ReportReceived
 from gateway.tasks import TaskSet
 
 log = logging.getLogger("duogate.fleet")
+T = TypeVar("T")
 
 HEARD_KEPT_PER_DEVICE = 8  # uplinks heard here of a device served elsewhere
 GATHERS_KEPT = 4096
@@ -455,7 +456,7 @@ class FleetCoordinator:
         await self._publish(topic, self._seal.seal(topic, self._sync_marker), retain=False)
 
     def _on_sync(self, topic: str, payload: bytes, _arrival: float) -> None:
-        if self._open(topic, payload) == self._sync_marker and not self.link.synced:
+        if self._open(topic, payload, bytes) == self._sync_marker and not self.link.synced:
             self.link.synced = True
             log.info(
                 "fleet: %d device records read, %d gateways alive; serving",
@@ -463,9 +464,10 @@ class FleetCoordinator:
                 sum(self.alive.values()),
             )
 
-    def _open(self, topic: str, payload: bytes) -> bytes | None:
+    def _open(self, topic: str, payload: bytes, decode: Callable[[bytes], T]) -> T | None:
+        """Unseal and decode a fleet message; None (counted, logged) if it is not one."""
         try:
-            return self._seal.open(topic, payload)
+            return decode(self._seal.open(topic, payload))
         except FleetMessageRejected as exc:
             self.counters["rejected_messages"] += 1
             log.warning("fleet: message on %s refused: %s", topic, exc)
@@ -474,14 +476,8 @@ class FleetCoordinator:
     def _on_record(self, topic: str, payload: bytes, _arrival: float) -> None:
         if not payload:
             return
-        plain = self._open(topic, payload)
-        if plain is None:
-            return
-        try:
-            record = decode_record(plain)
-        except FleetMessageRejected as exc:
-            self.counters["rejected_messages"] += 1
-            log.warning("fleet: record on %s refused: %s", topic, exc)
+        record = self._open(topic, payload, decode_record)
+        if record is None:
             return
         if self.topics.device_of(topic) != record.device or record.lease.eui != _eui(record.device):
             self.counters["rejected_messages"] += 1
@@ -515,14 +511,8 @@ class FleetCoordinator:
         )
 
     def _on_sighting(self, topic: str, payload: bytes, _arrival: float) -> None:
-        plain = self._open(topic, payload)
-        if plain is None:
-            return
-        try:
-            sighting = decode_sighting(plain)
-        except FleetMessageRejected as exc:
-            self.counters["rejected_messages"] += 1
-            log.warning("fleet: sighting on %s refused: %s", topic, exc)
+        sighting = self._open(topic, payload, decode_sighting)
+        if sighting is None:
             return
         gateway = sighting.reception.gateway
         if gateway == self.me or self.topics.device_of(topic) != sighting.device:
