@@ -176,8 +176,11 @@ class FleetCoordinator:
         return device in self.serving
 
     def publishes_report(self, device: str, report_id: str) -> bool:
-        """A report is published by the device's owner, and by a former owner up to the floor
-        it handed the device over at (the report that decided it, and any still queued)."""
+        """A report is published by the device's owner; by a former owner up to the floor it
+        handed the device over at (the report that decided it, and any still queued); and by
+        the gateway that acked it in a session the fleet has since replaced (two gateways
+        answered one join request: the node kept one session, the records chose the other, and
+        only this gateway has the reports of its session)."""
         if self.publishes(device):
             return True
         record = self.records.get(device)
@@ -186,7 +189,9 @@ class FleetCoordinator:
             number = int(counter)
         except ValueError:
             return False
-        return record is not None and record.session == session and number <= record.floor
+        if record is None or record.session != session:
+            return True
+        return number <= record.floor
 
     def command_arrived(self, incoming: IncomingCommand) -> bool:
         device = incoming.device
@@ -195,7 +200,10 @@ class FleetCoordinator:
         if device not in self.records:
             return self._first_alive() == self.me
         self.kept.keep(incoming)
-        return device in self.serving
+        if device in self.serving:
+            return True
+        log.info("fleet: a command for %s kept (served by %s)", device, self.records[device].owner)
+        return False
 
     def _first_alive(self) -> str:
         """The gateway that answers a fleet command for a LoRa device nobody has a session
