@@ -138,15 +138,18 @@ class ReadyListener:
                 self.sock.recv(4096)
 
     async def wait_ready(self, child: Child) -> None:
-        loop = asyncio.get_running_loop()
+        # Polled, not awaited under a timeout: a timeout that fires as a datagram arrives
+        # would cancel the read that took it, and READY=1 would be lost.
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
             assert child.proc is not None and child.proc.poll() is None, child.tail()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    message = await loop.sock_recv(self.sock, 4096)
-                    if "READY=1" in message.decode(errors="replace").splitlines():
-                        return
+            try:
+                message = self.sock.recv(4096)
+            except BlockingIOError:
+                await asyncio.sleep(0.02)
+                continue
+            if "READY=1" in message.decode(errors="replace").splitlines():
+                return
         raise AssertionError(f"no READY=1 in {READY_TIMEOUT_S:g} s\n{child.tail()}")
 
     def close(self) -> None:

@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from drivers.sim.node import SimNode
+from gateway.daemon import Gateway
 from gateway.model import lora_device_id
 from gateway.protocol.fleet import FleetSeal, encode_record
 from tests.bridge_fixtures import MqttWatcher
-from tests.fleet_fixtures import FLEET, FLEET_KEY_HEX, site, until
+from tests.fleet_fixtures import FLEET, FLEET_KEY_HEX, Site, site, until
 from tests.servers import Mosquitto
 
 A_POOL, B_POOL = 0x0100, 0x0200
@@ -48,6 +50,19 @@ def reports(watcher: MqttWatcher, device: str | None = None) -> list[dict[str, A
             if device is None or body["device"] == device:
                 found.append(body)
     return found
+
+
+async def node_served_by_a(
+    s: Site, watcher: MqttWatcher, eui: int, x: float, *, b_x: float, published: int
+) -> tuple[Gateway, Gateway, SimNode]:
+    """gw-a at 0 m, gw-b at ``b_x``, a node at ``x`` served by gw-a with ``published`` reports
+    on the fleet topics."""
+    a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
+    b = await s.gateway("gw-b", b_x, pool_start=B_POOL)
+    node = s.node(eui, x)
+    await until(lambda: node.device_id in a.fleet.serving, 30, "the node served by gw-a")
+    await until(lambda: len(reports(watcher, node.device_id)) >= published, 30, "its reports")
+    return a, b, node
 
 
 def duplicated(watcher: MqttWatcher) -> list[str]:
@@ -97,12 +112,10 @@ async def test_a_node_moving_away_is_handed_over_without_loss_or_duplicates(
     tmp_path: Path, broker: Mosquitto, watcher: MqttWatcher
 ) -> None:
     async with site(tmp_path, broker.port) as s:
-        a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
-        b = await s.gateway("gw-b", 600.0, pool_start=B_POOL)
-        roamer = s.node(0x0016C0F100000011, 50.0)
+        a, b, roamer = await node_served_by_a(
+            s, watcher, 0x0016C0F100000011, 50.0, b_x=600.0, published=3
+        )
         device = roamer.device_id
-        await until(lambda: device in a.fleet.serving, 30, "the roamer served by gw-a")
-        await until(lambda: len(reports(watcher, device)) >= 3, 30, "three reports")
         s.move(roamer, 560.0)
         await until(lambda: device in b.fleet.serving, 40, "the roamer served by gw-b")
         settled = roamer.stats.acks_received
@@ -154,12 +167,10 @@ async def test_devices_of_a_gateway_that_goes_away_are_served_by_a_neighbour(
     tmp_path: Path, broker: Mosquitto, watcher: MqttWatcher
 ) -> None:
     async with site(tmp_path, broker.port) as s:
-        a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
-        b = await s.gateway("gw-b", 450.0, pool_start=B_POOL)
-        node = s.node(0x0016C0F100000031, 150.0)
+        a, b, node = await node_served_by_a(
+            s, watcher, 0x0016C0F100000031, 150.0, b_x=450.0, published=3
+        )
         device = node.device_id
-        await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
-        await until(lambda: len(reports(watcher, device)) >= 3, 30, "three reports")
         await s.stop_gateway("gw-a")
         await until(lambda: device in b.fleet.serving, 30, "taken over by gw-b")
         acked = node.stats.acks_received
@@ -179,12 +190,10 @@ async def test_a_command_waiting_at_the_old_owner_is_carried_out_by_the_new_one(
     tmp_path: Path, broker: Mosquitto, watcher: MqttWatcher
 ) -> None:
     async with site(tmp_path, broker.port) as s:
-        a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
-        b = await s.gateway("gw-b", 600.0, pool_start=B_POOL)
-        node = s.node(0x0016C0F100000041, 50.0)
+        _, b, node = await node_served_by_a(
+            s, watcher, 0x0016C0F100000041, 50.0, b_x=600.0, published=2
+        )
         device = node.device_id
-        await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
-        await until(lambda: len(reports(watcher, device)) >= 2, 30, "two reports")
         s.move(node, 580.0)  # out of gw-a's reach: the command waits there
         command_id = f"c-{uuid.uuid4().hex[:8]}"
         envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": 60}
@@ -205,12 +214,10 @@ async def test_a_command_left_by_a_gateway_that_went_away_is_executed_once(
     tmp_path: Path, broker: Mosquitto, watcher: MqttWatcher
 ) -> None:
     async with site(tmp_path, broker.port) as s:
-        a = await s.gateway("gw-a", 0.0, pool_start=A_POOL)
-        b = await s.gateway("gw-b", 450.0, pool_start=B_POOL)
-        node = s.node(0x0016C0F100000051, 150.0)
+        a, b, node = await node_served_by_a(
+            s, watcher, 0x0016C0F100000051, 150.0, b_x=450.0, published=2
+        )
         device = node.device_id
-        await until(lambda: device in a.fleet.serving, 30, "served by gw-a")
-        await until(lambda: len(reports(watcher, device)) >= 2, 30, "two reports")
         command_id = f"c-{uuid.uuid4().hex[:8]}"
         envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": 60}
         watcher.publish(f"{FLEET}/devices/{device}/command", json.dumps(envelope))

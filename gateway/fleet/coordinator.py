@@ -238,7 +238,9 @@ class FleetCoordinator:
         epoch = before.epoch + 1 if before is not None else 1
         self._floors[device] = -1
         self._publish_record(device, self.me, epoch, floor=-1)
-        self.serving.add(device)
+        if device not in self.serving:
+            self.serving.add(device)
+            self._deliver_kept(device)  # a node that rejoined here after it moved
 
     def uplink_heard(self, uplink: Uplink, session: str, packet: RxPacket) -> bool:
         device = uplink.device_id
@@ -358,6 +360,10 @@ class FleetCoordinator:
         for report, packet, session in self._heard.pop(device, ()):
             if session == record.session and report.counter > self._floors[device]:
                 self._tasks.spawn(self.lora.store_report(report, packet))
+        self._deliver_kept(device)
+
+    def _deliver_kept(self, device: str) -> None:
+        """Carry out the fleet's commands for ``device`` that have no outcome yet."""
         for incoming in self.kept.open_for(device):
             self._tasks.spawn(self.link.deliver(incoming))
 
