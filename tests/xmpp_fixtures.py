@@ -93,6 +93,11 @@ class Peer:
     async def connect(self) -> Peer:
         self.client.connect(self.server.host, self.server.port)
         await asyncio.wait_for(self.online.wait(), 10)
+        # A round trip after the initial presence: the server handles a stream's stanzas in
+        # order, so once it answers, it takes this peer as available and delivers to it
+        # (before, a message sent at once could go to offline storage instead).
+        disco = self.client.plugin["xep_0030"]
+        await disco.get_info(jid=self.client.boundjid.domain, timeout=10)
         return self
 
     async def close(self) -> None:
