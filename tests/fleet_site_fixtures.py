@@ -202,6 +202,29 @@ class Application:
         with self._lock:
             self.messages.append(Received(message.topic, body, time.monotonic()))
 
+    def wait_heard_from(self, ports: set[int], timeout: float = 30.0) -> None:
+        """Publish a probe through each port until this application receives it: on a cluster
+        a subscription reaches the other nodes a moment after its SUBACK."""
+        for port in sorted(ports):
+            probe = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=f"probe-{uuid.uuid4().hex[:8]}",
+                protocol=paho.MQTTv311,
+            )
+            probe.connect("127.0.0.1", port, keepalive=30)
+            probe.loop_start()
+            try:
+                deadline = time.monotonic() + timeout
+                marker = f"probe-{port}"
+                while not any(m.body.get("probe") == marker for m in self.snapshot()):
+                    assert time.monotonic() < deadline, f"application hears nothing via {port}"
+                    payload = json.dumps({"probe": marker})
+                    probe.publish(f"{FLEET}/devices/{marker}/report", payload, 1)
+                    time.sleep(0.5)
+            finally:
+                probe.loop_stop()
+                probe.disconnect()
+
     def snapshot(self) -> list[Received]:
         with self._lock:
             return list(self.messages)
@@ -335,6 +358,7 @@ def play_site(
         processes[name] = Process(name, ["run", "--config", str(path)], workdir)
     world = Process("sim", ["sim", "--config", str(world_path)], workdir)
     app = Application(app_port)
+    app.wait_heard_from(set(broker_ports.values()))
     ledger_path = workdir / "ledger.jsonl"
     commands: dict[str, str] = {}  # command id -> device
     killed_at = math.nan
@@ -408,7 +432,11 @@ def _sleep_until(at: float, world: Process, processes: dict[str, Process]) -> No
 
 
 def _reporting_devices(app: Application) -> set[str]:
-    return {m.body["device"] for m in app.snapshot() if m.topic.endswith("/report")}
+    return {
+        m.body["device"]
+        for m in app.snapshot()
+        if m.topic.endswith("/report") and "probe" not in m.body
+    }
 
 
 def _figures(
@@ -422,7 +450,7 @@ def _figures(
     logs: dict[str, str],
 ) -> Figures:
     figures = Figures(broker, len(places), coverage(places, reach), logs=logs)
-    reports = [m for m in received if m.topic.endswith("/report")]
+    reports = [m for m in received if m.topic.endswith("/report") and "probe" not in m.body]
     counts = Counter(m.body["id"] for m in reports)
     bodies = Counter((m.body["id"], json.dumps(m.body, sort_keys=True)) for m in reports)
     publications = Counter(report_id for report_id, _ in bodies)
