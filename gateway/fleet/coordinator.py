@@ -493,7 +493,9 @@ class FleetCoordinator:
         record = self._open(topic, payload, decode_record)
         if record is None:
             return
-        if self.topics.device_of(topic) != record.device or record.lease.eui != _eui(record.device):
+        if self.topics.device_of(topic) != record.device or record.device != lora_device_id(
+            record.lease.eui
+        ):
             self.counters["rejected_messages"] += 1
             log.warning("fleet: record on %s names another device", topic)
             return
@@ -582,13 +584,3 @@ class FleetCoordinator:
             while len(self._gathers) > GATHERS_KEPT:
                 self._gathers.popitem(last=False)
         return gather
-
-
-def _eui(device: str) -> int | None:
-    if not device.startswith("lora-"):
-        return None
-    try:
-        eui = int(device[5:], 16)
-    except ValueError:
-        return None
-    return eui if lora_device_id(eui) == device else None

@@ -143,7 +143,9 @@ class FleetLink(MqttUpstream):
 
     async def publish_result(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
         if result.detail == SERVED_ELSEWHERE or (
-            result.detail == RESTART_DETAIL and not self._publishes(result.device, "results")
+            result.detail == RESTART_DETAIL
+            and self.gate is not None
+            and not self.gate.publishes(result.device)
         ):
             self.dropped["results"] += 1  # the device's new owner answers it
             return
