@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace nats-server
+APT_PACKAGES := mosquitto mosquitto-clients prosody ejabberd chromium strace
 # Node.js runs MicroPython's WebAssembly port in the tests; installed only when node or npm is
 # missing (a Node.js from elsewhere often brings its own npm and refuses Debian's).
 NODE_APT_PACKAGES := nodejs npm
@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 
 system-deps:
 	@missing=""; \
-	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace nats-server node npm; do \
+	for bin in mosquitto prosody ejabberdctl mosquitto_sub chromium strace node npm; do \
 	  command -v $$bin >/dev/null 2>&1 || [ -x /usr/sbin/$$bin ] || missing="$$missing $$bin"; \
 	done; \
 	node_packages=""; \
@@ -40,7 +40,7 @@ system-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing$$missing via apt-get"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES) $$node_packages >/dev/null; \
-	    for svc in mosquitto prosody ejabberd nats-server; do \
+	    for svc in mosquitto prosody ejabberd; do \
 	      (service $$svc stop || true) >/dev/null 2>&1; \
 	    done; \
 	  else \
@@ -76,8 +76,7 @@ test: $(STAMP) system-deps $(MICROPYTHON_STAMP) lint
 
 # The fleet site scenarios on mosquitto and on a 3-node NATS cluster (docs/FLEET.md).
 fleet: $(STAMP) system-deps
-	DUOGATE_FLEET_NATS=1 $(VENV)/bin/pytest -q -p no:cacheprovider -s \
-	  tests/test_fleet_site.py
+	$(VENV)/bin/pytest -q -p no:cacheprovider -s tests/test_fleet_site.py tests/test_fleet_site_nats.py
 
 bench: $(STAMP) system-deps bench-deps
 	$(PY) -m bench.run

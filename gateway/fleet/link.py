@@ -134,8 +134,10 @@ class FleetLink(MqttUpstream):
     async def publish_report(self, report: Report) -> None:
         if self.gate is None or self.gate.publishes_report(report.device, report.id):
             await super().publish_report(report)
+            log.debug("fleet: report %s published", report.id)
         else:
             self.dropped["reports"] += 1
+            log.debug("fleet: report %s left to its owner", report.id)
 
     async def publish_event(self, event: DeviceEvent) -> None:
         if self._publishes(event.device, "events"):
