@@ -68,8 +68,9 @@ format: $(STAMP)
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-# Two workers: most scenarios wait on radio time and servers, not on the CPU.
-TEST_WORKERS ?= 2
+# Three workers on two cores: the scenarios mostly wait on radio time and servers (a whole
+# run keeps about half a core busy).
+TEST_WORKERS ?= 3
 
 test: $(STAMP) system-deps $(MICROPYTHON_STAMP) lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
