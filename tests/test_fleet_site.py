@@ -34,7 +34,9 @@ def on_mosquitto(workdir: Path) -> Figures:
 
 @pytest.fixture(scope="module")
 def figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Figures]:
-    played = on_mosquitto(tmp_path_factory.mktemp("fleet-mosquitto"))
+    workdir = tmp_path_factory.mktemp("fleet-mosquitto")
+    played = on_mosquitto(workdir)
+    (workdir / "figures.txt").write_text(played.line() + "\n")
     print(played.line())
     yield played
 

