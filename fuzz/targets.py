@@ -111,7 +111,8 @@ def air_frames(data: bytes) -> None:
             unsigned = phy[:2] + crypto.eui_bytes(EUI) + phy[10:18]
             _receive(net, _with_tag(unsigned, crypto.join_key(ROOT_KEY, EUI)))
         elif mode == 3:  # the node's side: a downlink with a valid tag
-            frames.decode(_with_tag(phy, net.node.keys.integrity), net.node.keys)
+            node = NodeSession.from_json(EUI, ROOT_KEY, net.node.to_json())
+            node.open_downlink(_with_tag(phy, net.node.keys.integrity))
         else:  # the node's side: a join answer with a valid tag
             key = JoinAnswerKey(crypto.join_key(ROOT_KEY, EUI), EUI, DEV_NONCE)
             signed = crypto.eui_bytes(EUI) + DEV_NONCE + phy

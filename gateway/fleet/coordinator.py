@@ -53,11 +53,11 @@ GATHERS_KEPT = 4096
 # the owner did not (one may just have collided here).
 MISSES_BEFORE_HANDOVER = 2
 RECORD_CHECK_S = 5.0  # how often downlink reservations of served devices are shared
-KEEP_COMMANDS_MARGIN_S = 60.0
+KEEP_COMMANDS_MARGIN_S = 60.0  # fleet commands are kept this long past the longest time to live
 # A kept command whose device's owner is offline this long past the command's deadline (and
 # nobody took the device) has no outcome anybody can learn.
 UNANSWERED_MARGIN_S = 10.0
-OWNER_OFFLINE = "owner_offline"  # fleet commands are kept this long past the longest time to live
+OWNER_OFFLINE = "owner_offline"
 
 
 @dataclass

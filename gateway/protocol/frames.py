@@ -596,4 +596,6 @@ def decode(phy: bytes, key: FrameKey) -> Frame:
         return decode_session(phy, key)
     if isinstance(key, JoinAnswerKey):
         return decode_join_answer(phy, key)
-    return decode_join_request(phy, key)
+    if isinstance(key, bytes):
+        return decode_join_request(phy, key)
+    raise TypeError(f"no frame family has a {type(key).__name__} key")
