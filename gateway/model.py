@@ -127,7 +127,9 @@ class IncomingCommand:
     expiry (MQTT 5 Message Expiry Interval, XEP-0079) when one was given. ``reply_to`` is
     what the upstream needs to route the result back (response topic, correlation data, IQ).
     ``size_bytes`` is the length of the message as it arrived, when ``body`` was decoded from
-    it, so the envelope check can refuse an oversized command (``too_large``).
+    it, so the envelope check can refuse an oversized command (``too_large``). ``carried``:
+    the command may have reached its node through another gateway of the fleet already (see
+    ``Command.carried``).
     """
 
     origin: str
@@ -137,11 +139,18 @@ class IncomingCommand:
     expiry_s: float | None = None
     reply_to: dict[str, Any] = field(default_factory=dict)
     size_bytes: int | None = None
+    carried: bool = False
 
 
 @dataclass(frozen=True, slots=True)
 class Command:
-    """A validated command. ``deadline`` is on the monotonic clock (``time.monotonic()``)."""
+    """A validated command. ``deadline`` is on the monotonic clock (``time.monotonic()``).
+
+    ``carried``: another gateway of the fleet served the device when the command arrived and
+    may have sent it on air; past its deadline it is not expired here but its node is asked
+    (a downlink with no time left: the node answers with what it did, or ``expired`` and never
+    runs it).
+    """
 
     id: str
     device: str
@@ -150,6 +159,7 @@ class Command:
     deadline: float
     origin: str  # name of the upstream it came from: "mqtt", "xmpp", "console", "web"
     reply_to: dict[str, Any] = field(default_factory=dict)  # upstream-specific return address
+    carried: bool = False
 
     def seconds_left(self, now: float) -> float:
         return self.deadline - now

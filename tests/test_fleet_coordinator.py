@@ -3,6 +3,7 @@ gateway that goes away, commands on the fleet topic (tests/fleet_fixtures.py).""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections import Counter
@@ -22,6 +23,7 @@ from tests.fleet_fixtures import FLEET, FLEET_KEY_HEX, Site, site, until
 from tests.servers import Mosquitto
 
 A_POOL, B_POOL = 0x0100, 0x0200
+LIVE = ("accepted", "sent")  # statuses a command has before its final one
 
 
 @pytest.fixture
@@ -232,6 +234,52 @@ async def test_a_command_left_by_a_gateway_that_went_away_is_executed_once(
         )
         assert len(final) == 1
         assert [c.action for c in node.executed] == ["relay"], "executed once"
+
+
+async def test_a_command_run_through_a_gateway_that_died_is_asked_about_after_its_deadline(
+    tmp_path: Path, broker: Mosquitto, watcher: MqttWatcher
+) -> None:
+    """gw-a sends a command, the node runs it and walks out of every gateway's reach before
+    its result gets through, gw-a dies; the node comes back beside gw-b after the command's
+    deadline. gw-b does not call it expired: it asks the node (no time left to run it) and
+    publishes what the node did."""
+    async with site(tmp_path, broker.port) as s:
+        _, b, node = await node_served_by_a(
+            s, watcher, 0x0016C0F100000071, 150.0, b_x=450.0, published=2
+        )
+        device = node.device_id
+        run = node.runner.execute
+
+        def run_then_walk_away(command: Any) -> tuple[int, str | None]:
+            s.move(node, 3000.0)  # out of every gateway's reach: its result is heard by none
+            return run(command)
+
+        node.runner.execute = run_then_walk_away
+        command_id = f"c-{uuid.uuid4().hex[:8]}"
+        ttl_s = 6.0
+        envelope = {"id": command_id, "action": "relay", "params": {"on": True}, "ttl_s": ttl_s}
+        watcher.publish(f"{FLEET}/devices/{device}/command", json.dumps(envelope))
+        published_at = asyncio.get_running_loop().time()
+        await until(lambda: node.executed, 20, "the command run by the node")
+        await s.stop_gateway("gw-a")
+        await asyncio.sleep(
+            max(0.0, published_at + ttl_s + 1.0 - asyncio.get_running_loop().time())
+        )
+        assert not [r for r in results(watcher, command_id) if r["status"] not in LIVE]
+        s.move(node, 430.0)
+        final = await until(
+            lambda: [r for r in results(watcher, command_id) if r["status"] not in LIVE],
+            30,
+            "the command's outcome from gw-b",
+        )
+        assert [r["status"] for r in final] == ["executed"], final
+        assert [c.action for c in node.executed] == ["relay"], "executed once"
+        asked = [
+            f.body
+            for f in b.lora.state.frames.recent()
+            if f.node == device and isinstance(f.body, dict) and f.body.get("command") == "relay"
+        ]
+        assert asked and all(body["ttl_ds"] == 0 for body in asked), asked
 
 
 async def test_records_and_sightings_forged_on_the_broker_move_nothing(

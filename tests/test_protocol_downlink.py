@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -198,6 +199,30 @@ def test_a_command_never_sent_expires_in_the_queue_at_its_deadline() -> None:
         ResolveCommand(pending, CommandStatus.EXPIRED, "expired_in_queue")
     ]
     assert gateway.scheduler.queued(DEVICE) == 0
+
+
+def test_a_carried_command_past_its_deadline_asks_the_node_instead_of_expiring() -> None:
+    gateway = Gateway()
+    pending = replace(command(40.0, "relay", on=True), carried=True)
+    assert gateway.queue(pending)[-1] == WakeAt(40.0 + ANSWER_TIMEOUT_S)
+    assert gateway.scheduler.timer_due(40.0) == [WakeAt(40.0 + ANSWER_TIMEOUT_S)]  # not expired
+    (tx,) = gateway.report(rx_done=50.0)  # past the deadline
+    downlink = gateway.node.open_downlink(tx.frame)
+    assert downlink.command is not None and downlink.command.ttl_ds == 0
+    assert only(gateway.scheduler.transmitted(tx, 0.1, tx.at), CommandSent) == [
+        CommandSent(pending)
+    ]
+    actions = gateway.answer(0, rx_done=55.0, status=ResultCode.EXECUTED)  # from its memory
+    assert actions[0] == ResolveCommand(pending, CommandStatus.EXECUTED, "pong")
+
+
+def test_a_carried_command_whose_node_is_never_heard_ends_in_timeout_not_expired() -> None:
+    gateway = Gateway()
+    pending = replace(command(40.0), carried=True)
+    gateway.queue(pending)
+    assert gateway.scheduler.timer_due(40.0 + ANSWER_TIMEOUT_S) == [
+        ResolveCommand(pending, CommandStatus.TIMEOUT, "no_answer_from_node")
+    ]
 
 
 def test_a_command_out_of_time_by_its_window_expires_in_the_queue() -> None:

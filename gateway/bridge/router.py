@@ -135,7 +135,7 @@ class CommandRouter:
 
     async def _run(self, command: Command) -> None:
         reason = expiry.check(command, self._mono(), stage=expiry.Stage.ARRIVAL)
-        if reason is not None:
+        if reason is not None and not command.carried:  # a carried one: its node is asked
             await self._finish(command, CommandStatus.EXPIRED, reason)
             return
         await self._progress(command, CommandStatus.ACCEPTED, None)

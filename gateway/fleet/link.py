@@ -154,9 +154,11 @@ class FleetLink(MqttUpstream):
         await super().publish_result(result, reply_to)
 
     async def deliver(self, incoming: IncomingCommand) -> None:
-        """Hand a command kept for a device that came to this gateway to the bridge."""
+        """Hand a command kept for a device that came to this gateway to the bridge (its
+        previous gateway may have sent it on air: ``carried``)."""
         if self._on_command is not None:
-            await super()._hand_over(incoming, self._on_command)
+            carried = dataclasses.replace(incoming, carried=True)
+            await super()._hand_over(carried, self._on_command)
 
     def _publishes(self, device: str, kind: str) -> bool:
         if self.gate is None or self.gate.publishes(device):

@@ -162,11 +162,13 @@ class _Queued:
 
     def due_at(self, answer_timeout_s: float) -> float:
         """When the command ends unless answered: expired at its deadline if never sent,
-        else ``timeout`` a while after it (the node may still answer)."""
+        else ``timeout`` a while after it (the node may still answer). A carried command
+        (``Command.carried``) never sent here waits that while too: its node is asked once it
+        is heard."""
         deadline = self.command.deadline
-        if self.sent_at is None:
+        if self.sent_at is None and not self.command.carried:
             return deadline
-        return max(deadline, self.sent_at) + answer_timeout_s
+        return max(deadline, self.sent_at or deadline) + answer_timeout_s
 
 
 @dataclass(slots=True)
@@ -277,7 +279,7 @@ class DownlinkScheduler:
                 if now < entry.due_at(timeout) - TIMER_SLACK_S:
                     continue
                 self._remove(entry)
-                if entry.sent_at is None:
+                if entry.sent_at is None and not entry.command.carried:
                     reason = expiry.EXPIRED_REASONS[expiry.Stage.QUEUE]
                     actions.append(ResolveCommand(entry.command, CommandStatus.EXPIRED, reason))
                 else:
@@ -383,6 +385,9 @@ class DownlinkScheduler:
             if reason is None:
                 left = command.deadline - window - airtime
                 return DownlinkCommand.from_seconds(entry.ref, command.action, command.params, left)
+            if command.carried and entry.sent_at is None:
+                # Perhaps run through another gateway: ask, with no time left to run it.
+                return DownlinkCommand(entry.ref, command.action, command.params, ttl_ds=0)
             # A command sent already is not sent again once out of time: its outcome is the
             # node's answer or, failing that, ``timeout``.
             if entry.sent_at is None:

@@ -185,6 +185,7 @@ def validate(
         deadline=deadline,
         origin=incoming.origin,
         reply_to=incoming.reply_to,
+        carried=incoming.carried,
     )
 
 
