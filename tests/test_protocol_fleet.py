@@ -7,6 +7,7 @@ import pytest
 from gateway.protocol.fleet import (
     FleetMessageRejected,
     FleetSeal,
+    Gatherings,
     Reception,
     SessionRecord,
     Sighting,
@@ -16,6 +17,7 @@ from gateway.protocol.fleet import (
     decode_sighting,
     encode_record,
     encode_sighting,
+    former_owner_publishes,
     handover_target,
 )
 from gateway.protocol.join import LeaseRecord
@@ -126,3 +128,23 @@ def test_a_command_has_the_same_reference_everywhere_and_skips_waiting_ones() ->
     assert 0 <= ref <= 0xFFFF
     assert command_ref("lora-01", "c-2") != ref
     assert command_ref("lora-01", "c-1", taken={ref}) == (ref + 1) % 0x10000
+
+
+def test_a_former_owner_publishes_up_to_the_floor_and_any_report_of_another_session() -> None:
+    moved = record(owner="gw-b", epoch=2, floor=7)
+    device, session = moved.device, moved.session
+    assert former_owner_publishes(moved, f"{device}:{session}:7")
+    assert not former_owner_publishes(moved, f"{device}:{session}:8")
+    assert former_owner_publishes(moved, f"{device}:0123456789abcdef:8")  # its own session
+    assert former_owner_publishes(None, f"{device}:{session}:8")  # no record: nobody else has it
+    assert not former_owner_publishes(moved, "not a report id")
+
+
+def test_gatherings_keep_the_latest_and_begin_one_on_first_use() -> None:
+    gatherings = Gatherings(kept=2)
+    first = gatherings.of(("d", "uplink", "s", 1))
+    first.receptions["gw-a"] = Reception("gw-a", -90.0, 5.0)
+    assert gatherings.of(("d", "uplink", "s", 1)) is first
+    gatherings.of(("d", "uplink", "s", 2))
+    gatherings.of(("d", "uplink", "s", 3))
+    assert len(gatherings) == 2 and gatherings.get(("d", "uplink", "s", 1)) is None

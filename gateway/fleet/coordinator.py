@@ -12,43 +12,47 @@ import json
 import logging
 import secrets
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from drivers.radio.base import RxPacket
 from gateway.config import Config, FleetSection
 from gateway.config_checks import fleet_key
+from gateway.fleet.commands import FleetCommands
 from gateway.fleet.kept_commands import KeptCommands
 from gateway.fleet.link import FleetLink
 from gateway.fleet.role import Uplink
 from gateway.lora import LoraNetwork
-from gateway.model import CommandResult, CommandStatus, IncomingCommand, lora_device_id
+from gateway.model import IncomingCommand, lora_device_id
 from gateway.protocol.expiry import ExpiryPolicy
 from gateway.protocol.fleet import (
     FleetMessageRejected,
     FleetSeal,
+    Gather,
+    Gatherings,
     Reception,
     SessionRecord,
     Sighting,
+    UplinkKey,
     best_placed,
     command_ref,
     decode_record,
     decode_sighting,
     encode_record,
     encode_sighting,
+    former_owner_publishes,
     handover_target,
 )
 from gateway.protocol.join import DOWNLINK_RESERVATION
-from gateway.protocol.session import ReportReceived
+from gateway.protocol.session import ReportReceived, split_report_id
 from gateway.tasks import TaskSet
 
 log = logging.getLogger("duogate.fleet")
 T = TypeVar("T")
 
 HEARD_KEPT_PER_DEVICE = 8  # uplinks heard here of a device served elsewhere
-GATHERS_KEPT = 4096
 # An owner hands a device over when a neighbour heard this many of its uplinks in a row that
 # the owner did not (one may just have collided here).
 MISSES_BEFORE_HANDOVER = 2
@@ -57,15 +61,6 @@ KEEP_COMMANDS_MARGIN_S = 60.0  # fleet commands are kept this long past the long
 # A kept command whose device's owner is offline this long past the command's deadline (and
 # nobody took the device) has no outcome anybody can learn.
 UNANSWERED_MARGIN_S = 10.0
-OWNER_OFFLINE = "owner_offline"
-
-
-@dataclass
-class _Gather:
-    """Receptions of one uplink (or join request) by the gateways of the fleet."""
-
-    receptions: dict[str, Reception] = field(default_factory=dict)
-    checked: bool = False  # the owner looked whether to hand the device over
 
 
 class FleetCoordinator:
@@ -92,19 +87,12 @@ class FleetCoordinator:
         self.topics = link.topics
         self._seal = FleetSeal(key)
         self._mono = monotonic
-        self.kept = KeptCommands(
-            keep_s=keep_commands_s,
-            answer_s=UNANSWERED_MARGIN_S,
-            policy=policy or ExpiryPolicy(),
-            monotonic=monotonic,
-        )
-        self._owns_locally = owns_locally
         self.records: dict[str, SessionRecord] = {}
         self.alive: dict[str, bool] = {}
         self.serving: set[str] = set()
         self._floors: dict[str, int] = {}
         self._published: dict[str, tuple[str, int]] = {}  # device -> (session, highest counter)
-        self._gathers: OrderedDict[tuple[str, str, str, int], _Gather] = OrderedDict()
+        self._gathers = Gatherings()
         self._heard: dict[str, deque[tuple[ReportReceived, RxPacket, str]]] = {}
         self._claiming: set[str] = set()
         self._unshared: set[str] = set()  # devices whose record did not reach the broker
@@ -122,13 +110,20 @@ class FleetCoordinator:
         )
         self._tasks = TaskSet(log, "fleet: task failed")
         self._check_task: asyncio.Task[None] | None = None
+        kept = KeptCommands(
+            keep_s=keep_commands_s,
+            answer_s=UNANSWERED_MARGIN_S,
+            policy=policy or ExpiryPolicy(),
+            monotonic=monotonic,
+        )
+        self.commands = FleetCommands(self, link, kept, self._tasks, owns_locally=owns_locally)
         link.gate = self
         topics = self.topics
         link.subscribe_extra(topics.all_sessions, self._on_record, 1, retained=True)
         link.subscribe_extra(topics.all_status, self._on_status, 1, retained=True)
         link.subscribe_extra(topics.all_sightings, self._on_sighting, 0)
         link.subscribe_extra(topics.all_reports, self._on_report, 1)
-        link.subscribe_extra(topics.all_results, self._on_result, 1)
+        link.subscribe_extra(topics.all_results, self.commands.on_result, 1)
         # Subscribed last: the marker comes back after the retained records sent before it.
         link.subscribe_extra(topics.sync(gateway), self._on_sync, 1)
         link.add_ready_listener(self._on_link_ready)
@@ -176,39 +171,12 @@ class FleetCoordinator:
         return device in self.serving
 
     def publishes_report(self, device: str, report_id: str) -> bool:
-        """A report is published by the device's owner; by a former owner up to the floor it
-        handed the device over at (the report that decided it, and any still queued); and by
-        the gateway that acked it in a session the fleet has since replaced (two gateways
-        answered one join request: the node kept one session, the records chose the other, and
-        only this gateway has the reports of its session)."""
-        if self.publishes(device):
-            return True
-        record = self.records.get(device)
-        try:
-            _, session, counter = report_id.rsplit(":", 2)
-            number = int(counter)
-        except ValueError:
-            return False
-        if record is None or record.session != session:
-            return True
-        return number <= record.floor
+        """A report is published by the device's owner, or by a former one
+        (``former_owner_publishes``)."""
+        return self.publishes(device) or former_owner_publishes(self.records.get(device), report_id)
 
     def command_arrived(self, incoming: IncomingCommand) -> bool:
-        device = incoming.device
-        if not device.startswith("lora-"):
-            return self._owns_locally(device)  # a Modbus or BLE device: the gateway that has it
-        if device not in self.records:
-            return self._first_alive() == self.me
-        self.kept.keep(incoming)
-        if device in self.serving:
-            return True
-        log.info("fleet: a command for %s kept (served by %s)", device, self.records[device].owner)
-        return False
-
-    def _first_alive(self) -> str:
-        """The gateway that answers a fleet command for a LoRa device nobody has a session
-        of (``rejected``, ``device_not_joined``): one for the whole fleet."""
-        return min(gateway for gateway, alive in self.alive.items() if alive)
+        return self.commands.arrived(incoming)
 
     # -------------------------------------------------------------------- FleetRole (LoRa)
 
@@ -218,7 +186,7 @@ class FleetCoordinator:
             return False
         reception = Reception(self.me, packet.rssi, packet.snr)
         sighting = Sighting(device, "join", request, 0, reception)
-        gather = self._gather(sighting.key())
+        gather = self._gathers.of(sighting.key())
         gather.receptions[self.me] = reception
         self._send_sighting(sighting)
         record = self.records.get(device)
@@ -240,13 +208,13 @@ class FleetCoordinator:
         self._publish_record(device, self.me, epoch, floor=-1)
         if device not in self.serving:
             self.serving.add(device)
-            self._deliver_kept(device)  # a node that rejoined here after it moved
+            self.commands.deliver_kept(device)  # a node that rejoined here after it moved
 
     def uplink_heard(self, uplink: Uplink, session: str, packet: RxPacket) -> bool:
         device = uplink.device_id
         reception = Reception(self.me, packet.rssi, packet.snr)
         sighting = Sighting(device, "uplink", session, uplink.counter, reception)
-        gather = self._gather(sighting.key())
+        gather = self._gathers.of(sighting.key())
         gather.receptions[self.me] = reception
         if device in self.serving:
             self._missed.pop(device, None)
@@ -271,7 +239,7 @@ class FleetCoordinator:
         self, uplink: Uplink, session: str, packet: RxPacket, latest: float | None
     ) -> list[dict[str, Any]]:
         key = (uplink.device_id, "uplink", session, uplink.counter)
-        gather = self._gather(key)
+        gather = self._gathers.of(key)
         wait = self.settings.gather_s
         if latest is not None:
             wait = min(wait, latest - self._mono() - 0.05)
@@ -285,7 +253,7 @@ class FleetCoordinator:
 
     # -------------------------------------------------------------------- ownership moves
 
-    def _consider_handover(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
+    def _consider_handover(self, key: UplinkKey, gather: Gather) -> None:
         device = key[0]
         if gather.checked or device not in self.serving or not self.link.synced:
             return  # cut off from the fleet, a hand-over would reach nobody
@@ -318,7 +286,7 @@ class FleetCoordinator:
         self.counters["handed_over"] += 1
         log.info("fleet: %s handed over to %s (%s)", device, target, why)
 
-    async def _maybe_claim(self, device: str, key: tuple[str, str, str, int]) -> None:
+    async def _maybe_claim(self, device: str, key: UplinkKey) -> None:
         """The owner of ``device`` is offline: the best placed of the gateways that heard
         this uplink claims it, and serves it if no better claim arrives meanwhile."""
         self._claiming.add(device)
@@ -360,12 +328,7 @@ class FleetCoordinator:
         for report, packet, session in self._heard.pop(device, ()):
             if session == record.session and report.counter > self._floors[device]:
                 self._tasks.spawn(self.lora.store_report(report, packet))
-        self._deliver_kept(device)
-
-    def _deliver_kept(self, device: str) -> None:
-        """Carry out the fleet's commands for ``device`` that have no outcome yet."""
-        for incoming in self.kept.open_for(device):
-            self._tasks.spawn(self.link.deliver(incoming))
+        self.commands.deliver_kept(device)
 
     def _published_in(self, record: SessionRecord) -> int:
         published = self._published.get(record.device)
@@ -428,7 +391,7 @@ class FleetCoordinator:
         gateway taking it over never repeats a downlink counter."""
         while True:
             await asyncio.sleep(RECORD_CHECK_S)
-            self._answer_abandoned()
+            self.commands.answer_abandoned()
             self._share_again()
             for device in list(self.serving):
                 record = self.records.get(device)
@@ -437,29 +400,6 @@ class FleetCoordinator:
                     continue
                 if lease.dl_reserved > record.lease.dl_reserved:
                     self._publish_record(device, self.me, record.epoch + 1, floor=record.floor)
-
-    def _answer_abandoned(self) -> None:
-        """A kept command whose device's owner went offline without an outcome is answered
-        ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
-        the first online one by name."""
-        for kept in self.kept.take_due():
-            device = kept.incoming.device
-            record = self.records.get(device)
-            if record is None or self.alive.get(record.owner, False):
-                continue  # its owner answers it
-            if self._first_alive() != self.me:
-                continue
-            result = CommandResult(
-                kept.command_id, device, CommandStatus.TIMEOUT, time.time(), OWNER_OFFLINE
-            )
-            log.info("command %r for %s: %s, no outcome", kept.command_id, device, OWNER_OFFLINE)
-            self._tasks.spawn(self._answer(result, kept.incoming.reply_to))
-
-    async def _answer(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
-        try:
-            await self.link.publish_result(result, reply_to)
-        except Exception as exc:
-            log.warning("fleet: result of %r not published: %s", result.id, exc)
 
     # -------------------------------------------------------------------- messages in
 
@@ -535,13 +475,13 @@ class FleetCoordinator:
             return
         self.alive.setdefault(gateway, True)
         key = sighting.key()
-        gather = self._gather(key)
+        gather = self._gathers.of(key)
         gather.receptions[gateway] = sighting.reception
         served = sighting.kind == "uplink" and sighting.device in self.serving
         if served and self.me not in gather.receptions:
             self._tasks.spawn(self._check_unheard(key, gather))
 
-    async def _check_unheard(self, key: tuple[str, str, str, int], gather: _Gather) -> None:
+    async def _check_unheard(self, key: UplinkKey, gather: Gather) -> None:
         """A neighbour heard an uplink of a device served here: if this gateway does not hear
         it too within the gathering time, that is a miss; after ``MISSES_BEFORE_HANDOVER`` in a
         row the device goes to the best that heard it."""
@@ -557,30 +497,12 @@ class FleetCoordinator:
 
     def _on_report(self, topic: str, payload: bytes, _arrival: float) -> None:
         try:
-            report_id = json.loads(payload)["id"]
-            device, session, counter = str(report_id).rsplit(":", 2)
-            number = int(counter)
+            parts = split_report_id(str(json.loads(payload)["id"]))
         except (ValueError, KeyError, TypeError):
             return
-        if self.topics.device_of(topic) != device:
+        if parts is None or self.topics.device_of(topic) != parts[0]:
             return
+        device, session, number = parts
         seen = self._published.get(device)
         if seen is None or seen[0] != session or seen[1] < number:
             self._published[device] = (session, number)
-
-    def _on_result(self, topic: str, payload: bytes, _arrival: float) -> None:
-        try:
-            result = json.loads(payload)
-            command_id, status = result["id"], result["status"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if status not in ("accepted", "sent") and isinstance(command_id, str):
-            self.kept.answered(command_id, self.topics.device_of(topic))
-
-    def _gather(self, key: tuple[str, str, str, int]) -> _Gather:
-        gather = self._gathers.get(key)
-        if gather is None:
-            gather = self._gathers[key] = _Gather()
-            while len(self._gathers) > GATHERS_KEPT:
-                self._gathers.popitem(last=False)
-        return gather

@@ -28,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import cbor2
@@ -37,6 +38,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.protocol.join import LeaseRecord
+from gateway.protocol.session import split_report_id
 
 SEAL_VERSION = 1
 NONCE_LEN = 12
@@ -250,3 +252,52 @@ def command_ref(device: str, command_id: str, taken: Iterable[int] = ()) -> int:
     while ref in used:
         ref = (ref + 1) % 0x10000
     return ref
+
+
+def former_owner_publishes(record: SessionRecord | None, report_id: str) -> bool:
+    """Whether a gateway that does not serve the device now publishes this report: up to the
+    floor of the record that moved the device away (the report that decided it, and any
+    still queued); and any report of a session other than the record's (two gateways
+    answered one join request: the node kept one session, the records chose the other, and
+    only the gateway that acked them has the reports of its session)."""
+    parts = split_report_id(report_id)
+    if parts is None:
+        return False
+    _, session, counter = parts
+    if record is None or record.session != session:
+        return True
+    return counter <= record.floor
+
+
+UplinkKey = tuple[str, str, str, int]  # device, "uplink" or "join", session, counter
+
+
+@dataclass
+class Gather:
+    """Receptions of one uplink (or join request) by the gateways of the fleet."""
+
+    receptions: dict[str, Reception] = field(default_factory=dict)
+    checked: bool = False  # the owner looked whether to hand the device over
+
+
+class Gatherings:
+    """The receptions of the latest ``kept`` uplinks and join requests; the oldest go."""
+
+    def __init__(self, kept: int = 4096) -> None:
+        self._gathers: OrderedDict[UplinkKey, Gather] = OrderedDict()
+        self._kept = kept
+
+    def __len__(self) -> int:
+        return len(self._gathers)
+
+    def get(self, key: UplinkKey) -> Gather | None:
+        return self._gathers.get(key)
+
+    def of(self, key: UplinkKey) -> Gather:
+        """The gathering of ``key``, begun if there is none."""
+        gather = self._gathers.get(key)
+        if gather is None:
+            gather = self._gathers[key] = Gather()
+            while len(self._gathers) > self._kept:
+                self._gathers.popitem(last=False)
+        return gather

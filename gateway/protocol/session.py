@@ -62,6 +62,15 @@ def report_id(device_id: str, session_id: str, counter: int) -> str:
     return f"{device_id}:{session_id}:{counter}"
 
 
+def split_report_id(text: str) -> tuple[str, str, int] | None:
+    """Device, session and counter of a ``report_id``; None if ``text`` is not one."""
+    try:
+        device_id, session_id, counter = text.rsplit(":", 2)
+        return device_id, session_id, int(counter)
+    except ValueError:
+        return None
+
+
 def verify_uplink(
     lease: Lease, phy: bytes, header: Header, now: float, recent_limit: int = 16
 ) -> tuple[SessionFrame, bool]:
