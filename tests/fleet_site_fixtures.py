@@ -285,6 +285,7 @@ class Figures:
     duplicated: list[str] = field(default_factory=list)  # published by the gateways twice
     unknown: list[str] = field(default_factory=list)  # published, never made by a node
     lost_to_app_only: list[str] = field(default_factory=list)  # another listener had them
+    results_to_others: dict[str, list[str]] = field(default_factory=dict)  # faulty commands
     # The same publication delivered twice (byte for byte: QoS 1 is at least once, and a
     # broker resends what it had not acknowledged when a connection dropped).
     redelivered: list[str] = field(default_factory=list)
@@ -321,8 +322,10 @@ class Figures:
             f"{self.line()}\nlost {self.lost[:10]}\ndup {self.duplicated[:10]}\n"
             f"published but never made {self.unknown[:10]}\n"
             f"lost but received by another listener {self.lost_to_app_only[:10]}\n"
+            f"results other listeners received of faulty commands {self.results_to_others}\n"
             f"commands {self.command_faults}\norphans {self.orphans}\n"
-            f"{self.story(self.lost[:3] + self.slow()[:2] + self.orphans[:2])}{tail}"
+            f"{self.story(self.lost[:3] + self.slow()[:2] + self.orphans[:2])}"
+            f"{self.command_stories()}{tail}"
         )
 
     def with_watchers(self, heard: list[list[Received]]) -> Figures:
@@ -330,6 +333,11 @@ class Figures:
         to the application, not by the gateways)."""
         ids = {m.body.get("id") for received in heard for m in received}
         self.lost_to_app_only = [rid for rid in self.lost if rid in ids]
+        faulty = {fault.split(" ", 1)[0] for fault in self.command_faults}
+        for message in (m for received in heard for m in received):
+            if message.topic.endswith("/command/result") and message.body.get("id") in faulty:
+                told = self.results_to_others.setdefault(message.body["id"], [])
+                told.append(str(message.body.get("status")))
         return self
 
     def slow(self) -> list[str]:
@@ -347,6 +355,24 @@ class Figures:
                 if device in line
             ]
             told.append(f"--- about {device}\n" + "\n".join(lines[:60]) + "\n")
+        return "".join(told)
+
+    def command_stories(self) -> str:
+        """What every process logged about the faulty commands and their devices."""
+        told = []
+        for fault in self.command_faults[:3]:
+            command_id, device = fault.split(" ", 1)[0], fault.split("(", 1)[1].split(")")[0]
+            lines = sorted(
+                (line[:8], f"{name}: {line}")
+                for name, log in self.logs.items()
+                for line in log.splitlines()
+                if command_id in line or (device in line and " DEBUG " not in line)
+            )
+            told.append(
+                f"--- about {command_id} for {device}\n"
+                + "\n".join(told_line for _, told_line in lines[-80:])
+                + "\n"
+            )
         return "".join(told)
 
 

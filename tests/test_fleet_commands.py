@@ -1,13 +1,15 @@
 """FleetCommands on its own: which gateway's bridge takes a fleet command, what is kept, and
 who answers a kept command whose device's owner went offline (a FleetLink that is not
-connected: nothing here needs the broker)."""
+connected, or connected to a real mosquitto where the answer has to reach the broker)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,7 +22,9 @@ from gateway.protocol.expiry import ExpiryPolicy
 from gateway.protocol.fleet import SessionRecord
 from gateway.protocol.join import LeaseRecord
 from gateway.tasks import TaskSet
-from tests.fleet_fixtures import FLEET, FLEET_KEY_HEX, gateway_settings
+from tests.bridge_fixtures import MqttWatcher
+from tests.fleet_fixtures import FLEET, FLEET_KEY_HEX, gateway_settings, until
+from tests.servers import Mosquitto
 
 DEVICE = "lora-0016c0f100000001"
 
@@ -45,11 +49,14 @@ def owned_by(owner: str) -> SessionRecord:
     return SessionRecord(DEVICE, owner, 1, lease, -1)
 
 
-def fleet_commands(tmp_path: Path, owners: Owners, clock: Clock) -> FleetCommands:
+def fleet_commands(
+    tmp_path: Path, owners: Owners, clock: Clock, broker_port: int = 1
+) -> FleetCommands:
     tmp_path.mkdir(parents=True, exist_ok=True)
     key_file = tmp_path / "fleet.key"
     key_file.write_text(FLEET_KEY_HEX + "\n")
-    config = parse_config(gateway_settings(owners.me, tmp_path / "data", 1, key_file, 0x0100))
+    settings = gateway_settings(owners.me, tmp_path / "data", broker_port, key_file, 0x0100)
+    config = parse_config(settings)
     assert config.fleet is not None
     link = FleetLink(config, config.fleet)
     kept = KeptCommands(keep_s=120.0, answer_s=10.0, policy=ExpiryPolicy(), monotonic=clock)
@@ -101,19 +108,114 @@ async def test_a_final_result_on_the_fleet_topic_ends_the_keeping(tmp_path: Path
     assert keeper.kept.open_for(DEVICE) == []
 
 
-@pytest.mark.parametrize(("me", "answers"), [("gw-b", True), ("gw-c", False)])
+def answers(watcher: MqttWatcher) -> list[dict[str, Any]]:
+    return [m.json() for m in watcher.on(f"{FLEET}/devices/{DEVICE}/command/result")]
+
+
+async def settled(commands: FleetCommands) -> None:
+    """Let the answers spawned by ``answer_abandoned`` finish."""
+    while len(commands._tasks):
+        await asyncio.sleep(0.01)
+
+
 async def test_a_kept_command_of_an_offline_owner_is_answered_once_by_the_first_alive(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, me: str, answers: bool
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
 ) -> None:
     clock = Clock()
     alive = {"gw-a": False, "gw-b": True, "gw-c": True}
-    keeper = fleet_commands(tmp_path, Owners(me, {DEVICE: owned_by("gw-a")}, alive), clock)
+    keepers = {
+        me: fleet_commands(
+            tmp_path / me, Owners(me, {DEVICE: owned_by("gw-a")}, alive), clock, mosquitto.port
+        )
+        for me in ("gw-b", "gw-c")
+    }
+    watcher = MqttWatcher(mosquitto, (f"{FLEET}/devices/+/command/result",))
+    watcher.connect()
+    for keeper in keepers.values():
+        await keeper.link.start(lambda incoming: asyncio.sleep(0))
+        assert await keeper.link.wait_connected(10.0)
+        keeper.link.synced = True  # as its coordinator marks it once the records are read
+        keeper.arrived(command(clock, ttl_s=30.0))
+    try:
+        clock.now += 30.0 + 9.0  # within the margin after the deadline
+        for keeper in keepers.values():
+            keeper.answer_abandoned()
+            await settled(keeper)
+        clock.now += 2.0
+        with caplog.at_level(logging.INFO, logger="duogate.fleet"):
+            for _ in range(3):
+                for keeper in keepers.values():
+                    keeper.answer_abandoned()
+                    await settled(keeper)
+        results = await until(lambda: answers(watcher), 10.0, "the answer")
+        assert [(r["status"], r["detail"]) for r in results] == [("timeout", "owner_offline")]
+        assert "'c1' for lora-0016c0f100000001: owner_offline" in caplog.text
+        assert len(keepers["gw-b"].kept) == 0
+        await until(lambda: not keepers["gw-c"].kept, 10.0, "gw-c saw the answer")
+        await asyncio.sleep(0.5)
+        assert len(answers(watcher)) == 1
+    finally:
+        watcher.drop()
+        for keeper in keepers.values():
+            await keeper.link.stop()
+
+
+async def test_an_answer_not_published_is_tried_again_at_the_next_check(
+    tmp_path: Path, mosquitto: Mosquitto, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = Clock()
+    alive = {"gw-a": False, "gw-b": True}
+    keeper = fleet_commands(
+        tmp_path, Owners("gw-b", {DEVICE: owned_by("gw-a")}, alive), clock, mosquitto.port
+    )
     keeper.arrived(command(clock, ttl_s=30.0))
-    clock.now += 30.0 + 9.0
-    keeper.answer_abandoned()
-    assert "owner_offline" not in caplog.text  # within the margin after the deadline
-    clock.now += 2.0
+    clock.now += 30.0 + 11.0 + 120.0  # past the time it is kept for: kept, to be answered
     with caplog.at_level(logging.INFO, logger="duogate.fleet"):
+        keeper.answer_abandoned()  # not connected yet
+        await settled(keeper)
+    assert "result of 'c1' not published yet: not connected" in caplog.text
+    assert len(keeper.kept) == 1
+    watcher = MqttWatcher(mosquitto, (f"{FLEET}/devices/+/command/result",))
+    watcher.connect()
+    await keeper.link.start(lambda incoming: asyncio.sleep(0))
+    try:
+        assert await keeper.link.wait_connected(10.0)
+        keeper.link.synced = True  # as its coordinator marks it once the records are read
         keeper.answer_abandoned()
-    assert ("'c1' for lora-0016c0f100000001: owner_offline" in caplog.text) is answers
-    assert keeper.kept.open_for(DEVICE) == []
+        await settled(keeper)
+        results = await until(lambda: answers(watcher), 10.0, "the answer")
+        assert [(r["status"], r["detail"]) for r in results] == [("timeout", "owner_offline")]
+        assert len(keeper.kept) == 0
+    finally:
+        watcher.drop()
+        await keeper.link.stop()
+
+
+async def test_the_next_gateway_answers_when_the_first_one_went_away(tmp_path: Path) -> None:
+    clock = Clock()
+    alive = {"gw-a": False, "gw-b": True, "gw-c": True}
+    keeper = fleet_commands(tmp_path, Owners("gw-c", {DEVICE: owned_by("gw-a")}, alive), clock)
+    keeper.arrived(command(clock, ttl_s=30.0))
+    clock.now += 30.0 + 11.0
+    keeper.answer_abandoned()  # gw-b answers it: gw-c keeps it until that shows
+    assert len(keeper.kept) == 1 and not keeper._answering
+    alive["gw-b"] = False
+    keeper.answer_abandoned()  # gw-c is the first online now (its link is down: kept)
+    assert keeper._answering == {"c1"}
+    await settled(keeper)
+    assert len(keeper.kept) == 1
+
+
+async def test_a_kept_command_whose_owner_answers_is_dropped_after_its_time(
+    tmp_path: Path,
+) -> None:
+    clock = Clock()
+    alive = {"gw-a": True, "gw-b": True}
+    keeper = fleet_commands(tmp_path, Owners("gw-b", {DEVICE: owned_by("gw-a")}, alive), clock)
+    keeper.arrived(command(clock, ttl_s=30.0))
+    clock.now += 30.0 + 11.0
+    keeper.answer_abandoned()
+    assert len(keeper.kept) == 1  # should its owner go away before it answers
+    clock.now += 120.0
+    keeper.answer_abandoned()
+    assert len(keeper.kept) == 0 and not keeper._answering

@@ -8,9 +8,9 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
-from gateway.fleet.kept_commands import KeptCommands
+from gateway.fleet.kept_commands import KeptCommand, KeptCommands
 from gateway.fleet.link import FleetLink
 from gateway.model import CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol.fleet import SessionRecord
@@ -45,6 +45,8 @@ class FleetCommands:
         self.kept = kept
         self._tasks = tasks
         self._owns_locally = owns_locally
+        self._answering: set[str] = set()  # kept commands whose answer is being published
+        link.subscribe_extra(link.topics.all_results, self.on_result, 1)
 
     def arrived(self, incoming: IncomingCommand) -> bool:
         """A fleet command arrived; True if this gateway's bridge is to take it."""
@@ -74,19 +76,22 @@ class FleetCommands:
     def answer_abandoned(self) -> None:
         """A kept command whose device's owner went offline without an outcome is answered
         ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
-        the first online one by name."""
-        for kept in self.kept.take_due():
+        the first online one by name, which keeps it until the answer is published (tried
+        again at the next call). The others keep it until that answer shows on the fleet
+        topic or its time is over: should the answering gateway go away first, the next one
+        answers."""
+        for kept in self.kept.due():
             device = kept.incoming.device
             record = self.owners.records.get(device)
-            if record is None or self.owners.alive.get(record.owner, False):
-                continue  # its owner answers it
-            if self.first_alive() != self.owners.me:
+            owner_gone = record is not None and not self.owners.alive.get(record.owner, False)
+            if not owner_gone or self.first_alive() != self.owners.me:
+                if self.kept.over(kept):
+                    self.kept.drop(kept.command_id)
+                continue  # its owner answers it, or the first gateway online does
+            if kept.command_id in self._answering:
                 continue
-            result = CommandResult(
-                kept.command_id, device, CommandStatus.TIMEOUT, time.time(), OWNER_OFFLINE
-            )
-            log.info("command %r for %s: %s, no outcome", kept.command_id, device, OWNER_OFFLINE)
-            self._tasks.spawn(self._answer(result, kept.incoming.reply_to))
+            self._answering.add(kept.command_id)
+            self._tasks.spawn(self._answer(kept))
 
     def on_result(self, topic: str, payload: bytes, _arrival: float) -> None:
         """A result on the fleet topic: a final one ends the keeping of its command."""
@@ -98,8 +103,17 @@ class FleetCommands:
         if status not in ("accepted", "sent") and isinstance(command_id, str):
             self.kept.answered(command_id, self.link.topics.device_of(topic))
 
-    async def _answer(self, result: CommandResult, reply_to: dict[str, Any]) -> None:
+    async def _answer(self, kept: KeptCommand) -> None:
+        device, command_id = kept.incoming.device, kept.command_id
+        result = CommandResult(
+            command_id, device, CommandStatus.TIMEOUT, time.time(), OWNER_OFFLINE
+        )
         try:
-            await self.link.publish_result(result, reply_to)
+            await self.link.publish_result(result, kept.incoming.reply_to)
         except Exception as exc:
-            log.warning("fleet: result of %r not published: %s", result.id, exc)
+            log.info("fleet: result of %r not published yet: %s", command_id, exc)
+            return
+        finally:
+            self._answering.discard(command_id)
+        self.kept.drop(command_id)
+        log.info("command %r for %s: %s, no outcome", command_id, device, OWNER_OFFLINE)

@@ -123,7 +123,6 @@ class FleetCoordinator:
         link.subscribe_extra(topics.all_status, self._on_status, 1, retained=True)
         link.subscribe_extra(topics.all_sightings, self._on_sighting, 0)
         link.subscribe_extra(topics.all_reports, self._on_report, 1)
-        link.subscribe_extra(topics.all_results, self.commands.on_result, 1)
         # Subscribed last: the marker comes back after the retained records sent before it.
         link.subscribe_extra(topics.sync(gateway), self._on_sync, 1)
         link.add_ready_listener(self._on_link_ready)

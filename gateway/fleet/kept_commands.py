@@ -19,7 +19,7 @@ COMMANDS_KEPT = 10_000
 class KeptCommand:
     incoming: IncomingCommand
     command_id: str
-    until: float  # monotonic: dropped after, whatever happened
+    until: float  # monotonic: dropped after, unless this gateway is to answer it
     answer_by: float  # monotonic: its deadline and the node's time to answer have passed
 
 
@@ -82,10 +82,14 @@ class KeptCommands:
             if k.incoming.device == device and k.answer_by > now
         ]
 
-    def take_due(self) -> list[KeptCommand]:
-        """Remove and return the commands whose time is over."""
+    def due(self) -> list[KeptCommand]:
+        """The commands whose time to be answered has passed (still kept), oldest first."""
         now = self._mono()
-        due = [k for k in self._commands.values() if k.answer_by <= now or k.until <= now]
-        for kept in due:
-            del self._commands[kept.command_id]
-        return due
+        return [k for k in self._commands.values() if k.answer_by <= now or k.until <= now]
+
+    def over(self, kept: KeptCommand) -> bool:
+        """True once ``kept`` is past the time it is kept for whatever happened."""
+        return kept.until <= self._mono()
+
+    def drop(self, command_id: str) -> None:
+        self._commands.pop(command_id, None)
