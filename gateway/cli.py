@@ -12,7 +12,8 @@ from typing import NoReturn
 
 from gateway import __version__
 from gateway.config import Config, ConfigError, load_config, one_line, secret_file_warnings
-from gateway.config_checks import parse_listen, startup_warnings
+from gateway.config_checks import parse_listen
+from gateway.config_warnings import startup_warnings
 from gateway.logsetup import setup_logging
 from gateway.protocol.airtime import BANDWIDTHS_HZ
 

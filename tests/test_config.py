@@ -15,7 +15,7 @@ from gateway.config import (
     parse_config,
     secret_file_warnings,
 )
-from gateway.config_checks import exposure_warnings, is_loopback, parse_listen, topic_problem
+from gateway.config_checks import is_loopback, parse_listen, topic_problem
 
 # The default radio driver runs a simulated world of 5 nodes, which needs devices to join;
 # files that test something else run without nodes.
@@ -409,34 +409,6 @@ def test_topic_prefixes(topic, reason):
 )
 def test_loopback_hosts(host, loopback):
     assert is_loopback(host) is loopback
-
-
-def test_exposure_warnings():
-    assert exposure_warnings(parse_config({})) == []
-    warnings = exposure_warnings(
-        parse_config(
-            {
-                "join": {"open_join": True},
-                "metrics": {"host": "0.0.0.0"},
-                "web": {"enabled": True, "host": "192.168.1.20", "password": {"env": "PW"}},
-                "console": {"serial_port": "/dev/ttyGS0"},
-                "mqtt": {"host": "broker.lan", "username": "gw", "password": {"env": "PW"}},
-            },
-            check_files=False,
-        )
-    )
-    assert [warning.split(":")[0] for warning in warnings] == [
-        "join.open_join",
-        "metrics.host",
-        "web.host",
-        "console.serial_port",
-        "mqtt.tls",
-    ]
-    assert "public lab key" in warnings[0] and "0.0.0.0:9108" in warnings[1]
-    private = parse_config(
-        {"join": {"open_join": True, "open_join_key": {"env": "KEY"}}}, check_files=False
-    )
-    assert exposure_warnings(private) == []
 
 
 def problems_of_file(path: Path) -> list[str]:

@@ -31,7 +31,7 @@ from gateway.bridge.pump import OutboxPump
 from gateway.bridge.results import ResultSender
 from gateway.bridge.router import CommandRouter
 from gateway.config import Config
-from gateway.config_checks import exposure_warnings
+from gateway.config_warnings import exposure_warnings
 from gateway.devices import DeviceDriver
 from gateway.model import Command, CommandStatus, DeviceEvent, EventKind, IncomingCommand, Report
 from gateway.protocol import expiry
