@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gateway.config import parse_config
-from gateway.fleet.commands import FleetCommands
+from gateway.fleet.commands import OWNER_GONE_S, FleetCommands
 from gateway.fleet.kept_commands import KeptCommands
 from gateway.fleet.link import FleetLink
 from gateway.model import IncomingCommand
@@ -34,6 +34,7 @@ class Owners:
     me: str
     records: dict[str, SessionRecord] = field(default_factory=dict)
     alive: dict[str, bool] = field(default_factory=dict)
+    offline_since: dict[str, float] = field(default_factory=dict)
     serving: set[str] = field(default_factory=set)
 
 
@@ -61,7 +62,9 @@ def fleet_commands(
     link = FleetLink(config, config.fleet)
     kept = KeptCommands(keep_s=120.0, answer_s=10.0, policy=ExpiryPolicy(), monotonic=clock)
     tasks = TaskSet(logging.getLogger("test"), "task failed")
-    return FleetCommands(owners, link, kept, tasks, owns_locally=lambda d: d == "modbus-1")
+    return FleetCommands(
+        owners, link, kept, tasks, owns_locally=lambda d: d == "modbus-1", monotonic=clock
+    )
 
 
 def command(clock: Clock, device: str = DEVICE, ttl_s: float = 30.0) -> IncomingCommand:
@@ -219,3 +222,20 @@ async def test_a_kept_command_whose_owner_answers_is_dropped_after_its_time(
     clock.now += 120.0
     keeper.answer_abandoned()
     assert len(keeper.kept) == 0 and not keeper._answering
+
+
+async def test_an_owner_offline_for_a_moment_answers_its_commands_itself(tmp_path: Path) -> None:
+    clock = Clock()
+    alive = {"gw-a": True, "gw-b": True}
+    owners = Owners("gw-b", {DEVICE: owned_by("gw-a")}, alive)
+    keeper = fleet_commands(tmp_path, owners, clock)
+    keeper.arrived(command(clock, ttl_s=30.0))
+    clock.now += 30.0 + 11.0
+    alive["gw-a"], owners.offline_since["gw-a"] = False, clock.now  # its will: a dropped link
+    clock.now += OWNER_GONE_S - 1.0
+    keeper.answer_abandoned()
+    assert not keeper._answering  # it may be back in a moment with the outcome
+    clock.now += 1.0
+    keeper.answer_abandoned()
+    assert keeper._answering == {"c1"}
+    await settled(keeper)

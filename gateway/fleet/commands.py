@@ -19,6 +19,10 @@ from gateway.tasks import TaskSet
 log = logging.getLogger("duogate.fleet")
 
 OWNER_OFFLINE = "owner_offline"
+# A gateway whose broker connection drops for a moment is reported offline (its will) and back
+# online a second later; its commands are answered ``owner_offline`` only once it has been
+# offline this long, so that a short drop does not give a command two outcomes.
+OWNER_GONE_S = 15.0
 
 
 class Ownership(Protocol):
@@ -27,6 +31,7 @@ class Ownership(Protocol):
     me: str
     records: dict[str, SessionRecord]
     alive: dict[str, bool]
+    offline_since: dict[str, float]  # monotonic; gateways offline now
     serving: set[str]
 
 
@@ -39,12 +44,14 @@ class FleetCommands:
         tasks: TaskSet,
         *,
         owns_locally: Callable[[str], bool],
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.owners = owners
         self.link = link
         self.kept = kept
         self._tasks = tasks
         self._owns_locally = owns_locally
+        self._mono = monotonic
         self._answering: set[str] = set()  # kept commands whose answer is being published
         link.subscribe_extra(link.topics.all_results, self.on_result, 1)
 
@@ -74,8 +81,8 @@ class FleetCommands:
             self._tasks.spawn(self.link.deliver(incoming))
 
     def answer_abandoned(self) -> None:
-        """A kept command whose device's owner went offline without an outcome is answered
-        ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
+        """A kept command whose device's owner went offline (``OWNER_GONE_S`` ago at least)
+        without an outcome is answered ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
         the first online one by name, which keeps it until the answer is published (tried
         again at the next call). The others keep it until that answer shows on the fleet
         topic or its time is over: should the answering gateway go away first, the next one
@@ -83,7 +90,7 @@ class FleetCommands:
         for kept in self.kept.due():
             device = kept.incoming.device
             record = self.owners.records.get(device)
-            owner_gone = record is not None and not self.owners.alive.get(record.owner, False)
+            owner_gone = record is not None and self._gone(record.owner)
             if not owner_gone or self.first_alive() != self.owners.me:
                 if self.kept.over(kept):
                     self.kept.drop(kept.command_id)
@@ -92,6 +99,13 @@ class FleetCommands:
                 continue
             self._answering.add(kept.command_id)
             self._tasks.spawn(self._answer(kept))
+
+    def _gone(self, gateway: str) -> bool:
+        """Offline for ``OWNER_GONE_S`` at least (or for as long as this gateway knows)."""
+        if self.owners.alive.get(gateway, False):
+            return False
+        since = self.owners.offline_since.get(gateway)
+        return since is None or self._mono() - since >= OWNER_GONE_S
 
     def on_result(self, topic: str, payload: bytes, _arrival: float) -> None:
         """A result on the fleet topic: a final one ends the keeping of its command."""

@@ -89,6 +89,7 @@ class FleetCoordinator:
         self._mono = monotonic
         self.records: dict[str, SessionRecord] = {}
         self.alive: dict[str, bool] = {}
+        self.offline_since: dict[str, float] = {}
         self.serving: set[str] = set()
         self._floors: dict[str, int] = {}
         self._published: dict[str, tuple[str, int]] = {}  # device -> (session, highest counter)
@@ -116,7 +117,9 @@ class FleetCoordinator:
             policy=policy or ExpiryPolicy(),
             monotonic=monotonic,
         )
-        self.commands = FleetCommands(self, link, kept, self._tasks, owns_locally=owns_locally)
+        self.commands = FleetCommands(
+            self, link, kept, self._tasks, owns_locally=owns_locally, monotonic=monotonic
+        )
         link.gate = self
         topics = self.topics
         link.subscribe_extra(topics.all_sessions, self._on_record, 1, retained=True)
@@ -460,6 +463,10 @@ class FleetCoordinator:
         if self.alive.get(gateway) == online:
             return
         self.alive[gateway] = online
+        if online:
+            self.offline_since.pop(gateway, None)
+        else:
+            self.offline_since[gateway] = self._mono()
         owned = sum(1 for r in self.records.values() if r.owner == gateway)
         log.info(
             "fleet: gateway %s %s (%d devices)", gateway, "online" if online else "offline", owned
