@@ -82,11 +82,11 @@ class FleetCommands:
 
     def answer_abandoned(self) -> None:
         """A kept command whose device's owner went offline (``OWNER_GONE_S`` ago at least)
-        without an outcome is answered ``timeout`` (``owner_offline``: whether the node ran it is not known) by one gateway,
-        the first online one by name, which keeps it until the answer is published (tried
-        again at the next call). The others keep it until that answer shows on the fleet
-        topic or its time is over: should the answering gateway go away first, the next one
-        answers."""
+        without an outcome is answered ``timeout`` (``owner_offline``: whether the node ran
+        it is not known) by one gateway, the first online one by name, which keeps it until
+        the answer is published (tried again at the next call). The others keep it until
+        that answer shows on the fleet topic or its time is over: should the answering
+        gateway go away first, the next one answers."""
         for kept in self.kept.due():
             device = kept.incoming.device
             record = self.owners.records.get(device)

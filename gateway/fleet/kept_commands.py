@@ -88,7 +88,8 @@ class KeptCommands:
         return [k for k in self._commands.values() if k.answer_by <= now or k.until <= now]
 
     def over(self, kept: KeptCommand) -> bool:
-        """True once ``kept`` is past the time it is kept for whatever happened."""
+        """True once ``kept`` is past the time it is kept for (unless this gateway is to
+        answer it)."""
         return kept.until <= self._mono()
 
     def drop(self, command_id: str) -> None:
