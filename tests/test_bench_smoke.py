@@ -24,11 +24,13 @@ def test_every_benchmark_produces_sane_figures(tmp_path: Path) -> None:
         if shutil.which(server) is None and not Path(f"/usr/sbin/{server}").exists():
             pytest.fail(f"{server} is not installed: run `make test` (installs it via apt-get)")
     out = tmp_path / "PERFORMANCE.md"
-    outcome = run_all(QUICK, out, log=lambda _line: None)
+    logged: list[str] = []
+    outcome = run_all(QUICK, out, log=logged.append)
     figures = outcome["figures"]
     names = ("throughput", "throughput_pinned", "latency", "cpu", "cpu_pinned", "profile")
     for name in (*names, "outage", "xmpp", "storage", "startup", "joinstorm"):
-        assert isinstance(figures[name], dict), f"{name}: {figures[name]}"
+        failure = "\n".join(line for line in logged if line.startswith(f"{name}: FAILED"))
+        assert isinstance(figures[name], dict), failure
 
     for name in ("throughput", "throughput_pinned"):
         throughput = figures[name]
