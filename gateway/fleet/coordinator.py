@@ -1,8 +1,8 @@
 """Who serves each LoRa device in a fleet, moved through the broker (docs/FLEET.md).
 
-The rules are in ``gateway.protocol.fleet``; this is their I/O: sealed session records and
-sightings in and out through the ``FleetLink``, the waits (gathering sightings, settling a
-claim), and the LoRa shell told which devices it serves (``FleetRole``).
+The rules are in ``gateway.protocol.fleet``; this is their I/O: session records and sightings
+in and out (sealed by ``FleetMessages``, through the ``FleetLink``), the waits (gathering
+sightings, settling a claim), and the LoRa shell told which devices it serves (``FleetRole``).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 from drivers.radio.base import RxPacket
 from gateway.config import Config, FleetSection
@@ -23,13 +23,12 @@ from gateway.config_checks import fleet_key
 from gateway.fleet.commands import FleetCommands
 from gateway.fleet.kept_commands import KeptCommands
 from gateway.fleet.link import FleetLink
+from gateway.fleet.messages import FleetMessages
 from gateway.fleet.role import Uplink
 from gateway.lora import LoraNetwork
 from gateway.model import IncomingCommand, lora_device_id
 from gateway.protocol.expiry import ExpiryPolicy
 from gateway.protocol.fleet import (
-    FleetMessageRejected,
-    FleetSeal,
     Gather,
     Gatherings,
     Reception,
@@ -40,8 +39,6 @@ from gateway.protocol.fleet import (
     command_ref,
     decode_record,
     decode_sighting,
-    encode_record,
-    encode_sighting,
     former_owner_publishes,
     handover_target,
 )
@@ -50,7 +47,6 @@ from gateway.protocol.session import ReportReceived, split_report_id
 from gateway.tasks import TaskSet
 
 log = logging.getLogger("duogate.fleet")
-T = TypeVar("T")
 
 HEARD_KEPT_PER_DEVICE = 8  # uplinks heard here of a device served elsewhere
 # An owner hands a device over when a neighbour heard this many of its uplinks in a row that
@@ -85,7 +81,6 @@ class FleetCoordinator:
         self.lora = lora
         self.link = link
         self.topics = link.topics
-        self._seal = FleetSeal(key)
         self._mono = monotonic
         self.records: dict[str, SessionRecord] = {}
         self.alive: dict[str, bool] = {}
@@ -96,7 +91,6 @@ class FleetCoordinator:
         self._gathers = Gatherings()
         self._heard: dict[str, deque[tuple[ReportReceived, RxPacket, str]]] = {}
         self._claiming: set[str] = set()
-        self._unshared: set[str] = set()  # devices whose record did not reach the broker
         self._missed: dict[str, int] = {}  # served devices: uplinks heard only elsewhere in a row
         self.counters: dict[str, int] = dict.fromkeys(
             (
@@ -110,6 +104,7 @@ class FleetCoordinator:
             0,
         )
         self._tasks = TaskSet(log, "fleet: task failed")
+        self.messages = FleetMessages(link, key, self._tasks, self.counters)
         self._check_task: asyncio.Task[None] | None = None
         kept = KeptCommands(
             keep_s=keep_commands_s,
@@ -190,7 +185,7 @@ class FleetCoordinator:
         sighting = Sighting(device, "join", request, 0, reception)
         gather = self._gathers.of(sighting.key())
         gather.receptions[self.me] = reception
-        self._send_sighting(sighting)
+        self.messages.send_sighting(sighting)
         record = self.records.get(device)
         owner = record.owner if record is not None else None
         if owner != self.me:
@@ -224,7 +219,7 @@ class FleetCoordinator:
         if isinstance(uplink, ReportReceived) and not uplink.duplicate:
             kept = self._heard.setdefault(device, deque(maxlen=HEARD_KEPT_PER_DEVICE))
             kept.append((uplink, packet, session))
-        self._send_sighting(sighting)
+        self.messages.send_sighting(sighting)
         record = self.records.get(device)
         owner_gone = record is not None and not self.alive.get(record.owner, False)
         if owner_gone and device not in self._claiming:
@@ -310,10 +305,10 @@ class FleetCoordinator:
             )
             self.counters["claims"] += 1
             await asyncio.sleep(self.settings.claim_settle_s)
-            if self.records.get(device) is claim and device in self._unshared:
+            if self.records.get(device) is claim and device in self.messages.unshared:
                 # Not on the broker yet: served when it comes back from there (_on_record);
                 # should it never get there, a later uplink claims again.
-                self._unshared.discard(device)
+                self.messages.unshared.discard(device)
                 self.records[device] = record
             elif self.records.get(device) is claim:
                 self._serve(device, claim, f"took {device} over from {record.owner}")
@@ -354,39 +349,8 @@ class FleetCoordinator:
             self.lora.adopt(lease)
         record = SessionRecord(device, owner, epoch, lease, floor)
         self.records[device] = record
-        self._share(device)
+        self.messages.share_record(record)
         return record
-
-    def _share(self, device: str) -> None:
-        topic = self.topics.session(device)
-        payload = self._seal.seal(topic, encode_record(self.records[device]))
-        self._unshared.add(device)
-        self._tasks.spawn(self._publish(topic, payload, retain=True, shared=device))
-
-    def _share_again(self) -> None:
-        """Records that did not reach the broker (it was away) are published again."""
-        for device in list(self._unshared):
-            if device in self.records:
-                self._share(device)
-
-    def _send_sighting(self, sighting: Sighting) -> None:
-        topic = self.topics.sightings(sighting.device)
-        payload = self._seal.seal(topic, encode_sighting(sighting))
-        self._tasks.spawn(self._publish(topic, payload, retain=False, qos=0))
-
-    async def _publish(
-        self, topic: str, payload: bytes, *, retain: bool, qos: int = 1, shared: str = ""
-    ) -> None:
-        try:
-            await self.link.publish_raw(topic, payload, qos, retain=retain)
-            self._unshared.discard(shared)
-        except Exception as exc:
-            if shared:
-                self._unshared.add(shared)  # published again when the link is back
-                log.info("fleet: %s not published yet: %s", topic, exc)
-            elif qos:
-                log.warning("fleet: %s not published: %s", topic, exc)
-            self.counters["not_published"] += 1
 
     async def _share_reservations(self) -> None:
         """Share a served device's record again when its downlink reservation moved, so a
@@ -394,7 +358,7 @@ class FleetCoordinator:
         while True:
             await asyncio.sleep(RECORD_CHECK_S)
             self.commands.answer_abandoned()
-            self._share_again()
+            self.messages.share_again(self.records)
             for device in list(self.serving):
                 record = self.records.get(device)
                 lease = self.lora.session_record(device)
@@ -406,13 +370,13 @@ class FleetCoordinator:
     # -------------------------------------------------------------------- messages in
 
     async def _on_link_ready(self) -> None:
-        self._share_again()
+        self.messages.share_again(self.records)
         self._sync_marker = secrets.token_bytes(8)
         topic = self.topics.sync(self.me)
-        await self._publish(topic, self._seal.seal(topic, self._sync_marker), retain=False)
+        await self.messages.send_marker(topic, self._sync_marker)
 
     def _on_sync(self, topic: str, payload: bytes, _arrival: float) -> None:
-        if self._open(topic, payload, bytes) == self._sync_marker and not self.link.synced:
+        if self.messages.open(topic, payload, bytes) == self._sync_marker and not self.link.synced:
             self.link.synced = True
             log.info(
                 "fleet: %d device records read, %d gateways alive; serving",
@@ -420,19 +384,10 @@ class FleetCoordinator:
                 sum(self.alive.values()),
             )
 
-    def _open(self, topic: str, payload: bytes, decode: Callable[[bytes], T]) -> T | None:
-        """Unseal and decode a fleet message; None (counted, logged) if it is not one."""
-        try:
-            return decode(self._seal.open(topic, payload))
-        except FleetMessageRejected as exc:
-            self.counters["rejected_messages"] += 1
-            log.warning("fleet: message on %s refused: %s", topic, exc)
-            return None
-
     def _on_record(self, topic: str, payload: bytes, _arrival: float) -> None:
         if not payload:
             return
-        record = self._open(topic, payload, decode_record)
+        record = self.messages.open(topic, payload, decode_record)
         if record is None:
             return
         if self.topics.device_of(topic) != record.device or record.device != lora_device_id(
@@ -473,7 +428,7 @@ class FleetCoordinator:
         )
 
     def _on_sighting(self, topic: str, payload: bytes, _arrival: float) -> None:
-        sighting = self._open(topic, payload, decode_sighting)
+        sighting = self.messages.open(topic, payload, decode_sighting)
         if sighting is None:
             return
         gateway = sighting.reception.gateway
