@@ -15,6 +15,7 @@ from gateway.fleet.link import FleetLink
 from gateway.model import CommandResult, CommandStatus, IncomingCommand
 from gateway.protocol.fleet import SessionRecord
 from gateway.tasks import TaskSet
+from gateway.upstreams.base import UpstreamError
 
 log = logging.getLogger("duogate.fleet")
 
@@ -124,7 +125,7 @@ class FleetCommands:
         )
         try:
             await self.link.publish_result(result, kept.incoming.reply_to)
-        except Exception as exc:
+        except UpstreamError as exc:
             log.info("fleet: result of %r not published yet: %s", command_id, exc)
             return
         finally:
