@@ -56,11 +56,20 @@ async def test_lost_ack_leads_to_one_retransmission_forwarded_once(bench: Bench)
     await gateway.start()
     fleet.start()
     try:
+        # The gateway logs a downlink once its transmission has ended, which can be after the
+        # node has heard it: wait for both sides.
         await wait_until(
-            lambda: node.stats.acks_received == 1 and not node.pending,
+            lambda: (
+                node.stats.acks_received == 1
+                and not node.pending
+                and len(gateway.downlinks(node.device_id, "ack")) >= 2
+            ),
             30.0,
-            "report acked",
-            describe=lambda: f"node {node.stats}, sink {sink.reports}",
+            "report acked, and both acks logged",
+            describe=lambda: (
+                f"node {node.stats}, sink {sink.reports}, "
+                f"acks logged {gateway.downlinks(node.device_id, 'ack')}"
+            ),
         )
     finally:
         await fleet.stop()

@@ -118,6 +118,7 @@ class ResultSender:
             return
         attempts = state.result_attempts + 1
         if attempts >= MAX_RESULT_ATTEMPTS:
+            await self.commands.schedule_result_retry(*key, attempts=attempts, retry_at=None)
             self.counters["results_given_up"] += 1
             log.warning(
                 "%s result %s of %r for %s given up after %d attempts",
@@ -127,7 +128,6 @@ class ResultSender:
                 state.device,
                 attempts,
             )
-            await self.commands.schedule_result_retry(*key, attempts=attempts, retry_at=None)
             return
         await self.commands.schedule_result_retry(
             *key, attempts=attempts, retry_at=self._wall() + retry_delay(attempts)
