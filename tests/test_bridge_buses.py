@@ -129,6 +129,15 @@ async def test_modbus_and_ble_readings_reach_mqtt_with_their_types(
                 "the door sensor",
             )
             await watcher.wait_until(lambda: watcher.on(report_topic(BEACON)), "the beacon")
+            # Availability is brought up to date after the discovery configs, once the gateway
+            # is connected: wait for it before the gateway stops.
+            await watcher.wait_until(
+                lambda: all(
+                    watcher.on(f"{PREFIX}/devices/{d}/availability")
+                    for d in (METER, ROOM, DOOR, BEACON)
+                ),
+                "every device's availability",
+            )
     watcher.drop()
 
     meter = watcher.on(report_topic(METER))[0].json()
@@ -244,10 +253,6 @@ async def test_home_assistant_discovery_for_modbus_and_ble_devices(
             lambda: all(watcher.on(report_topic(d)) for d in (METER, ROOM, DOOR, BEACON)),
             "reports from the meter and the BLE sensors",
         )
-        # A subscriber arriving later gets every config, retained.
-        late = MqttWatcher(mosquitto, ("homeassistant/#",))
-        late.connect()
-
         expected = {
             f"homeassistant/sensor/{node(METER)}/voltage/config",
             f"homeassistant/sensor/{node(METER)}/energy/config",
@@ -261,6 +266,14 @@ async def test_home_assistant_discovery_for_modbus_and_ble_devices(
             f"homeassistant/binary_sensor/{node(DOOR)}/window/config",
             f"homeassistant/sensor/{node(BEACON)}/major/config",
         }
+        # Seen live first: a subscriber arriving before the broker had them would get them
+        # live too, without the retain flag.
+        await watcher.wait_until(
+            lambda: expected <= {m.topic for m in watcher.snapshot()}, "discovery configs"
+        )
+        # A subscriber arriving later gets every config, retained.
+        late = MqttWatcher(mosquitto, ("homeassistant/#",))
+        late.connect()
         await late.wait_until(
             lambda: expected <= {m.topic for m in late.snapshot() if m.retain},
             "retained discovery configs for modbus and ble devices",

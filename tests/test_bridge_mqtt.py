@@ -48,10 +48,17 @@ async def test_broker_killed_mid_stream_loses_nothing(tmp_path: Path, mosquitto:
         assert gateway.bridge.outbox.size > 0
         # Blocking on purpose: the gateway (same event loop) cannot reconnect before the
         # watcher has subscribed again, so the watcher misses nothing that is published.
+        put_back = [f"{PREFIX}/status"] + [f"{PREFIX}/devices/{d}/availability" for d in devices]
+        seen_before = {topic: len(watcher.on(topic)) for topic in put_back}
         mosquitto.start()
         watcher.connect()
         await watcher.wait_for_counters(devices, max(before.values()) + 6)
-        # The killed broker forgot its retained messages; the gateway puts them back.
+        # The killed broker forgot its retained messages; the gateway puts them back. Seen
+        # live first: a subscriber arriving before the broker had them would get them live.
+        await watcher.wait_until(
+            lambda: all(len(watcher.on(t)) > seen_before[t] for t in put_back),
+            "status and availability published again",
+        )
         late = MqttWatcher(mosquitto, (f"{PREFIX}/status", f"{PREFIX}/devices/+/availability"))
         late.connect()
         await late.wait_until(
@@ -120,7 +127,6 @@ async def test_discovery_is_retained_for_joined_nodes_and_availability_follows_e
         await early.wait_for_counters([device], 1)
         # A subscriber arriving later gets the discovery configs and availability retained.
         late = MqttWatcher(mosquitto, ("homeassistant/#", f"{PREFIX}/#"))
-        late.connect()
         node_id = f"{GATEWAY_ID}_{device}"
         switch_topic = f"homeassistant/switch/{node_id}/relay/config"
         availability = f"{PREFIX}/devices/{device}/availability"
@@ -132,6 +138,12 @@ async def test_discovery_is_retained_for_joined_nodes_and_availability_follows_e
             availability,
             f"{PREFIX}/status",
         }
+        # Seen live first: a subscriber arriving before the broker had them would get them
+        # live, without the retain flag.
+        await early.wait_until(
+            lambda: expected <= {m.topic for m in early.snapshot()}, "discovery and availability"
+        )
+        late.connect()
         await late.wait_until(
             lambda: expected <= {m.topic for m in late.snapshot() if m.retain},
             "retained discovery configs and availability",
